@@ -1,0 +1,41 @@
+# One entry point for developers and CI. Self-bootstrapping: the first target that needs the
+# virtualenv creates it, and it is re-installed whenever pyproject.toml changes.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# pytest-xdist workers; each starts its own throwaway PostgreSQL server.
+WORKERS ?= 2
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := test
+.PHONY: install lint test bench demo clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+# Browser tests will need /usr/bin/chromium (see DESIGN.md §8); none exist yet, so nothing
+# is installed for them here.
+test: lint
+	$(BIN)/pytest -n $(WORKERS) $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/shoudan bench ledger
+
+demo: $(STAMP)
+	$(BIN)/shoudan demo
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	find src tests -name __pycache__ -type d -prune -exec rm -rf {} +
+	find src -maxdepth 1 -name '*.egg-info' -type d -prune -exec rm -rf {} +

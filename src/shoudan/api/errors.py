@@ -1,0 +1,142 @@
+"""The HTTP edge's one mapping from domain errors to RFC 9457 problem details.
+
+Domain code raises ``DomainError`` with a stable ``ErrorCode`` and knows nothing of HTTP; this
+module is the single place that decides the status code and the ``application/problem+json``
+body. Clients switch on ``code`` (stable), not on ``title`` or ``detail`` (prose).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from shoudan.core.errors import DomainError, ErrorCode
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+PROBLEM_TYPE_BASE = "https://shoudan.dev/problems/"
+DEFAULT_STATUS = 422
+
+# One table, every code: a new ErrorCode without an entry here gets DEFAULT_STATUS.
+STATUS_BY_CODE: dict[ErrorCode, int] = {
+    # input
+    ErrorCode.INVALID_INPUT: 422,
+    ErrorCode.INVALID_AMOUNT: 422,
+    ErrorCode.INVALID_CURRENCY: 422,
+    ErrorCode.CURRENCY_MISMATCH: 422,
+    ErrorCode.NOT_FOUND: 404,
+    # ledger
+    ErrorCode.ACCOUNT_NOT_FOUND: 404,
+    ErrorCode.ACCOUNT_EXISTS: 409,
+    ErrorCode.ACCOUNT_CONFLICT: 409,
+    ErrorCode.ENTRY_UNBALANCED: 422,
+    ErrorCode.ENTRY_TOO_FEW_POSTINGS: 422,
+    ErrorCode.ENTRY_ID_CONFLICT: 409,
+    ErrorCode.LIMIT_EXCEEDED: 422,
+    ErrorCode.HOLD_NOT_FOUND: 404,
+    ErrorCode.HOLD_ALREADY_RESOLVED: 409,
+    ErrorCode.HOLD_EXPIRED: 422,
+    ErrorCode.HOLD_AMOUNT_EXCEEDED: 422,
+    ErrorCode.HOLD_PARTIAL_NOT_SUPPORTED: 422,
+    ErrorCode.LINKED_ENTRY_FAILED: 422,
+    # audit / outbox: the client did nothing wrong
+    ErrorCode.AUDIT_CHAIN_BROKEN: 500,
+    ErrorCode.UNKNOWN_EVENT_TOPIC: 500,
+    # infrastructure
+    ErrorCode.CONFIGURATION_ERROR: 500,
+    ErrorCode.INTERNAL_ERROR: 500,
+}
+
+# Problem members a DomainError's details must not overwrite.
+_RESERVED = frozenset({"type", "title", "status", "detail", "instance", "code"})
+
+
+def status_for(code: ErrorCode) -> int:
+    return STATUS_BY_CODE.get(code, DEFAULT_STATUS)
+
+
+def title_for(code: ErrorCode | str) -> str:
+    """A short, stable, human title per problem type (RFC 9457: same for every occurrence)."""
+    return str(code).replace("_", " ").capitalize()
+
+
+def problem(
+    code: ErrorCode | str,
+    status: int,
+    detail: str,
+    *,
+    instance: str | None = None,
+    **extensions: Any,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + str(code),
+        "title": title_for(code),
+        "status": status,
+        "detail": detail,
+        "code": str(code),
+    }
+    if instance:
+        body["instance"] = instance
+    for key, value in extensions.items():
+        if key not in _RESERVED:
+            body[key] = jsonable_encoder(value)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
+
+
+async def domain_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DomainError)
+    status = status_for(exc.code)
+    if status >= 500:
+        log.error("domain error %s on %s: %s", exc.code, request.url.path, exc.message)
+    return problem(exc.code, status, exc.message, instance=request.url.path, **exc.details)
+
+
+async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    # Location, message and type only: echoing the input back could leak a card number.
+    errors = [
+        {"loc": list(error.get("loc", ())), "msg": error.get("msg", ""), "type": error.get("type")}
+        for error in exc.errors()
+    ]
+    return problem(
+        ErrorCode.INVALID_INPUT,
+        422,
+        "the request is not valid",
+        instance=request.url.path,
+        errors=errors,
+    )
+
+
+async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """Routing errors (unknown path, wrong method) in the same problem+json shape."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 404:
+        code = ErrorCode.NOT_FOUND
+    elif exc.status_code >= 500:
+        code = ErrorCode.INTERNAL_ERROR
+    else:
+        code = ErrorCode.INVALID_INPUT
+    response = problem(code, exc.status_code, str(exc.detail), instance=request.url.path)
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+async def unhandled_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """Last resort: a bug becomes a 500 problem without leaking its message to the client."""
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem(ErrorCode.INTERNAL_ERROR, 500, "internal error", instance=request.url.path)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(DomainError, domain_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    app.add_exception_handler(Exception, unhandled_error_handler)

@@ -1,0 +1,1 @@
+"""Append-only, hash-chained audit log of staff actions and state changes."""

@@ -1,0 +1,30 @@
+"""``shoudan bench …``: benchmarks that print JSON lines with their own baseline."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from shoudan.benchmarks import ledger as ledger_bench
+
+app = typer.Typer(no_args_is_help=True)
+
+
+@app.command("ledger")
+def ledger(
+    database_url: str | None = typer.Option(
+        None,
+        "--database-url",
+        help="Also run on this PostgreSQL server (scratch databases are created and dropped).",
+    ),
+    batch_sizes: str = typer.Option("1,100,1000", help="Comma-separated batch sizes."),
+    transfers: int | None = typer.Option(None, help="Transfers per batch size (default: auto)."),
+) -> None:
+    """Transfers/s at each batch size on SQLite (synchronous=FULL), with the raw baseline."""
+    sizes = tuple(int(size) for size in batch_sizes.split(","))
+    counts = {size: max(transfers, size) for size in sizes} if transfers else None
+    targets = [None] + ([database_url] if database_url else [])
+    for url in targets:
+        for line in ledger_bench.run(url, sizes, counts):
+            typer.echo(json.dumps(line))

@@ -1,0 +1,25 @@
+"""Entry point of the ``shoudan`` command. Each command group lives in its own module."""
+
+from __future__ import annotations
+
+import typer
+
+from shoudan.cli import audit, bench, db, ledger, serve, worker
+
+app = typer.Typer(
+    name="shoudan",
+    help="shoudan (收单): back office for a POS acquirer.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(db.app, name="db", help="Database schema: migrations.")
+app.add_typer(ledger.app, name="ledger", help="The double-entry ledger: verify, export.")
+app.add_typer(audit.app, name="audit", help="The hash-chained audit log.")
+app.add_typer(bench.app, name="bench", help="Benchmarks (JSON lines with their own baseline).")
+app.command("serve")(serve.serve)
+app.command("demo")(serve.demo)
+app.command("worker")(worker.worker)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

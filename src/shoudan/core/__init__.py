@@ -1,0 +1,1 @@
+"""Shared kernel: money, errors, clock, ids, configuration and the database layer."""

@@ -1,0 +1,89 @@
+"""Configuration from the environment (``SHOUDAN_*``) with safe development defaults."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shoudan.core.errors import DomainError, ErrorCode
+
+log = logging.getLogger(__name__)
+
+KEY_BYTES = 32
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SHOUDAN_", env_file=None, extra="ignore")
+
+    data_dir: Path = Path("var")
+    database_url: str = ""  # empty: a SQLite file in data_dir
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    iso_host: str = "127.0.0.1"
+    iso_port: int = Field(default=8583, ge=1, le=65535)
+    # Master secret for encryption at rest and keyed hashes (hex, 32 bytes). When absent it is
+    # read from key_file, and in development generated there on first use.
+    secret_key: SecretStr | None = None
+    key_file: Path | None = None
+    environment: str = "development"
+    # outbox relay
+    outbox_batch_size: int = Field(default=100, ge=1, le=10_000)
+    outbox_max_attempts: int = Field(default=8, ge=1, le=100)
+    outbox_poll_seconds: float = Field(default=1.0, gt=0)
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'shoudan.db').as_posix()}"
+
+    def resolved_key_file(self) -> Path:
+        return self.key_file or self.data_dir / "secret.key"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def load_secret_key(settings: Settings) -> bytes:
+    """The master key: from SHOUDAN_SECRET_KEY, else the key file, else (development only)
+    a new random key written to the key file with a loud warning."""
+    if settings.secret_key is not None:
+        return _decode_key(settings.secret_key.get_secret_value(), "SHOUDAN_SECRET_KEY")
+    path = settings.resolved_key_file()
+    if path.exists():
+        return _decode_key(path.read_text().strip(), str(path))
+    if settings.environment != "development":
+        raise DomainError(
+            ErrorCode.CONFIGURATION_ERROR,
+            "no secret key: set SHOUDAN_SECRET_KEY or SHOUDAN_KEY_FILE",
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_bytes(KEY_BYTES)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key.hex() + "\n")
+    log.warning(
+        "generated a development secret key in %s; set SHOUDAN_SECRET_KEY in production "
+        "and keep a backup: data encrypted with it cannot be read without it",
+        path,
+    )
+    return key
+
+
+def _decode_key(text: str, where: str) -> bytes:
+    try:
+        key = bytes.fromhex(text)
+    except ValueError as exc:
+        raise DomainError(ErrorCode.CONFIGURATION_ERROR, f"{where}: key is not hex") from exc
+    if len(key) != KEY_BYTES:
+        raise DomainError(
+            ErrorCode.CONFIGURATION_ERROR, f"{where}: key must be {KEY_BYTES} bytes of hex"
+        )
+    return key

@@ -1,0 +1,55 @@
+"""Stable error codes and the one exception type the domains raise.
+
+Codes are part of the public contract (API problem types, gateway field 39 mappings,
+CLI exit messages): add new members, never rename or reuse one.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+
+class ErrorCode(StrEnum):
+    # input
+    INVALID_INPUT = "invalid_input"
+    INVALID_AMOUNT = "invalid_amount"
+    INVALID_CURRENCY = "invalid_currency"
+    CURRENCY_MISMATCH = "currency_mismatch"
+    NOT_FOUND = "not_found"
+    # ledger
+    ACCOUNT_NOT_FOUND = "account_not_found"
+    ACCOUNT_EXISTS = "account_exists"
+    ACCOUNT_CONFLICT = "account_conflict"
+    ENTRY_UNBALANCED = "entry_unbalanced"
+    ENTRY_TOO_FEW_POSTINGS = "entry_too_few_postings"
+    ENTRY_ID_CONFLICT = "entry_id_conflict"
+    LIMIT_EXCEEDED = "limit_exceeded"
+    HOLD_NOT_FOUND = "hold_not_found"
+    HOLD_ALREADY_RESOLVED = "hold_already_resolved"
+    HOLD_EXPIRED = "hold_expired"
+    HOLD_AMOUNT_EXCEEDED = "hold_amount_exceeded"
+    HOLD_PARTIAL_NOT_SUPPORTED = "hold_partial_not_supported"
+    LINKED_ENTRY_FAILED = "linked_entry_failed"
+    # audit / outbox
+    AUDIT_CHAIN_BROKEN = "audit_chain_broken"
+    UNKNOWN_EVENT_TOPIC = "unknown_event_topic"
+    # infrastructure
+    CONFIGURATION_ERROR = "configuration_error"
+    INTERNAL_ERROR = "internal_error"
+
+
+class DomainError(Exception):
+    """A business rule refused the request. Carries a stable code, no transport detail."""
+
+    def __init__(self, code: ErrorCode, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details
+
+    def __repr__(self) -> str:
+        return f"DomainError({self.code.value!r}, {self.message!r})"
+
+    def __str__(self) -> str:
+        return f"{self.code.value}: {self.message}"

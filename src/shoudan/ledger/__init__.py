@@ -1,0 +1,1 @@
+"""Double-entry, append-only ledger with TigerBeetle-like semantics on SQL."""

@@ -1,0 +1,188 @@
+"""Ledger storage on SQL. The hot path (loading state for a batch, writing its entries) uses
+the driver's cursor directly inside the SQLAlchemy-managed transaction: SQLAlchemy's per-call
+overhead would otherwise cost more than SQLite itself (see docs/benchmarks.md).
+
+SQL is written once with ``?`` placeholders and translated for psycopg (``%s``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from shoudan.ledger.domain import (
+    AccountState,
+    EntryRow,
+    ExistingEntry,
+    HoldState,
+    Posting,
+)
+
+CHUNK = 500  # ids per IN (...) list; far below SQLite's variable limit
+
+
+class LedgerRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        connection = session.connection()
+        self.dialect = connection.dialect.name
+        self.is_sqlite = self.dialect == "sqlite"
+        raw = connection.connection.driver_connection
+        assert raw is not None
+        self.cursor: Any = raw.cursor()
+
+    # -- SQL helpers ---------------------------------------------------------------------------
+    def _sql(self, text: str) -> str:
+        return text if self.is_sqlite else text.replace("?", "%s")
+
+    def _in(self, column: str, count: int) -> str:
+        return f"{column} IN ({', '.join('?' * count)})"
+
+    def _chunks(self, ids: Iterable[str]) -> Iterator[list[str]]:
+        ordered = sorted(set(ids))
+        for start in range(0, len(ordered), CHUNK):
+            yield ordered[start : start + CHUNK]
+
+    def time_param(self, moment: datetime | None) -> Any:
+        """Store instants as SQLAlchemy does: naive UTC text on SQLite, timestamptz on PG."""
+        if moment is None:
+            return None
+        moment = moment.astimezone(UTC)
+        if self.is_sqlite:
+            return moment.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
+        return moment
+
+    @staticmethod
+    def time_value(value: Any) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    # -- loading -------------------------------------------------------------------------------
+    def lock_accounts(self, ids: Iterable[str]) -> dict[str, AccountState]:
+        """Load accounts; on PostgreSQL lock them FOR UPDATE in id order (no deadlocks).
+        SQLite needs no row locks: the write transaction (BEGIN IMMEDIATE) is the only writer."""
+        found: dict[str, AccountState] = {}
+        suffix = "" if self.is_sqlite else " ORDER BY id FOR UPDATE"
+        for chunk in self._chunks(ids):
+            self.cursor.execute(
+                self._sql(
+                    "SELECT id, currency, max_debit_balance, max_credit_balance, debits_posted,"
+                    " credits_posted, debits_pending, credits_pending FROM ledger_accounts"
+                    f" WHERE {self._in('id', len(chunk))}{suffix}"
+                ),
+                chunk,
+            )
+            for row in self.cursor.fetchall():
+                found[row[0]] = AccountState(*row)
+        return found
+
+    def existing_entries(self, ids: Iterable[str]) -> dict[str, ExistingEntry]:
+        found: dict[str, ExistingEntry] = {}
+        for chunk in self._chunks(ids):
+            self.cursor.execute(
+                self._sql(
+                    "SELECT id, content_hash FROM ledger_entries"
+                    f" WHERE {self._in('id', len(chunk))}"
+                ),
+                chunk,
+            )
+            for entry_id, digest in self.cursor.fetchall():
+                found[entry_id] = ExistingEntry(entry_id, digest)
+        return found
+
+    def holds(self, ids: Iterable[str]) -> dict[str, HoldState]:
+        """Pending entries by id, with their postings and whether something resolved them."""
+        wanted = list(ids)
+        found: dict[str, HoldState] = {}
+        postings: dict[str, list[Posting]] = {}
+        for chunk in self._chunks(wanted):
+            marks = self._in("e.id", len(chunk))
+            self.cursor.execute(
+                self._sql(
+                    "SELECT e.id, e.expires_at, r.id FROM ledger_entries e"
+                    " LEFT JOIN ledger_entries r ON r.resolves_id = e.id"
+                    f" WHERE e.kind = 'pending' AND {marks}"
+                ),
+                chunk,
+            )
+            meta = self.cursor.fetchall()
+            self.cursor.execute(
+                self._sql(
+                    "SELECT entry_id, account_id, amount, currency FROM ledger_postings"
+                    f" WHERE {self._in('entry_id', len(chunk))} ORDER BY entry_id, seq"
+                ),
+                chunk,
+            )
+            for entry_id, account_id, amount, currency in self.cursor.fetchall():
+                postings.setdefault(entry_id, []).append(Posting(account_id, amount, currency))
+            for entry_id, expires_at, resolver in meta:
+                found[entry_id] = HoldState(
+                    entry_id,
+                    tuple(postings.get(entry_id, ())),
+                    self.time_value(expires_at),
+                    resolved=resolver is not None,
+                )
+        return found
+
+    def due_holds(self, now: datetime, limit: int) -> list[str]:
+        self.cursor.execute(
+            self._sql(
+                "SELECT e.id FROM ledger_entries e"
+                " LEFT JOIN ledger_entries r ON r.resolves_id = e.id"
+                " WHERE e.kind = 'pending' AND e.expires_at IS NOT NULL AND e.expires_at <= ?"
+                " AND r.id IS NULL ORDER BY e.expires_at, e.id LIMIT ?"
+            ),
+            (self.time_param(now), limit),
+        )
+        return [row[0] for row in self.cursor.fetchall()]
+
+    # -- writing -------------------------------------------------------------------------------
+    def write(
+        self, rows: Sequence[EntryRow], accounts: Iterable[AccountState], now: datetime
+    ) -> None:
+        if not rows:
+            return
+        created = self.time_param(now)
+        self.cursor.executemany(
+            self._sql(
+                "INSERT INTO ledger_entries (id, kind, resolves_id, code, description,"
+                " content_hash, expires_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            ),
+            [
+                (
+                    row.id, row.kind.value, row.resolves_id, row.code, row.description,
+                    row.content_hash, self.time_param(row.expires_at), created,
+                )
+                for row in rows
+            ],
+        )  # fmt: skip
+        postings = [
+            (row.id, seq, posting.account_id, posting.currency, posting.amount)
+            for row in rows
+            for seq, posting in enumerate(row.postings)
+        ]
+        if postings:
+            self.cursor.executemany(
+                self._sql(
+                    "INSERT INTO ledger_postings (entry_id, seq, account_id, currency, amount)"
+                    " VALUES (?, ?, ?, ?, ?)"
+                ),
+                postings,
+            )
+        self.cursor.executemany(
+            self._sql(
+                "UPDATE ledger_accounts SET debits_posted = ?, credits_posted = ?,"
+                " debits_pending = ?, credits_pending = ? WHERE id = ?"
+            ),
+            [
+                (a.debits_posted, a.credits_posted, a.debits_pending, a.credits_pending, a.id)
+                for a in sorted(accounts, key=lambda account: account.id)
+            ],
+        )

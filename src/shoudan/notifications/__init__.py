@@ -1,0 +1,1 @@
+"""Side effects leave the system through here: the transactional outbox and its relay."""
