@@ -13,6 +13,7 @@ import json
 import os
 import random
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,6 +30,7 @@ from shoudan.core.db import Database
 from shoudan.core.ids import new_id
 from shoudan.ledger.domain import AccountType, Transfer, transfer
 from shoudan.ledger.service import AccountSpec, Ledger
+from shoudan.ledger.writer import GroupCommitWriter
 
 ACCOUNTS = 20
 FUNDING = "asset:bench:funding"
@@ -41,20 +43,28 @@ class Result:
     transfers: int
     seconds: float
     baseline_seconds: float
+    clients: int = 1
+    commits: int | None = None
 
     def line(self) -> dict[str, Any]:
         ours = self.transfers / self.seconds
         raw = self.transfers / self.baseline_seconds
-        return {
+        line: dict[str, Any] = {
             "bench": "ledger",
             "engine": self.engine,
+            "mode": "sequential" if self.clients == 1 else "group_commit",
+            "clients": self.clients,
             "batch_size": self.batch_size,
             "transfers": self.transfers,
             "transfers_per_s": round(ours, 1),
-            "baseline": "raw driver executemany, same rows, same schema and pragmas",
+            "baseline": "raw driver executemany of the same rows, same schema and pragmas, "
+            "one commit per batch, one client",
             "baseline_transfers_per_s": round(raw, 1),
             "ratio": round(ours / raw, 3),
         }
+        if self.commits is not None:
+            line["commits"] = self.commits
+        return line
 
 
 def _account(i: int) -> str:
@@ -173,12 +183,37 @@ def _fresh_databases(database_url: str | None) -> Iterator[tuple[str, str]]:
         admin.dispose()
 
 
+def _time_clients(
+    writer: GroupCommitWriter, batches: list[list[Transfer]], clients: int
+) -> float:
+    """Each client thread submits its share of the batches, one at a time, and waits."""
+    shares = [batches[i::clients] for i in range(clients)]
+    barrier = threading.Barrier(clients + 1)
+
+    def client(share: list[list[Transfer]]) -> None:
+        barrier.wait()
+        for batch in share:
+            writer.submit(batch)
+
+    threads = [threading.Thread(target=client, args=(share,)) for share in shares]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started
+
+
 def run(
     database_url: str | None = None,
     batch_sizes: tuple[int, ...] = (1, 100, 1000),
     transfers: dict[int, int] | None = None,
     seed: int = 8583,
+    clients: int = 16,
 ) -> Iterator[dict[str, Any]]:
+    """Sequential runs (one client) against the raw baseline; then, with ``clients`` > 1,
+    the same load from concurrent clients through the group-commit writer."""
     counts = transfers or {1: 2_000, 100: 20_000, 1000: 50_000}
     rng = random.Random(seed)
     with _fresh_databases(database_url) as (ours_url, raw_url):
@@ -197,6 +232,14 @@ def run(
                 seconds = _time(ledger.submit, ours)
                 baseline = _time(write_raw, raw)
                 yield Result(database.dialect, size, count, seconds, baseline).line()
+                if clients > 1:
+                    grouped = _batches(count, size, rng)
+                    with GroupCommitWriter(ledger) as writer:
+                        seconds = _time_clients(writer, grouped, clients)
+                        commits = writer.commits
+                    yield Result(
+                        database.dialect, size, count, seconds, baseline, clients, commits
+                    ).line()
         finally:
             close_raw()
             database.dispose()

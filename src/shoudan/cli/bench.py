@@ -20,11 +20,15 @@ def ledger(
     ),
     batch_sizes: str = typer.Option("1,100,1000", help="Comma-separated batch sizes."),
     transfers: int | None = typer.Option(None, help="Transfers per batch size (default: auto)."),
+    clients: int = typer.Option(
+        16, help="Concurrent clients for the group-commit runs (1: sequential runs only)."
+    ),
 ) -> None:
-    """Transfers/s at each batch size on SQLite (synchronous=FULL), with the raw baseline."""
+    """Transfers/s at each batch size on SQLite (synchronous=FULL), with the raw baseline;
+    sequential, then from concurrent clients through the group-commit writer."""
     sizes = tuple(int(size) for size in batch_sizes.split(","))
     counts = {size: max(transfers, size) for size in sizes} if transfers else None
     targets = [None] + ([database_url] if database_url else [])
     for url in targets:
-        for line in ledger_bench.run(url, sizes, counts):
+        for line in ledger_bench.run(url, sizes, counts, clients=clients):
             typer.echo(json.dumps(line))

@@ -11,12 +11,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from shoudan.ledger.domain import (
     AccountState,
     EntryRow,
-    ExistingEntry,
     HoldState,
     Posting,
 )
@@ -25,14 +25,19 @@ CHUNK = 500  # ids per IN (...) list; far below SQLite's variable limit
 
 
 class LedgerRepository:
-    def __init__(self, session: Session) -> None:
-        self.session = session
-        connection = session.connection()
-        self.dialect = connection.dialect.name
-        self.is_sqlite = self.dialect == "sqlite"
-        raw = connection.connection.driver_connection
-        assert raw is not None
+    """Works on the driver connection of the current transaction (``raw``), whichever way
+    that transaction was opened: an ORM session, a Core connection, or
+    ``Database.driver_transaction``."""
+
+    def __init__(self, raw: Any, dialect: str) -> None:
+        self.dialect = dialect
+        self.is_sqlite = dialect == "sqlite"
         self.cursor: Any = raw.cursor()
+
+    @classmethod
+    def of(cls, bind: Session | Connection) -> LedgerRepository:
+        connection = bind.connection() if isinstance(bind, Session) else bind
+        return cls(connection.connection.driver_connection, connection.dialect.name)
 
     # -- SQL helpers ---------------------------------------------------------------------------
     def _sql(self, text: str) -> str:
@@ -83,8 +88,9 @@ class LedgerRepository:
                 found[row[0]] = AccountState(*row)
         return found
 
-    def existing_entries(self, ids: Iterable[str]) -> dict[str, ExistingEntry]:
-        found: dict[str, ExistingEntry] = {}
+    def existing_entries(self, ids: Iterable[str]) -> dict[str, str]:
+        """Content fingerprints of the stored entries among ``ids``."""
+        found: dict[str, str] = {}
         for chunk in self._chunks(ids):
             self.cursor.execute(
                 self._sql(
@@ -94,7 +100,7 @@ class LedgerRepository:
                 chunk,
             )
             for entry_id, digest in self.cursor.fetchall():
-                found[entry_id] = ExistingEntry(entry_id, digest)
+                found[entry_id] = digest
         return found
 
     def holds(self, ids: Iterable[str]) -> dict[str, HoldState]:

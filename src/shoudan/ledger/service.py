@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from sqlalchemy import select
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from shoudan.core.clock import Clock, SystemClock
@@ -30,7 +30,9 @@ from shoudan.ledger.domain import (
     EntryRequest,
     EntryResult,
     ExpireHold,
+    Refusal,
     accounts_of,
+    check_all,
     entry_ids_of,
     hold_ids_of,
 )
@@ -107,13 +109,6 @@ def _view(row: LedgerAccount) -> AccountView:
     )  # fmt: skip
 
 
-def _is_retryable(error: DBAPIError) -> bool:
-    if isinstance(error, IntegrityError):
-        return True  # a concurrent insert of the same entry id: the retry answers `exists`
-    code = getattr(error.orig, "sqlstate", None)
-    return code in {"40001", "40P01"} or (isinstance(error, OperationalError) and code is None)
-
-
 class Ledger:
     def __init__(self, database: Database, clock: Clock | None = None) -> None:
         self.database = database
@@ -178,30 +173,48 @@ class Ledger:
         return [_view(r) for r in session.scalars(select(LedgerAccount).order_by(LedgerAccount.id))]
 
     # -- entries -------------------------------------------------------------------------------
-    def submit(self, items: Sequence[BatchItem]) -> list[EntryResult]:
-        """Apply a batch in its own transaction; each entry gets its own result."""
+    def submit(
+        self, items: Sequence[BatchItem], checked: dict[int, str | Refusal] | None = None
+    ) -> list[EntryResult]:
+        """Apply a batch in its own transaction; each entry gets its own result.
+
+        A lost race (a concurrent insert of the same entry id, a deadlock, a serialization
+        failure) is retried: the retry then sees the winner's rows and answers ``exists``.
+        ``checked`` (from ``check_all``) lets a caller validate outside the transaction."""
+        if checked is None:
+            checked = check_all(items)
         for attempt in range(1, MAX_RETRIES + 1):
             try:
-                with self.database.transaction() as session:
-                    return self.apply(session, items)
-            except DBAPIError as error:
-                if attempt == MAX_RETRIES or not _is_retryable(error):
+                # straight on the driver connection: an ORM session would cost more than a
+                # single-entry commit itself (docs/benchmarks.md)
+                with self.database.driver_transaction() as raw:
+                    repo = LedgerRepository(raw, self.database.dialect)
+                    return self._apply(repo, items, checked)
+            except Exception as error:
+                if attempt == MAX_RETRIES or not self.database.is_retryable(error):
                     raise
-                log.info("ledger batch lost a race (attempt %d): retrying", attempt)
+                log.info("ledger batch lost a race (attempt %d): retrying: %s", attempt, error)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def post(self, session: Session, request: EntryRequest) -> EntryResult:
         """Apply one entry in the caller's transaction; a refusal raises ``DomainError``."""
         return self.apply(session, [request])[0].raise_for_error()
 
-    def apply(self, session: Session, items: Sequence[BatchItem]) -> list[EntryResult]:
+    def apply(self, session: Session | Connection, items: Sequence[BatchItem]) -> list[EntryResult]:
         """Apply a batch inside the caller's transaction. Nothing of a failed entry is written;
         the caller decides whether the others commit."""
+        return self._apply(LedgerRepository.of(session), items)
+
+    def _apply(
+        self,
+        repo: LedgerRepository,
+        items: Sequence[BatchItem],
+        checked: dict[int, str | Refusal] | None = None,
+    ) -> list[EntryResult]:
         count = sum(len(i.entries) if hasattr(i, "entries") else 1 for i in items)
         if count > MAX_BATCH:
             raise DomainError(ErrorCode.INVALID_INPUT, f"a batch holds at most {MAX_BATCH} entries")
         now = self.clock.now()
-        repo = LedgerRepository(session)
         hold_ids = hold_ids_of(items)
         holds = repo.holds(hold_ids) if hold_ids else {}
         account_ids = accounts_of(items)
@@ -212,7 +225,7 @@ class Ledger:
             holds = repo.holds(hold_ids)  # re-read under the account locks: latest resolutions
         existing = repo.existing_entries(entry_ids_of(items))
         before = {account_id: state.snapshot() for account_id, state in accounts.items()}
-        outcome = Engine(accounts, holds, existing, now).run(items)
+        outcome = Engine(accounts, holds, existing, now, checked).run(items)
         changed = [a for a in accounts.values() if a.snapshot() != before[a.id]]
         repo.write(outcome.rows, changed, now)
         return outcome.results
@@ -232,7 +245,7 @@ class Ledger:
         expired = 0
         while True:
             with self.database.transaction() as session:
-                due = LedgerRepository(session).due_holds(self.clock.now(), limit)
+                due = LedgerRepository.of(session).due_holds(self.clock.now(), limit)
                 if not due:
                     return expired
                 results = self.apply(session, [ExpireHold(hold_id) for hold_id in due])
