@@ -156,39 +156,81 @@ class LedgerRepository:
         if not rows:
             return
         created = self.time_param(now)
-        self.cursor.executemany(
-            self._sql(
-                "INSERT INTO ledger_entries (id, kind, resolves_id, code, description,"
-                " content_hash, expires_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-            ),
-            [
-                (
-                    row.id, row.kind.value, row.resolves_id, row.code, row.description,
-                    row.content_hash, self.time_param(row.expires_at), created,
-                )
-                for row in rows
-            ],
-        )  # fmt: skip
+        entries = [
+            (
+                row.id, row.kind.value, row.resolves_id, row.code, row.description,
+                row.content_hash, self.time_param(row.expires_at), created,
+            )
+            for row in rows
+        ]  # fmt: skip
         postings = [
             (row.id, seq, posting.account_id, posting.currency, posting.amount)
             for row in rows
             for seq, posting in enumerate(row.postings)
         ]
+        balances = [
+            (a.id, a.debits_posted, a.credits_posted, a.debits_pending, a.credits_pending)
+            for a in sorted(accounts, key=lambda account: account.id)
+        ]
+        if self.is_sqlite:
+            self._write_sqlite(entries, postings, balances)
+        else:
+            self._write_postgresql(entries, postings, balances)
+
+    def _write_sqlite(
+        self,
+        entries: list[tuple[Any, ...]],
+        postings: list[tuple[Any, ...]],
+        balances: list[tuple[Any, ...]],
+    ) -> None:
+        self.cursor.executemany(
+            "INSERT INTO ledger_entries (id, kind, resolves_id, code, description,"
+            " content_hash, expires_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            entries,
+        )
         if postings:
             self.cursor.executemany(
-                self._sql(
-                    "INSERT INTO ledger_postings (entry_id, seq, account_id, currency, amount)"
-                    " VALUES (?, ?, ?, ?, ?)"
-                ),
+                "INSERT INTO ledger_postings (entry_id, seq, account_id, currency, amount)"
+                " VALUES (?, ?, ?, ?, ?)",
                 postings,
             )
         self.cursor.executemany(
-            self._sql(
-                "UPDATE ledger_accounts SET debits_posted = ?, credits_posted = ?,"
-                " debits_pending = ?, credits_pending = ? WHERE id = ?"
-            ),
-            [
-                (a.debits_posted, a.credits_posted, a.debits_pending, a.credits_pending, a.id)
-                for a in sorted(accounts, key=lambda account: account.id)
-            ],
+            "UPDATE ledger_accounts SET debits_posted = ?, credits_posted = ?,"
+            " debits_pending = ?, credits_pending = ? WHERE id = ?",
+            [(*balance[1:], balance[0]) for balance in balances],
         )
+
+    def _write_postgresql(
+        self,
+        entries: list[tuple[Any, ...]],
+        postings: list[tuple[Any, ...]],
+        balances: list[tuple[Any, ...]],
+    ) -> None:
+        """One statement per table, whatever the batch size: columns travel as arrays and
+        ``unnest`` turns them back into rows (a round trip per row would dominate)."""
+        self.cursor.execute(
+            "INSERT INTO ledger_entries (id, kind, resolves_id, code, description,"
+            " content_hash, expires_at, created_at)"
+            " SELECT * FROM unnest(%s::varchar[], %s::varchar[], %s::varchar[], %s::varchar[],"
+            " %s::varchar[], %s::varchar[], %s::timestamptz[], %s::timestamptz[])",
+            _columns(entries, 8),
+        )
+        if postings:
+            self.cursor.execute(
+                "INSERT INTO ledger_postings (entry_id, seq, account_id, currency, amount)"
+                " SELECT * FROM unnest(%s::varchar[], %s::smallint[], %s::varchar[],"
+                " %s::varchar[], %s::bigint[])",
+                _columns(postings, 5),
+            )
+        self.cursor.execute(
+            "UPDATE ledger_accounts a SET debits_posted = b.dp, credits_posted = b.cp,"
+            " debits_pending = b.dpend, credits_pending = b.cpend"
+            " FROM unnest(%s::varchar[], %s::bigint[], %s::bigint[], %s::bigint[],"
+            " %s::bigint[]) AS b(id, dp, cp, dpend, cpend) WHERE a.id = b.id",
+            _columns(balances, 5),
+        )
+
+
+def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows to columns (``[(a, 1), (b, 2)]`` → ``[[a, b], [1, 2]]``)."""
+    return [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * width
