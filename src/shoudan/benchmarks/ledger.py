@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import statistics
 import tempfile
 import threading
 import time
@@ -33,6 +34,7 @@ from shoudan.ledger.service import AccountSpec, Ledger
 from shoudan.ledger.writer import GroupCommitWriter
 
 ACCOUNTS = 20
+ROUNDS = 3
 FUNDING = "asset:bench:funding"
 
 
@@ -55,7 +57,8 @@ class Result:
             "mode": "sequential" if self.clients == 1 else "group_commit",
             "clients": self.clients,
             "batch_size": self.batch_size,
-            "transfers": self.transfers,
+            "transfers_per_round": self.transfers,
+            "rounds": ROUNDS,
             "transfers_per_s": round(ours, 1),
             "baseline": "raw driver executemany of the same rows, same schema and pragmas, "
             "one commit per batch, one client",
@@ -214,7 +217,7 @@ def run(
 ) -> Iterator[dict[str, Any]]:
     """Sequential runs (one client) against the raw baseline; then, with ``clients`` > 1,
     the same load from concurrent clients through the group-commit writer."""
-    counts = transfers or {1: 2_000, 100: 20_000, 1000: 50_000}
+    counts = transfers or {1: 3_000, 100: 30_000, 1000: 60_000}
     rng = random.Random(seed)
     with _fresh_databases(database_url) as (ours_url, raw_url):
         database = Database(ours_url)
@@ -224,22 +227,34 @@ def run(
         try:
             for size in batch_sizes:
                 count = counts.get(size, max(size * 20, 2_000))
-                ours = _batches(count, size, rng)
-                raw = _batches(count, size, rng)
                 # warm both paths (statement caches, page cache) outside the timing
                 ledger.submit(_batches(size, size, rng)[0])
                 write_raw(_batches(size, size, rng)[0])
-                seconds = _time(ledger.submit, ours)
-                baseline = _time(write_raw, raw)
-                yield Result(database.dialect, size, count, seconds, baseline).line()
-                if clients > 1:
-                    grouped = _batches(count, size, rng)
-                    with GroupCommitWriter(ledger) as writer:
-                        seconds = _time_clients(writer, grouped, clients)
-                        commits = writer.commits
+                # Rounds alternate ours / baseline / group commit, so that a noisy neighbour
+                # slows all three alike; each figure is the median of its rounds.
+                share = max(count // ROUNDS // size, 1) * size
+                ours_s: list[float] = []
+                raw_s: list[float] = []
+                group_s: list[float] = []
+                commits = 0
+                for _ in range(ROUNDS):
+                    ours_s.append(_time(ledger.submit, _batches(share, size, rng)))
+                    raw_s.append(_time(write_raw, _batches(share, size, rng)))
+                    if clients > 1:
+                        with GroupCommitWriter(ledger) as writer:
+                            group_s.append(
+                                _time_clients(writer, _batches(share, size, rng), clients)
+                            )
+                            commits += writer.commits
+                baseline = statistics.median(raw_s)
+                yield Result(
+                    database.dialect, size, share, statistics.median(ours_s), baseline
+                ).line()
+                if group_s:
                     yield Result(
-                        database.dialect, size, count, seconds, baseline, clients, commits
-                    ).line()
+                        database.dialect, size, share, statistics.median(group_s), baseline,
+                        clients, commits // ROUNDS,
+                    ).line()  # fmt: skip
         finally:
             close_raw()
             database.dispose()
