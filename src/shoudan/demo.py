@@ -3,9 +3,7 @@
 ``seed(database)`` is idempotent: accounts are created with ``Ledger.create_accounts`` (an
 identical definition is accepted again) and every entry has a fixed id (a repeated id answers
 ``exists``), so seeding twice changes nothing. One audit record (``demo.seeded``) is written
-the first time only. The demo holds have no deadline on purpose: the ledger validates a hold's
-``expires_at`` against the clock before it looks for an existing id, so a re-seed after a
-fixed deadline would be refused instead of answering ``exists``.
+the first time only.
 
 Chart of accounts
 =================

@@ -5,6 +5,8 @@ from __future__ import annotations
 import typer
 
 from shoudan.cli import audit, bench, db, ledger, serve, worker
+from shoudan.cli.common import fail
+from shoudan.core.errors import DomainError
 
 app = typer.Typer(
     name="shoudan",
@@ -21,5 +23,14 @@ app.command("demo")(serve.demo)
 app.command("worker")(worker.worker)
 
 
+def main() -> None:
+    """The console script: a refused request is one line on stderr and exit status 2, not
+    a traceback."""
+    try:
+        app()
+    except DomainError as error:
+        fail(error, exit_code=2)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    main()
