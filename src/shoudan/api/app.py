@@ -78,7 +78,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         except Exception:
             log.exception("health check: database unreachable")
             return problem(
-                ErrorCode.INTERNAL_ERROR,
+                ErrorCode.SERVICE_UNAVAILABLE,
                 503,
                 "database unavailable",
                 instance=request.url.path,

@@ -49,8 +49,32 @@ STATUS_BY_CODE: dict[ErrorCode, int] = {
     # audit / outbox: the client did nothing wrong
     ErrorCode.AUDIT_CHAIN_BROKEN: 500,
     ErrorCode.UNKNOWN_EVENT_TOPIC: 500,
+    # auth and API edge
+    ErrorCode.UNAUTHENTICATED: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.IDEMPOTENCY_KEY_REUSED: 409,
+    ErrorCode.IDEMPOTENCY_KEY_IN_USE: 409,
+    # merchants, terminals, pricing
+    ErrorCode.MERCHANT_NOT_FOUND: 404,
+    ErrorCode.MERCHANT_INACTIVE: 422,
+    ErrorCode.TERMINAL_NOT_FOUND: 404,
+    ErrorCode.TERMINAL_EXISTS: 409,
+    ErrorCode.TERMINAL_INACTIVE: 422,
+    ErrorCode.TERMINAL_MERCHANT_MISMATCH: 422,
+    ErrorCode.FEE_PLAN_NOT_FOUND: 422,
+    # payments
+    ErrorCode.PAYMENT_NOT_FOUND: 404,
+    ErrorCode.INVALID_TRANSITION: 409,
+    ErrorCode.INVALID_CARD: 422,
+    ErrorCode.INVALID_AUTH_CODE: 422,
+    ErrorCode.UNSUPPORTED_METHOD: 422,
+    ErrorCode.VOID_NOT_ALLOWED: 409,
+    ErrorCode.CAPTURE_NOT_ALLOWED: 409,
+    ErrorCode.CAPTURE_EXCEEDS_AUTHORIZED: 422,
+    ErrorCode.CHANNEL_UNAVAILABLE: 503,
     # infrastructure
     ErrorCode.CONFIGURATION_ERROR: 500,
+    ErrorCode.SERVICE_UNAVAILABLE: 503,
     ErrorCode.INTERNAL_ERROR: 500,
 }
 

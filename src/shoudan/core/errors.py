@@ -34,8 +34,32 @@ class ErrorCode(StrEnum):
     # audit / outbox
     AUDIT_CHAIN_BROKEN = "audit_chain_broken"
     UNKNOWN_EVENT_TOPIC = "unknown_event_topic"
+    # auth and API edge
+    UNAUTHENTICATED = "unauthenticated"
+    FORBIDDEN = "forbidden"
+    IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
+    IDEMPOTENCY_KEY_IN_USE = "idempotency_key_in_use"
+    # merchants, terminals, pricing
+    MERCHANT_NOT_FOUND = "merchant_not_found"
+    MERCHANT_INACTIVE = "merchant_inactive"
+    TERMINAL_NOT_FOUND = "terminal_not_found"
+    TERMINAL_EXISTS = "terminal_exists"
+    TERMINAL_INACTIVE = "terminal_inactive"
+    TERMINAL_MERCHANT_MISMATCH = "terminal_merchant_mismatch"
+    FEE_PLAN_NOT_FOUND = "fee_plan_not_found"
+    # payments
+    PAYMENT_NOT_FOUND = "payment_not_found"
+    INVALID_TRANSITION = "invalid_transition"
+    INVALID_CARD = "invalid_card"
+    INVALID_AUTH_CODE = "invalid_auth_code"
+    UNSUPPORTED_METHOD = "unsupported_method"
+    VOID_NOT_ALLOWED = "void_not_allowed"
+    CAPTURE_NOT_ALLOWED = "capture_not_allowed"
+    CAPTURE_EXCEEDS_AUTHORIZED = "capture_exceeds_authorized"
+    CHANNEL_UNAVAILABLE = "channel_unavailable"
     # infrastructure
     CONFIGURATION_ERROR = "configuration_error"
+    SERVICE_UNAVAILABLE = "service_unavailable"
     INTERNAL_ERROR = "internal_error"
 
 

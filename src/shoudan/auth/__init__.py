@@ -1,0 +1,1 @@
+"""Principals, roles and API keys."""

@@ -1,0 +1,1 @@
+"""Upstream card and QR networks, and the sandbox simulator standing in for them."""

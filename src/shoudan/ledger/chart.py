@@ -1,0 +1,86 @@
+"""The chart of accounts: every account id the domains post to, in one place.
+
+Ids are ``type:owner-kind:owner:purpose`` (see docs/ledger.md). Merchant accounts are created
+with the merchant; platform accounts by ``platform_accounts()`` (idempotent).
+"""
+
+from __future__ import annotations
+
+from shoudan.ledger.domain import AccountType
+from shoudan.ledger.service import AccountSpec
+
+# -- platform -------------------------------------------------------------------------------
+BANK_SETTLEMENT = "asset:bank:settlement"
+DEPOSIT_PENALTY_REVENUE = "revenue:deposit:penalty"
+NETWORKS = ("unionpay", "wechat", "alipay")
+
+
+def channel_receivable(network: str) -> str:
+    """What a card/QR network owes us for captured payments."""
+    return f"asset:channel:{network}:receivable"
+
+
+def channel_payable(network: str) -> str:
+    """What we owe a network (refunds), netted at its settlement."""
+    return f"liability:channel:{network}:payable"
+
+
+def fee_revenue(method: str) -> str:
+    """Merchant discount fees, by payment method (card, wechat, alipay, unionpay_qr)."""
+    return f"revenue:fees:{method}"
+
+
+FEE_METHODS = ("card", "wechat", "alipay", "unionpay_qr")
+
+
+def platform_accounts() -> list[AccountSpec]:
+    specs = [
+        AccountSpec(BANK_SETTLEMENT, AccountType.ASSET, name="settlement bank account"),
+        AccountSpec(DEPOSIT_PENALTY_REVENUE, AccountType.REVENUE, name="forfeited deposits"),
+    ]
+    for network in NETWORKS:
+        specs.append(AccountSpec(channel_receivable(network), AccountType.ASSET))
+        specs.append(AccountSpec(channel_payable(network), AccountType.LIABILITY))
+    specs.extend(AccountSpec(fee_revenue(m), AccountType.REVENUE) for m in FEE_METHODS)
+    return specs
+
+
+# -- per merchant ---------------------------------------------------------------------------
+def merchant_unsettled(merchant_id: str) -> str:
+    """Sales net of fees, not yet settled. Never in debit: refunds and voids are funded from
+    it and are refused (or wait) when it is short."""
+    return f"liability:merchant:{merchant_id}:unsettled"
+
+
+def merchant_settled(merchant_id: str) -> str:
+    """Settled, owed to the merchant until paid out to its own verified bank card."""
+    return f"liability:merchant:{merchant_id}:settled"
+
+
+def merchant_deposit(merchant_id: str) -> str:
+    """The terminal deposits (押金) we hold for the merchant."""
+    return f"liability:merchant:{merchant_id}:deposit_held"
+
+
+def merchant_debt(merchant_id: str) -> str:
+    """What the merchant owes us (negative settlement nets carried forward): an asset."""
+    return f"asset:merchant:{merchant_id}:debt"
+
+
+def merchant_accounts(merchant_id: str) -> list[AccountSpec]:
+    def liability(account_id: str) -> AccountSpec:
+        return AccountSpec(
+            account_id, AccountType.LIABILITY, owner_type="merchant", owner_id=merchant_id,
+            max_debit_balance=0,
+        )  # fmt: skip
+
+    debt = AccountSpec(
+        merchant_debt(merchant_id), AccountType.ASSET, owner_type="merchant",
+        owner_id=merchant_id, max_credit_balance=0,
+    )  # fmt: skip
+    return [
+        liability(merchant_unsettled(merchant_id)),
+        liability(merchant_settled(merchant_id)),
+        liability(merchant_deposit(merchant_id)),
+        debt,
+    ]

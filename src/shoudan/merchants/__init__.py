@@ -1,0 +1,1 @@
+"""Merchants: identity, settlement bank account (encrypted), fee plan, limits."""

@@ -1,0 +1,1 @@
+"""Payments: sale, pre-authorisation, completion, void, reversal."""

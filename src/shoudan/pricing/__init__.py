@@ -1,0 +1,1 @@
+"""Fee plans and limits, as data."""

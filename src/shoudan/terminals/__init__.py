@@ -1,0 +1,1 @@
+"""Terminals: inventory, binding to a merchant, keys."""
