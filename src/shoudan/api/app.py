@@ -20,6 +20,8 @@ from sqlalchemy import text
 
 from shoudan import __version__
 from shoudan.api.errors import PROBLEM_JSON, install_error_handlers, problem
+from shoudan.api.routers import merchants, payments, terminals
+from shoudan.container import Container, build_container
 from shoudan.core.config import Settings, get_settings
 from shoudan.core.db import Database
 from shoudan.core.errors import ErrorCode
@@ -35,12 +37,20 @@ class Health(BaseModel):
     version: str
 
 
-def create_app(settings: Settings | None = None, database: Database | None = None) -> FastAPI:
-    """Build the app. A ``database`` passed in stays the caller's to dispose; one the app
-    opens itself (from ``settings``) is disposed when the app shuts down."""
+def create_app(
+    settings: Settings | None = None,
+    database: Database | None = None,
+    container: Container | None = None,
+) -> FastAPI:
+    """Build the app. A ``database`` (or ``container``) passed in stays the caller's to
+    dispose; one the app opens itself (from ``settings``) is disposed when the app shuts
+    down."""
+    if container is not None:
+        settings, database = container.settings, container.database
     settings = settings or get_settings()
     owned = database is None
     db = database if database is not None else Database(settings.resolved_database_url())
+    container = container or build_container(settings, db)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -61,7 +71,11 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     )
     app.state.settings = settings
     app.state.database = db
+    app.state.container = container
     install_error_handlers(app)
+    app.include_router(merchants.router)
+    app.include_router(terminals.router)
+    app.include_router(payments.router)
 
     @app.get(
         "/healthz",

@@ -1,0 +1,5 @@
+"""/v1/merchants: being written."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

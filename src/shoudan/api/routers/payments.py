@@ -1,0 +1,5 @@
+"""/v1/payments: being written."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

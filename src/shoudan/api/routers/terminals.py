@@ -1,0 +1,5 @@
+"""/v1/terminals: being written."""
+
+from fastapi import APIRouter
+
+router = APIRouter()
