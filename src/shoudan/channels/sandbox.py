@@ -1,0 +1,433 @@
+"""The sandbox issuer: a deterministic stand-in for the card and QR networks (spec §6).
+
+No real network is reachable, so every payment path (approval, each decline, time-out and
+reversal, transient and permanent refund failures, an exhausted open-to-buy) is exercised
+against this simulator, chosen by PAN as the spec's table says.
+
+Card rules, checked in this order (an issuer checks card status before the PIN, and the
+balance only after the PIN):
+
+1. Luhn check fails → ``14``;
+2. 6222020000000000984 → no answer: sleeps ``timeout_seconds``, raises ``ChannelTimeout``
+   (nothing is recorded, so a later ``query`` returns None and ``reverse`` is a no-op);
+3. 6258070000000918 → ``91``; 6258070000000546 → ``54``; 6222020000000000414 → ``41``;
+4. expiry (YYMM, valid through the end of that month, Asia/Shanghai) before the clock's
+   month → ``54``;
+5. PIN: a PIN, when given, must be ``123456`` (``55``); a debit card (BIN 622202) without a
+   PIN is accepted only contactless up to ¥1,000.00 (小额免密), else ``55``;
+6. 6222020000000000513 → ``51``; 6258070000000108 → ``51`` once its ¥1,000.00 open-to-buy
+   is used (voids and reversals give it back; refunds do not — a network posts refunds to
+   the card days later);
+7. approve. 6222020000000000778 approves but every refund to it fails permanently
+   (``card_closed``); 6258070000000785 approves, and the first attempt of each refund fails
+   transiently, the retry succeeds.
+
+QR payment codes: a code ending in ``51`` → ``51``; any other valid code approves.
+
+State (authorised references, open-to-buy, refund attempts) lives in this instance's memory
+under one lock: it is per process and lost on restart, which is fine for a simulator and is
+why an application must share one ``SandboxChannel`` between its threads. No PAN or PIN is
+kept: transactions remember a behaviour profile and an HMAC token of the PAN under a random
+per-instance key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import Enum
+from typing import Final
+
+from shoudan.channels.domain import (
+    AUTH_CODE_LENGTH,
+    AuthorizeRequest,
+    CardData,
+    ChannelResult,
+    ChannelTimeout,
+    EntryMode,
+    Funding,
+    Network,
+    RefundResult,
+    RefundStatus,
+    ResponseCode,
+    TxnState,
+    card_funding,
+    luhn_valid,
+    positive_amount,
+)
+from shoudan.core.clock import SHANGHAI, Clock, SystemClock
+from shoudan.core.errors import DomainError, ErrorCode
+
+SANDBOX_PIN: Final = "123456"
+OPEN_TO_BUY: Final = 100_000  # ¥1,000.00 on the open-to-buy card
+NO_PIN_CEILING: Final = 100_000  # 小额免密: contactless debit without PIN up to ¥1,000.00
+CAPTURE_LIMIT_PERCENT: Final = Decimal(115)  # completion may exceed the pre-auth by 15%
+
+PAN_APPROVE_DEBIT: Final = "6222020000000000018"
+PAN_APPROVE_CREDIT: Final = "6258070000000017"
+PAN_INSUFFICIENT_FUNDS: Final = "6222020000000000513"
+PAN_EXPIRED: Final = "6258070000000546"
+PAN_LOST: Final = "6222020000000000414"
+PAN_ISSUER_UNAVAILABLE: Final = "6258070000000918"
+PAN_NO_ANSWER: Final = "6222020000000000984"
+PAN_CARD_CLOSED: Final = "6222020000000000778"
+PAN_FLAKY_REFUND: Final = "6258070000000785"
+PAN_OPEN_TO_BUY: Final = "6258070000000108"
+
+_DECLINES: Final = {
+    PAN_ISSUER_UNAVAILABLE: ResponseCode.ISSUER_UNAVAILABLE,
+    PAN_EXPIRED: ResponseCode.EXPIRED_CARD,
+    PAN_LOST: ResponseCode.LOST_CARD,
+}
+
+MESSAGES: Final = {
+    ResponseCode.APPROVED: "approved",
+    ResponseCode.INVALID_TRANSACTION: "invalid transaction",
+    ResponseCode.INVALID_AMOUNT: "invalid amount",
+    ResponseCode.INVALID_CARD: "invalid card number",
+    ResponseCode.ORIGINAL_NOT_FOUND: "original transaction not found",
+    ResponseCode.LOST_CARD: "lost card",
+    ResponseCode.INSUFFICIENT_FUNDS: "insufficient funds",
+    ResponseCode.EXPIRED_CARD: "expired card",
+    ResponseCode.INCORRECT_PIN: "incorrect PIN",
+    ResponseCode.ISSUER_UNAVAILABLE: "issuer or switch unavailable",
+    ResponseCode.DUPLICATE: "reference reused for a different request",
+}
+
+
+class _Profile(Enum):
+    """What a transaction remembers of its card instead of the PAN."""
+
+    NORMAL = "normal"
+    CARD_CLOSED = "card_closed"
+    FLAKY_REFUND = "flaky_refund"
+    OPEN_TO_BUY = "open_to_buy"
+
+
+@dataclass
+class _Refund:
+    amount: int
+    status: RefundStatus
+    attempts: int
+    reason: str | None
+
+
+@dataclass
+class _Txn:
+    fingerprint: str
+    network: Network
+    result: ChannelResult
+    state: TxnState
+    amount: int  # authorised
+    captured: int = 0
+    profile: _Profile = _Profile.NORMAL
+    card_token: str | None = None
+    held: int = 0  # open-to-buy this transaction currently uses
+    refunds: dict[str, _Refund] = field(default_factory=dict)
+
+    @property
+    def refunded(self) -> int:
+        """Refunded or in flight (a transient failure will be retried, so it stays reserved)."""
+        return sum(
+            r.amount for r in self.refunds.values() if r.status is not RefundStatus.FAILED_PERMANENT
+        )
+
+
+def _digest(*parts: str) -> int:
+    return int.from_bytes(hashlib.sha256("\x1f".join(parts).encode()).digest()[:8], "big")
+
+
+def auth_code_for(reference: str) -> str:
+    """Field 38: six digits derived from the reference, so reruns print the same receipt."""
+    return f"{_digest('auth', reference) % 10**AUTH_CODE_LENGTH:0{AUTH_CODE_LENGTH}d}"
+
+
+def channel_reference_for(reference: str) -> str:
+    """The network's own id for a transaction: 12 digits, derived from our reference."""
+    return f"{_digest('channel', reference) % 10**12:012d}"
+
+
+class SandboxChannel:
+    """The simulator. ``latency_seconds`` delays every answer (outside the lock);
+    ``timeout_seconds`` is how long the no-answer card keeps the caller waiting before
+    ``ChannelTimeout`` (tests pass a tiny value). ``clock`` decides which cards are expired."""
+
+    def __init__(
+        self,
+        latency_seconds: float = 0.0,
+        timeout_seconds: float = 2.0,
+        clock: Clock | None = None,
+    ) -> None:
+        if latency_seconds < 0 or timeout_seconds < 0:
+            raise DomainError(ErrorCode.CONFIGURATION_ERROR, "sandbox delays cannot be negative")
+        self.latency_seconds = latency_seconds
+        self.timeout_seconds = timeout_seconds
+        self.clock: Clock = clock or SystemClock()
+        self._lock = threading.Lock()
+        self._key = secrets.token_bytes(32)  # PAN tokens are meaningless outside this object
+        self._txns: dict[str, _Txn] = {}
+        self._reversed_unknown: set[str] = set()
+        self._open_to_buy_used: dict[str, int] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"SandboxChannel(latency_seconds={self.latency_seconds}, "
+            f"timeout_seconds={self.timeout_seconds})"
+        )
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _delay(self) -> None:
+        if self.latency_seconds:
+            time.sleep(self.latency_seconds)
+
+    def _token(self, pan: str) -> str:
+        return hmac.new(self._key, pan.encode(), hashlib.sha256).hexdigest()
+
+    def _fingerprint(self, req: AuthorizeRequest) -> str:
+        what = self._token(req.card.pan) if req.card is not None else req.auth_code or ""
+        material = f"{req.amount}|{req.currency}|{req.capture}|{what}"
+        return hmac.new(self._key, material.encode(), hashlib.sha256).hexdigest()
+
+    @staticmethod
+    def _result(
+        reference: str,
+        code: ResponseCode,
+        network: Network | None,
+        state: TxnState | None,
+        message: str | None = None,
+    ) -> ChannelResult:
+        approved = code is ResponseCode.APPROVED
+        return ChannelResult(
+            approved=approved,
+            response_code=code.value,
+            network=network,
+            channel_reference=channel_reference_for(reference),
+            auth_code=auth_code_for(reference) if approved else None,
+            message=message or MESSAGES.get(code, code.name.lower()),
+            state=state,
+        )
+
+    def _expired(self, expiry: str) -> bool:
+        today = self.clock.now().astimezone(SHANGHAI).date()
+        year, month = 2000 + int(expiry[:2]), int(expiry[2:])
+        return (year, month) < (today.year, today.month)
+
+    def _card_decision(self, card: CardData, amount: int) -> ResponseCode | None:
+        """Steps 3-6 of the module docstring except open-to-buy (needs the lock)."""
+        if card.pan in _DECLINES:
+            return _DECLINES[card.pan]
+        if self._expired(card.expiry):
+            return ResponseCode.EXPIRED_CARD
+        if card.pin is not None:
+            if not hmac.compare_digest(card.pin.encode(), SANDBOX_PIN.encode()):
+                return ResponseCode.INCORRECT_PIN
+        elif card_funding(card.pan) is Funding.DEBIT and not (
+            card.entry_mode is EntryMode.CONTACTLESS and amount <= NO_PIN_CEILING
+        ):
+            return ResponseCode.INCORRECT_PIN
+        if card.pan == PAN_INSUFFICIENT_FUNDS:
+            return ResponseCode.INSUFFICIENT_FUNDS
+        return None
+
+    def _hold(self, txn: _Txn, new_held: int) -> bool:
+        """Move ``txn``'s open-to-buy use to ``new_held``; False (no change) if over the limit."""
+        if txn.profile is not _Profile.OPEN_TO_BUY or txn.card_token is None:
+            return True
+        used = self._open_to_buy_used.get(txn.card_token, 0) - txn.held + new_held
+        if used > OPEN_TO_BUY:
+            return False
+        self._open_to_buy_used[txn.card_token] = used
+        txn.held = new_held
+        return True
+
+    # -- the Channel protocol ----------------------------------------------------------------
+    def authorize(self, req: AuthorizeRequest) -> ChannelResult:
+        """Sale or pre-authorisation. Idempotent on ``req.reference``: a repeat gets the first
+        answer; the same reference with a different request gets ``94``."""
+        if not isinstance(req, AuthorizeRequest):
+            raise DomainError(ErrorCode.INVALID_INPUT, "authorize needs an AuthorizeRequest")
+        network = req.network
+        card = req.card
+        if card is not None and card.pan == PAN_NO_ANSWER and luhn_valid(card.pan):
+            time.sleep(self.timeout_seconds)
+            raise ChannelTimeout(f"no answer from the issuer for {req.reference!r}")
+        self._delay()
+        fingerprint = self._fingerprint(req)
+        decision: ResponseCode | None
+        profile, token = _Profile.NORMAL, None
+        if card is None:
+            assert req.auth_code is not None
+            decision = ResponseCode.INSUFFICIENT_FUNDS if req.auth_code.endswith("51") else None
+        elif not luhn_valid(card.pan):
+            decision = ResponseCode.INVALID_CARD
+        else:
+            decision = self._card_decision(card, req.amount)
+            if card.pan == PAN_CARD_CLOSED:
+                profile = _Profile.CARD_CLOSED
+            elif card.pan == PAN_FLAKY_REFUND:
+                profile = _Profile.FLAKY_REFUND
+            elif card.pan == PAN_OPEN_TO_BUY:
+                profile, token = _Profile.OPEN_TO_BUY, self._token(card.pan)
+        with self._lock:
+            existing = self._txns.get(req.reference)
+            if existing is not None:
+                if existing.fingerprint != fingerprint:
+                    return self._result(req.reference, ResponseCode.DUPLICATE, network, None)
+                return existing.result
+            if req.reference in self._reversed_unknown:
+                # reversed before it arrived: a late original must not take effect
+                return self._result(
+                    req.reference,
+                    ResponseCode.INVALID_TRANSACTION,
+                    network,
+                    TxnState.REVERSED,
+                    "already reversed",
+                )
+            state = TxnState.CAPTURED if req.capture else TxnState.AUTHORIZED
+            txn = _Txn(fingerprint, network, _PLACEHOLDER, state, req.amount, 0, profile, token)
+            if decision is None and not self._hold(txn, req.amount):
+                decision = ResponseCode.INSUFFICIENT_FUNDS
+            if decision is not None:
+                txn.state, txn.amount = TxnState.DECLINED, 0
+            else:
+                txn.captured = req.amount if req.capture else 0
+            txn.result = self._result(
+                req.reference, decision or ResponseCode.APPROVED, network, txn.state
+            )
+            self._txns[req.reference] = txn
+            return txn.result
+
+    def capture(self, reference: str, amount: int) -> ChannelResult:
+        """Completion (预授权完成) of a pre-authorisation, up to 115% of it. Idempotent: a
+        repeat with the same amount is approved again; a different amount gets ``12``."""
+        amount = positive_amount(amount)
+        self._delay()
+        with self._lock:
+            txn = self._txns.get(reference)
+            if txn is None:
+                return self._result(reference, ResponseCode.ORIGINAL_NOT_FOUND, None, None)
+            if txn.state is TxnState.CAPTURED and txn.captured == amount:
+                return self._result(reference, ResponseCode.APPROVED, txn.network, txn.state)
+            if txn.state is not TxnState.AUTHORIZED:
+                return self._result(
+                    reference, ResponseCode.INVALID_TRANSACTION, txn.network, txn.state,
+                    f"cannot capture a {txn.state} transaction",
+                )  # fmt: skip
+            if Decimal(amount) * 100 > Decimal(txn.amount) * CAPTURE_LIMIT_PERCENT:
+                return self._result(reference, ResponseCode.INVALID_AMOUNT, txn.network, txn.state)
+            if not self._hold(txn, amount):
+                return self._result(
+                    reference, ResponseCode.INSUFFICIENT_FUNDS, txn.network, txn.state
+                )
+            txn.state, txn.captured = TxnState.CAPTURED, amount
+            return self._result(reference, ResponseCode.APPROVED, txn.network, txn.state)
+
+    def void(self, reference: str) -> ChannelResult:
+        """Cancel an authorised or captured transaction in full (撤销); gives back open-to-buy.
+        Idempotent: voiding a voided transaction is approved again."""
+        self._delay()
+        with self._lock:
+            txn = self._txns.get(reference)
+            if txn is None:
+                return self._result(reference, ResponseCode.ORIGINAL_NOT_FOUND, None, None)
+            if txn.state is TxnState.VOIDED:
+                return self._result(reference, ResponseCode.APPROVED, txn.network, txn.state)
+            if txn.state not in (TxnState.AUTHORIZED, TxnState.CAPTURED) or txn.refunds:
+                return self._result(
+                    reference, ResponseCode.INVALID_TRANSACTION, txn.network, txn.state,
+                    f"cannot void a {txn.state} transaction"
+                    + (" with refunds" if txn.refunds else ""),
+                )  # fmt: skip
+            self._hold(txn, 0)
+            txn.state = TxnState.VOIDED
+            return self._result(reference, ResponseCode.APPROVED, txn.network, txn.state)
+
+    def reverse(self, reference: str) -> ChannelResult:
+        """Undo whatever ``reference`` did (冲正). Always approved — also for an unknown or
+        declined reference — so the sender can stop resending. An unknown reference is
+        remembered so that the original, should it arrive late, is refused."""
+        self._delay()
+        with self._lock:
+            txn = self._txns.get(reference)
+            if txn is None:
+                self._reversed_unknown.add(reference)
+                return self._result(reference, ResponseCode.APPROVED, None, TxnState.REVERSED)
+            if txn.state in (TxnState.AUTHORIZED, TxnState.CAPTURED):
+                self._hold(txn, 0)
+                txn.state = TxnState.REVERSED
+            return self._result(reference, ResponseCode.APPROVED, txn.network, txn.state)
+
+    def refund(self, reference: str, refund_reference: str, amount: int) -> RefundResult:
+        """Return ``amount`` of a captured transaction to the card or wallet. Idempotent per
+        ``refund_reference``: a succeeded or permanently failed refund answers the same again;
+        a transiently failed one is attempted again."""
+        amount = positive_amount(amount)
+        self._delay()
+        with self._lock:
+            txn = self._txns.get(reference)
+
+            def fail(reason: str, message: str) -> RefundResult:
+                return RefundResult(
+                    RefundStatus.FAILED_PERMANENT, refund_reference, amount, reason, message
+                )
+
+            if txn is None:
+                return fail("original_not_found", "original transaction not found")
+            existing = txn.refunds.get(refund_reference)
+            if existing is not None:
+                if existing.amount != amount:
+                    return fail("refund_reference_reused", "refund reference reused")
+                if existing.status is RefundStatus.FAILED_TRANSIENT:
+                    existing.attempts += 1
+                    existing.status, existing.reason = RefundStatus.SUCCEEDED, None
+                return RefundResult(
+                    existing.status, refund_reference, amount, existing.reason,
+                    "refunded" if existing.status is RefundStatus.SUCCEEDED else "refund failed",
+                )  # fmt: skip
+            if txn.state is not TxnState.CAPTURED:
+                return fail("not_captured", f"cannot refund a {txn.state} transaction")
+            if txn.refunded + amount > txn.captured:
+                return fail("exceeds_captured", "refunds would exceed the captured amount")
+            if txn.profile is _Profile.CARD_CLOSED:
+                refund = _Refund(amount, RefundStatus.FAILED_PERMANENT, 1, "card_closed")
+                message = "card closed: the issuer cannot credit it"
+            elif txn.profile is _Profile.FLAKY_REFUND:
+                refund = _Refund(amount, RefundStatus.FAILED_TRANSIENT, 1, "issuer_unavailable")
+                message = "issuer unavailable: retry with the same refund reference"
+            else:
+                refund = _Refund(amount, RefundStatus.SUCCEEDED, 1, None)
+                message = "refunded"
+            txn.refunds[refund_reference] = refund
+            return RefundResult(refund.status, refund_reference, amount, refund.reason, message)
+
+    def query(self, reference: str) -> ChannelResult | None:
+        """The current state of ``reference``, or None when the network never saw it."""
+        self._delay()
+        with self._lock:
+            txn = self._txns.get(reference)
+            if txn is None:
+                return None
+            if txn.state is TxnState.DECLINED:
+                return txn.result
+            return self._result(reference, ResponseCode.APPROVED, txn.network, txn.state)
+
+    # -- introspection for tests and the demo -------------------------------------------------
+    def open_to_buy_remaining(self, pan: str = PAN_OPEN_TO_BUY) -> int:
+        """What the open-to-buy card can still spend in this instance, in fen."""
+        with self._lock:
+            return OPEN_TO_BUY - self._open_to_buy_used.get(self._token(pan), 0)
+
+
+_PLACEHOLDER: Final = ChannelResult(
+    approved=False,
+    response_code=ResponseCode.SYSTEM_MALFUNCTION.value,
+    network=None,
+    channel_reference="",
+    auth_code=None,
+    message="pending",
+)
