@@ -32,8 +32,10 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/shoudan bench ledger
 
+# migrate + seed once (prints the demo API keys), then serve on 127.0.0.1:8000
 demo: $(STAMP)
-	$(BIN)/shoudan demo
+	$(BIN)/shoudan demo seed
+	$(BIN)/shoudan serve
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis

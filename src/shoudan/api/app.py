@@ -20,7 +20,9 @@ from sqlalchemy import text
 
 from shoudan import __version__
 from shoudan.api.errors import PROBLEM_JSON, install_error_handlers, problem
+from shoudan.api.idempotency import IdempotencyMiddleware
 from shoudan.api.routers import merchants, payments, terminals
+from shoudan.bootstrap import bootstrap
 from shoudan.container import Container, build_container
 from shoudan.core.config import Settings, get_settings
 from shoudan.core.db import Database
@@ -55,6 +57,11 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         try:
+            bootstrap(db)  # platform accounts, default fee plans (idempotent)
+        except Exception:
+            # an unreachable or unmigrated database: /healthz says so, payments will fail
+            log.exception("start-up: could not ensure the platform's reference data")
+        try:
             yield
         finally:
             if owned:
@@ -73,9 +80,15 @@ def create_app(
     app.state.database = db
     app.state.container = container
     install_error_handlers(app)
+    app.add_middleware(IdempotencyMiddleware, database_getter=lambda: db, clock=container.clock)
     app.include_router(merchants.router)
     app.include_router(terminals.router)
     app.include_router(payments.router)
+
+    @app.get("/livez", tags=["operations"])
+    def livez() -> dict[str, str]:
+        """Liveness only: the process answers (no database). Also the benchmark baseline."""
+        return {"status": "ok"}
 
     @app.get(
         "/healthz",

@@ -62,6 +62,9 @@ STATUS_BY_CODE: dict[ErrorCode, int] = {
     ErrorCode.TERMINAL_INACTIVE: 422,
     ErrorCode.TERMINAL_MERCHANT_MISMATCH: 422,
     ErrorCode.FEE_PLAN_NOT_FOUND: 422,
+    ErrorCode.INVALID_PHONE: 422,
+    ErrorCode.INVALID_MCC: 422,
+    ErrorCode.INVALID_AREA_CODE: 422,
     # payments
     ErrorCode.PAYMENT_NOT_FOUND: 404,
     ErrorCode.INVALID_TRANSITION: 409,

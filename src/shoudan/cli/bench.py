@@ -6,6 +6,7 @@ import json
 
 import typer
 
+from shoudan.benchmarks import api as api_bench
 from shoudan.benchmarks import ledger as ledger_bench
 
 app = typer.Typer(no_args_is_help=True)
@@ -32,3 +33,12 @@ def ledger(
     for url in targets:
         for line in ledger_bench.run(url, sizes, counts, clients=clients):
             typer.echo(json.dumps(line))
+
+
+@app.command("api")
+def api(
+    seconds: float = typer.Option(10.0, help="Duration of each load phase."),
+) -> None:
+    """Payments/s over HTTP (uvicorn, 32 clients on loopback), p50/p99, against GET /livez."""
+    for line in api_bench.run(seconds):
+        typer.echo(json.dumps(line, ensure_ascii=False))

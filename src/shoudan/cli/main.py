@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from shoudan.cli import audit, bench, db, ledger, serve, worker
+from shoudan.cli import apikey, audit, bench, db, demo, ledger, serve, worker
 from shoudan.cli.common import fail
 from shoudan.core.errors import DomainError
 
@@ -17,9 +17,10 @@ app = typer.Typer(
 app.add_typer(db.app, name="db", help="Database schema: migrations.")
 app.add_typer(ledger.app, name="ledger", help="The double-entry ledger: verify, export.")
 app.add_typer(audit.app, name="audit", help="The hash-chained audit log.")
+app.add_typer(apikey.app, name="apikey", help="API keys.")
 app.add_typer(bench.app, name="bench", help="Benchmarks (JSON lines with their own baseline).")
 app.command("serve")(serve.serve)
-app.command("demo")(serve.demo)
+app.add_typer(demo.app, name="demo", help="Demo data and the one-command tour.")
 app.command("worker")(worker.worker)
 
 

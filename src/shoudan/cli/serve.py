@@ -7,7 +7,6 @@ decision (``shoudan db upgrade``), so it refuses to start on a schema that is no
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import typer
@@ -70,34 +69,3 @@ def serve(
     if problem:
         fail(problem)
     _run(config, open_database(database_url), host or config.host, port or config.port)
-
-
-def demo(
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
-    port: int = typer.Option(8000, "--port", help="Port to listen on."),
-    database_url: str | None = DATABASE_URL_OPTION,
-) -> None:
-    """Try shoudan: migrate the (default SQLite) database, load demo data, and serve."""
-    config = settings(database_url)
-    url = config.resolved_database_url()
-    migrations.upgrade(url)
-    database = open_database(database_url)
-    try:
-        seeded = _seed(database)
-    except BaseException:
-        database.dispose()
-        raise
-    typer.echo(f"database {url}: " + ("demo data loaded" if seeded else "no demo data yet"))
-    _run(config, database, host, port)
-
-
-def _seed(database: Database) -> bool:
-    """Run ``shoudan.demo.seed`` when that module exists (it is idempotent)."""
-    try:
-        module = importlib.import_module("shoudan.demo")
-    except ModuleNotFoundError as exc:
-        if exc.name != "shoudan.demo":
-            raise
-        return False
-    module.seed(database)
-    return True

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = None
     key_file: Path | None = None
     environment: str = "development"
+    # upstream networks (the sandbox simulator stands in for them; see channels/sandbox.py)
+    upstream_timeout_seconds: float = Field(default=10.0, gt=0)
+    sandbox_latency_seconds: float = Field(default=0.0, ge=0)
     # outbox relay
     outbox_batch_size: int = Field(default=100, ge=1, le=10_000)
     outbox_max_attempts: int = Field(default=8, ge=1, le=100)

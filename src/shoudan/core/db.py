@@ -110,13 +110,12 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        """A read-only transaction (on SQLite it does not take the write lock)."""
+        """A read-only transaction (on SQLite it does not take the write lock). Closing the
+        session ends it and releases the connection; objects read stay usable (detached,
+        not expired) for the caller to render."""
         with self._sessions() as session:
             session.connection(execution_options={"sqlite_begin": "DEFERRED"})
-            try:
-                yield session
-            finally:
-                session.rollback()
+            yield session
 
     @contextmanager
     def driver_transaction(self) -> Iterator[Any]:

@@ -47,6 +47,9 @@ class ErrorCode(StrEnum):
     TERMINAL_INACTIVE = "terminal_inactive"
     TERMINAL_MERCHANT_MISMATCH = "terminal_merchant_mismatch"
     FEE_PLAN_NOT_FOUND = "fee_plan_not_found"
+    INVALID_PHONE = "invalid_phone"
+    INVALID_MCC = "invalid_mcc"
+    INVALID_AREA_CODE = "invalid_area_code"
     # payments
     PAYMENT_NOT_FOUND = "payment_not_found"
     INVALID_TRANSITION = "invalid_transition"

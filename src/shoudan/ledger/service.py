@@ -27,7 +27,6 @@ from shoudan.ledger.domain import (
     AccountType,
     BatchItem,
     Engine,
-    EntryRequest,
     EntryResult,
     ExpireHold,
     Refusal,
@@ -196,9 +195,15 @@ class Ledger:
                 log.info("ledger batch lost a race (attempt %d): retrying: %s", attempt, error)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def post(self, session: Session, request: EntryRequest) -> EntryResult:
-        """Apply one entry in the caller's transaction; a refusal raises ``DomainError``."""
-        return self.apply(session, [request])[0].raise_for_error()
+    def post(self, session: Session | Connection, item: BatchItem) -> list[EntryResult]:
+        """Apply one entry (or one linked group) in the caller's transaction; a refusal
+        raises ``DomainError`` with the reason of the entry that failed."""
+        results = self.apply(session, [item])
+        failed = [r for r in results if r.error is not None]
+        if failed:
+            cause = next((r for r in failed if r.error is not ErrorCode.LINKED_ENTRY_FAILED), None)
+            (cause or failed[0]).raise_for_error()
+        return results
 
     def apply(self, session: Session | Connection, items: Sequence[BatchItem]) -> list[EntryResult]:
         """Apply a batch inside the caller's transaction. Nothing of a failed entry is written;

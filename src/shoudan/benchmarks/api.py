@@ -1,0 +1,186 @@
+"""``shoudan bench api``: payments created per second over HTTP, against a trivial endpoint.
+
+The server is the real app under uvicorn in its own process, on a fresh SQLite database in
+the data directory, on loopback. 32 concurrent clients (asyncio + httpx, one process) first
+call ``GET /livez`` (no database: the framework's own cost) for the same duration — the
+baseline — then ``POST /v1/payments`` with a sandbox debit card. Each line gives requests/s
+and p50/p99 latency; the payments line gives the ratio to the baseline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from shoudan import migrations
+from shoudan.auth.domain import Role
+from shoudan.auth.service import create_api_key
+from shoudan.bootstrap import bootstrap
+from shoudan.core.clock import SystemClock
+from shoudan.core.config import Settings, get_settings
+from shoudan.core.crypto import Vault
+from shoudan.core.db import Database
+from shoudan.ledger.service import Ledger
+from shoudan.merchants.service import MerchantInput, create_merchant
+from shoudan.terminals.service import TerminalInput, create_terminal
+
+CLIENTS = 32
+SECRET = "42" * 32
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _prepare(url: str) -> tuple[str, str]:
+    """A merchant, a terminal and the merchant's API key in a fresh database."""
+    migrations.upgrade(url)
+    database = Database(url)
+    try:
+        bootstrap(database)
+        clock = SystemClock()
+        vault = Vault.from_master(bytes.fromhex(SECRET))
+        with database.transaction() as session:
+            merchant = create_merchant(
+                session, vault, Ledger(database, clock),
+                MerchantInput("压测商户", "small_business", "5411", "3100", "13800000000",
+                              daily_limit=10**12),
+                actor="bench", clock=clock,
+            )  # fmt: skip
+            terminal = create_terminal(
+                session, vault,
+                TerminalInput("BENCH-0001", "BT000001", "epos", merchant.merchant_id, None),
+                actor="bench", clock=clock,
+            )[0]  # fmt: skip
+            key = create_api_key(session, role=Role.MERCHANT, merchant_id=merchant.merchant_id)[1]
+        return terminal.terminal_id, key
+    finally:
+        database.dispose()
+
+
+def _start_server(url: str, data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "SHOUDAN_DATABASE_URL": url,
+        "SHOUDAN_DATA_DIR": str(data_dir),
+        "SHOUDAN_SECRET_KEY": SECRET,
+    }
+    command = [
+        sys.executable, "-m", "uvicorn", "shoudan.api.app:create_app", "--factory",
+        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+        "--no-access-log",
+    ]  # fmt: skip
+    server = subprocess.Popen(command, env=env)  # noqa: S603 - our own interpreter and module
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/livez", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    server.kill()
+    raise RuntimeError("the API server did not start")
+
+
+async def _load(
+    base: str,
+    seconds: float,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+    headers: dict[str, str],
+    expect: int,
+) -> tuple[int, list[float], int]:
+    """CLIENTS tasks send requests back to back for ``seconds``; returns (ok, latencies,
+    failures)."""
+    latencies: list[float] = []
+    failures = 0
+    stop = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
+
+        async def worker() -> None:
+            nonlocal failures
+            while time.perf_counter() < stop:
+                started = time.perf_counter()
+                response = await client.request(method, path, json=body, headers=headers)
+                latencies.append(time.perf_counter() - started)
+                if response.status_code != expect:
+                    failures += 1
+
+        await asyncio.gather(*(worker() for _ in range(CLIENTS)))
+    return len(latencies) - failures, latencies, failures
+
+
+def _line(
+    name: str, ok: int, latencies: list[float], failures: int, seconds: float
+) -> dict[str, Any]:
+    cuts = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
+    return {
+        "bench": "api",
+        "endpoint": name,
+        "clients": CLIENTS,
+        "seconds": seconds,
+        "requests": len(latencies),
+        "failures": failures,
+        "per_s": round(ok / seconds, 1),
+        "p50_ms": round(cuts[49] * 1000, 2),
+        "p99_ms": round(cuts[98] * 1000, 2),
+    }
+
+
+def run(seconds: float = 10.0, settings: Settings | None = None) -> Iterator[dict[str, Any]]:
+    data_dir = (settings or get_settings()).data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="bench-api-", dir=data_dir) as tmp:
+        url = f"sqlite:///{Path(tmp) / 'api.db'}"
+        terminal_id, key = _prepare(url)
+        port = _free_port()
+        server = _start_server(url, Path(tmp), port)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            headers = {"Authorization": f"Bearer {key}"}
+            asyncio.run(_load(base, 1.0, "GET", "/livez", None, {}, 200))  # warm up
+            ok, lat, bad = asyncio.run(_load(base, seconds, "GET", "/livez", None, {}, 200))
+            baseline = _line("GET /livez (baseline)", ok, lat, bad, seconds)
+            yield baseline
+            body = {
+                "terminal_id": terminal_id, "amount": 100, "method": "card",
+                "card": {"pan": "6222020000000000018", "expiry": "2912", "pin": "123456",
+                         "entry_mode": "chip"},
+            }  # fmt: skip
+            ok, lat, bad = asyncio.run(
+                _load(base, seconds, "POST", "/v1/payments", body, headers, 201)
+            )
+            line = _line("POST /v1/payments", ok, lat, bad, seconds)
+            line["baseline_per_s"] = baseline["per_s"]
+            line["ratio"] = round(line["per_s"] / baseline["per_s"], 3) if baseline["per_s"] else 0
+            yield line
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+        database = Database(url)
+        try:
+            report = Ledger(database).verify()
+            yield {"bench": "api", "ledger_verified": report.ok, "entries": report.entries}
+        finally:
+            database.dispose()
+
+
+def main(seconds: float = 10.0) -> None:
+    for line in run(seconds):
+        print(json.dumps(line, ensure_ascii=False), flush=True)

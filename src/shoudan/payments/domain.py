@@ -1,0 +1,131 @@
+"""Pure payment rules: states and transitions, void and completion windows, RRNs.
+
+A payment is one card or QR transaction taken on a terminal:
+
+* a **sale** (``capture=true``) is ``captured`` at once when the network approves it;
+* a **pre-authorisation** (``capture=false``) is ``authorized``: the money is reserved, not
+  taken, until a **completion** captures up to 115 % (configurable) of it;
+* a **void** (撤销) undoes a payment in full on the same business day, before settlement;
+* a **reversal** (冲正) undoes a payment whose outcome the terminal or client never saw;
+* a network refusal is a payment too: ``declined``, with the ISO response code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from enum import StrEnum
+
+from shoudan.core.clock import SHANGHAI
+from shoudan.core.errors import DomainError, ErrorCode
+
+
+class PaymentStatus(StrEnum):
+    AUTHORIZED = "authorized"
+    CAPTURED = "captured"
+    DECLINED = "declined"
+    VOIDED = "voided"
+    REVERSED = "reversed"
+
+
+class Method(StrEnum):
+    CARD = "card"
+    WECHAT = "wechat"
+    ALIPAY = "alipay"
+    UNIONPAY_QR = "unionpay_qr"
+
+
+class EntryMode(StrEnum):
+    CHIP = "chip"
+    MAGSTRIPE = "magstripe"
+    CONTACTLESS = "contactless"
+    MANUAL = "manual"
+
+
+# The one table of allowed transitions (a new payment starts in any of the first three).
+TRANSITIONS: dict[PaymentStatus, frozenset[PaymentStatus]] = {
+    PaymentStatus.AUTHORIZED: frozenset(
+        {PaymentStatus.CAPTURED, PaymentStatus.VOIDED, PaymentStatus.REVERSED}
+    ),
+    PaymentStatus.CAPTURED: frozenset({PaymentStatus.VOIDED, PaymentStatus.REVERSED}),
+    PaymentStatus.DECLINED: frozenset(),
+    PaymentStatus.VOIDED: frozenset(),
+    PaymentStatus.REVERSED: frozenset(),
+}
+
+DEFAULT_COMPLETION_LIMIT_PERCENT = Decimal(115)
+
+
+def transition(current: PaymentStatus, target: PaymentStatus) -> PaymentStatus:
+    if target not in TRANSITIONS[current]:
+        raise DomainError(
+            ErrorCode.INVALID_TRANSITION, f"a {current} payment cannot become {target}"
+        )
+    return target
+
+
+def business_date(moment: datetime) -> date:
+    """The acquirer's business day: the calendar date in Asia/Shanghai."""
+    return moment.astimezone(SHANGHAI).date()
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentFacts:
+    """What the rules need to know about a stored payment."""
+
+    status: PaymentStatus
+    amount: int  # authorised (pre-auth) or captured (sale) amount
+    created_at: datetime
+    settled: bool
+
+
+def check_void(payment: PaymentFacts, now: datetime) -> None:
+    """Void (撤销): full amount, same business day, before settlement; otherwise refund."""
+    if payment.status in (PaymentStatus.VOIDED, PaymentStatus.REVERSED):
+        raise DomainError(ErrorCode.VOID_NOT_ALLOWED, f"the payment is already {payment.status}")
+    if payment.status not in (PaymentStatus.CAPTURED, PaymentStatus.AUTHORIZED):
+        raise DomainError(ErrorCode.VOID_NOT_ALLOWED, f"a {payment.status} payment has no effect")
+    if payment.settled:
+        raise DomainError(
+            ErrorCode.VOID_NOT_ALLOWED, "the payment is settled: refund it instead of voiding"
+        )
+    if business_date(payment.created_at) != business_date(now):
+        raise DomainError(
+            ErrorCode.VOID_NOT_ALLOWED,
+            "a void is only possible on the day of the payment: refund it instead",
+        )
+
+
+def check_capture(
+    payment: PaymentFacts,
+    amount: int,
+    limit_percent: Decimal = DEFAULT_COMPLETION_LIMIT_PERCENT,
+) -> None:
+    """Completion (预授权完成) of an authorised pre-auth, up to ``limit_percent`` of it."""
+    if payment.status is not PaymentStatus.AUTHORIZED:
+        raise DomainError(
+            ErrorCode.CAPTURE_NOT_ALLOWED, f"only an authorized pre-auth can be captured; it is "
+            f"{payment.status}",
+        )  # fmt: skip
+    if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+        raise DomainError(ErrorCode.INVALID_AMOUNT, "the capture amount must be positive fen")
+    ceiling = int(Decimal(payment.amount) * limit_percent / 100)
+    if amount > ceiling:
+        raise DomainError(
+            ErrorCode.CAPTURE_EXCEEDS_AUTHORIZED,
+            f"capture {amount} exceeds {limit_percent}% of the authorised {payment.amount}"
+            f" (at most {ceiling})",
+        )
+
+
+def compose_rrn(day: date, sequence: int) -> str:
+    """Retrieval reference number: 12 digits, ``yy`` + day of year + a 7-digit sequence of
+    that day — unique per day (and across years), sortable, readable on a receipt."""
+    if not 1 <= sequence <= 9_999_999:
+        raise DomainError(ErrorCode.INTERNAL_ERROR, "RRN sequence exhausted for the day")
+    return f"{day.year % 100:02d}{day.timetuple().tm_yday:03d}{sequence:07d}"
+
+
+def mask_pan(bin_: str, last4: str, length: int) -> str:
+    return f"{bin_}{'*' * max(length - len(bin_) - len(last4), 0)}{last4}"

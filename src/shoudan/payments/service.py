@@ -1,0 +1,664 @@
+"""Payment use cases: create (sale or pre-auth), capture, void, reverse, read, list.
+
+Every use case is: read and check in one short transaction, talk to the network with no
+transaction open (no network I/O while rows are locked), then write the outcome — the payment
+row, its status history, its ledger entries and an outbox event — in one transaction.
+
+Ledger entries have stable ids derived from the payment id (``pay:<id>:capture`` …), so a
+retried use case can never post twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from shoudan.auth.domain import Principal
+from shoudan.channels.domain import (
+    AuthorizeRequest,
+    CardData,
+    Channel,
+    ChannelResult,
+    ChannelTimeout,
+    Network,
+    card_funding,
+    qr_method,
+    qr_network,
+)
+from shoudan.channels.domain import EntryMode as ChannelEntryMode
+from shoudan.core.clock import Clock
+from shoudan.core.crypto import Vault
+from shoudan.core.db import Database
+from shoudan.core.errors import DomainError, ErrorCode
+from shoudan.core.ids import new_id
+from shoudan.ledger import chart
+from shoudan.ledger.domain import Hold, Linked, Posting, Transfer, VoidHold
+from shoudan.ledger.service import Ledger
+from shoudan.merchants.service import get_merchant
+from shoudan.notifications.service import emit
+from shoudan.payments.domain import (
+    DEFAULT_COMPLETION_LIMIT_PERCENT,
+    EntryMode,
+    Method,
+    PaymentFacts,
+    PaymentStatus,
+    business_date,
+    check_capture,
+    check_void,
+    compose_rrn,
+    mask_pan,
+    transition,
+)
+from shoudan.payments.models import Payment, PaymentStatusChange, RrnCounter
+from shoudan.pricing.domain import FeeQuote, check_limits, quote
+from shoudan.pricing.service import get_plan
+from shoudan.terminals.service import TerminalView, terminal_for_payment
+
+log = logging.getLogger(__name__)
+
+PAN_LENGTHS = range(12, 20)
+# the network's reply when we gave up waiting (ISO 8583 field 39)
+NO_RESPONSE = "98"
+LIMIT_DECLINE = "61"
+
+
+@dataclass(frozen=True, slots=True)
+class CardInput:
+    pan: str
+    expiry: str  # YYMM
+    entry_mode: EntryMode
+    pin: str | None = None
+
+    def __repr__(self) -> str:  # a card number or PIN must never reach a log
+        return f"CardInput(pan=****{self.pan[-4:]}, entry_mode={self.entry_mode})"
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentRequest:
+    terminal_id: str
+    amount: int
+    method: Method
+    currency: str = "CNY"
+    card: CardInput | None = None
+    auth_code: str | None = None
+    capture: bool = True
+    prepayment: bool = False
+    description: str = ""
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentFilters:
+    status: PaymentStatus | None = None
+    rrn: str | None = None
+    merchant_id: str | None = None
+    terminal_id: str | None = None
+    created_from: datetime | None = None
+    created_to: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    terminal: TerminalView
+    merchant_id: str
+    plan_code: str
+    quote: FeeQuote | None  # None for a pre-auth: the fee is taken on the captured amount
+    network: str
+    funding: str | None
+    card_token: str | None
+
+
+class PaymentService:
+    def __init__(
+        self,
+        database: Database,
+        ledger: Ledger,
+        vault: Vault,
+        channel: Channel,
+        clock: Clock,
+        completion_limit_percent: Decimal = DEFAULT_COMPLETION_LIMIT_PERCENT,
+    ) -> None:
+        self.database = database
+        self.ledger = ledger
+        self.vault = vault
+        self.channel = channel
+        self.clock = clock
+        self.completion_limit_percent = completion_limit_percent
+
+    # -- create ---------------------------------------------------------------------------
+    def create(self, principal: Principal, request: PaymentRequest) -> Payment:
+        _check_shape(request)
+        with self.database.read() as session:
+            prepared = self._prepare(session, principal, request)
+            if request.idempotency_key is not None:
+                existing = _by_idempotency_key(
+                    session, prepared.merchant_id, request.idempotency_key
+                )
+                if existing is not None:
+                    return existing
+        payment_id = new_id("pay_")
+        result = self._authorize(payment_id, request)
+        try:
+            with self.database.transaction() as session:
+                return self._record(session, payment_id, principal, request, prepared, result)
+        except DomainError as error:
+            if result.approved and error.code is ErrorCode.LIMIT_EXCEEDED:
+                # A concurrent payment used the limit while we were at the network: give the
+                # money back upstream and record the payment as declined (61).
+                self.channel.reverse(payment_id)
+                refused = ChannelResult(
+                    approved=False, response_code=LIMIT_DECLINE, network=result.network,
+                    channel_reference=result.channel_reference, auth_code=None,
+                    message=error.message,
+                )  # fmt: skip
+                with self.database.transaction() as session:
+                    return self._record(session, payment_id, principal, request, prepared, refused)
+            raise
+
+    def _prepare(
+        self, session: Session, principal: Principal, request: PaymentRequest
+    ) -> _Prepared:
+        terminal = terminal_for_payment(session, request.terminal_id)
+        if not principal.can_see(terminal.merchant_id):
+            raise DomainError(ErrorCode.TERMINAL_NOT_FOUND, "terminal not found")
+        merchant = get_merchant(session, terminal.merchant_id)
+        plan = get_plan(session, merchant.fee_plan_code)
+        now = self.clock.now()
+        funding: str | None = None
+        token: str | None = None
+        if request.method is Method.CARD:
+            assert request.card is not None
+            funding = card_funding(request.card.pan)
+            network = "unionpay"
+            token = self.vault.pan_token(request.card.pan)
+        else:
+            assert request.auth_code is not None
+            network = _qr_network_name(request.auth_code, request.method)
+        category = _category(request, funding)
+        fee_quote = (
+            quote(plan, terminal.product, category, request.amount, now)
+            if request.capture
+            else None
+        )
+        day = business_date(now).isoformat()
+        check_limits(
+            plan.limits,
+            request.amount,
+            _card_day_total(session, token, day) if token else 0,
+            _merchant_day_total(session, terminal.merchant_id, day),
+        )
+        daily = getattr(merchant, "daily_limit", None)
+        if (
+            daily is not None
+            and _merchant_day_total(session, terminal.merchant_id, day) + request.amount > daily
+        ):
+            raise DomainError(
+                ErrorCode.LIMIT_EXCEEDED, f"the merchant's daily limit of {daily} fen is reached"
+            )
+        return _Prepared(
+            terminal, terminal.merchant_id, plan.code, fee_quote, network, funding, token
+        )
+
+    def _authorize(self, payment_id: str, request: PaymentRequest) -> ChannelResult:
+        card = None
+        if request.card is not None:
+            card = CardData(
+                pan=request.card.pan, expiry=request.card.expiry, pin=request.card.pin,
+                entry_mode=ChannelEntryMode(request.card.entry_mode.value),
+            )  # fmt: skip
+        upstream = AuthorizeRequest(
+            reference=payment_id, amount=request.amount, currency=request.currency, card=card,
+            auth_code=request.auth_code, capture=request.capture,
+        )  # fmt: skip
+        try:
+            return self.channel.authorize(upstream)
+        except ChannelTimeout:
+            # No answer in time: undo whatever the network may have done, answer 98.
+            self.channel.reverse(payment_id)
+            return ChannelResult(
+                approved=False, response_code=NO_RESPONSE, network=Network(_network_of(request)),
+                channel_reference=payment_id, auth_code=None,
+                message="no response from the issuer in time; reversed upstream",
+            )  # fmt: skip
+
+    def _record(
+        self,
+        session: Session,
+        payment_id: str,
+        principal: Principal,
+        request: PaymentRequest,
+        prepared: _Prepared,
+        result: ChannelResult,
+    ) -> Payment:
+        now = self.clock.now()
+        day = business_date(now)
+        if result.approved:
+            # the limits again, now under the write lock: concurrent payments count
+            plan = get_plan(session, prepared.plan_code)
+            check_limits(
+                plan.limits,
+                request.amount,
+                _card_day_total(session, prepared.card_token, day.isoformat())
+                if prepared.card_token else 0,
+                _merchant_day_total(session, prepared.merchant_id, day.isoformat()),
+            )  # fmt: skip
+        status = (
+            (PaymentStatus.CAPTURED if request.capture else PaymentStatus.AUTHORIZED)
+            if result.approved
+            else PaymentStatus.DECLINED
+        )
+        card = request.card
+        payment = Payment(
+            id=payment_id,
+            merchant_id=prepared.merchant_id,
+            terminal_id=prepared.terminal.terminal_id,
+            method=request.method.value,
+            status=status.value,
+            currency=request.currency,
+            amount=request.amount,
+            captured_amount=0,
+            fee=0,
+            net=0,
+            refunded_amount=0,
+            fee_plan_code=prepared.plan_code,
+            fee_category=None,
+            rate_bp=None,
+            business_date=day.isoformat(),
+            rrn=_next_rrn(session, day),
+            auth_code=result.auth_code if result.approved else None,
+            decline_code=None if result.approved else result.response_code,
+            decline_message=None if result.approved else result.message[:255],
+            network=result.network,
+            channel_reference=result.channel_reference,
+            card_bin=card.pan[:6] if card else None,
+            card_last4=card.pan[-4:] if card else None,
+            card_length=len(card.pan) if card else None,
+            card_token=prepared.card_token,
+            card_funding=prepared.funding,
+            entry_mode=card.entry_mode.value if card else None,
+            qr_code_last4=request.auth_code[-4:] if request.auth_code else None,
+            prepayment=request.prepayment,
+            description=request.description,
+            idempotency_key=request.idempotency_key,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(payment)
+        if status is PaymentStatus.CAPTURED:
+            assert prepared.quote is not None
+            _apply_capture(payment, prepared.quote, now)
+        session.flush()
+        _history(session, payment, None, status, principal.id, result.message, now)
+        if status is PaymentStatus.CAPTURED:
+            self.ledger.post(session, _capture_entry(payment))
+        elif status is PaymentStatus.AUTHORIZED:
+            self.ledger.post(session, _hold_entry(payment))
+        emit(session, f"payment.{status.value}", _event(payment), dedupe_key=f"{payment.id}:new")
+        return payment
+
+    # -- capture (completion) -------------------------------------------------------------
+    def capture(self, principal: Principal, payment_id: str, amount: int) -> Payment:
+        with self.database.read() as session:
+            payment = self._visible(session, principal, payment_id)
+            check_capture(_facts(payment), amount, self.completion_limit_percent)
+            terminal = terminal_for_payment(session, payment.terminal_id)
+            plan = get_plan(session, payment.fee_plan_code)
+            category = _category_of(payment, amount)
+            fee_quote = quote(plan, terminal.product, category, amount, self.clock.now())
+        result = self.channel.capture(payment_id, amount)
+        if not result.approved:
+            raise DomainError(
+                ErrorCode.CAPTURE_NOT_ALLOWED,
+                f"the network refused the completion ({result.response_code}): {result.message}",
+            )
+        with self.database.transaction() as session:
+            payment = _locked(session, payment_id)
+            check_capture(_facts(payment), amount, self.completion_limit_percent)
+            now = self.clock.now()
+            payment.amount = payment.amount  # authorised amount stays as it was
+            _apply_capture(payment, fee_quote, now)
+            self._move(session, payment, PaymentStatus.CAPTURED, principal, "completion", now)
+            self.ledger.post(session, Linked((
+                VoidHold(f"pay:{payment.id}:auth-release", f"pay:{payment.id}:auth"),
+                _capture_entry(payment),
+            )))  # fmt: skip
+            return payment
+
+    # -- void -------------------------------------------------------------------------------
+    def void(self, principal: Principal, payment_id: str) -> Payment:
+        with self.database.read() as session:
+            payment = self._visible(session, principal, payment_id)
+            check_void(_facts(payment), self.clock.now())
+        result = self.channel.void(payment_id)
+        if not result.approved:
+            raise DomainError(
+                ErrorCode.VOID_NOT_ALLOWED,
+                f"the network refused the void ({result.response_code}): {result.message}",
+            )
+        with self.database.transaction() as session:
+            payment = _locked(session, payment_id)
+            now = self.clock.now()
+            check_void(_facts(payment), now)
+            self._undo(session, payment, PaymentStatus.VOIDED, principal, now)
+            return payment
+
+    # -- reverse ----------------------------------------------------------------------------
+    def reverse(self, principal: Principal, payment_id: str) -> Payment:
+        """Undo a payment whose outcome was never seen. Idempotent: reversing a payment that
+        is already reversed, voided or declined acknowledges it and changes nothing."""
+        with self.database.read() as session:
+            payment = self._visible(session, principal, payment_id)
+            if payment.status not in (PaymentStatus.CAPTURED, PaymentStatus.AUTHORIZED):
+                return payment
+            if payment.settled_at is not None:
+                raise DomainError(
+                    ErrorCode.INVALID_TRANSITION,
+                    "the payment is settled: a reversal needs manual handling, refund instead",
+                )
+        self.channel.reverse(payment_id)  # idempotent upstream, succeeds for the unknown
+        with self.database.transaction() as session:
+            payment = _locked(session, payment_id)
+            if payment.status not in (PaymentStatus.CAPTURED, PaymentStatus.AUTHORIZED):
+                return payment
+            self._undo(session, payment, PaymentStatus.REVERSED, principal, self.clock.now())
+            return payment
+
+    def _undo(
+        self,
+        session: Session,
+        payment: Payment,
+        target: PaymentStatus,
+        principal: Principal,
+        now: datetime,
+    ) -> None:
+        was = PaymentStatus(payment.status)
+        self._move(session, payment, target, principal, target.value, now)
+        verb = "void" if target is PaymentStatus.VOIDED else "reverse"
+        if was is PaymentStatus.AUTHORIZED:
+            self.ledger.post(
+                session, VoidHold(f"pay:{payment.id}:{verb}", f"pay:{payment.id}:auth")
+            )
+        else:
+            self.ledger.post(
+                session, _opposite(_capture_entry(payment), f"pay:{payment.id}:{verb}")
+            )
+        if target is PaymentStatus.VOIDED:
+            payment.voided_at = now
+        else:
+            payment.reversed_at = now
+
+    def _move(
+        self,
+        session: Session,
+        payment: Payment,
+        target: PaymentStatus,
+        principal: Principal,
+        note: str,
+        now: datetime,
+    ) -> None:
+        current = PaymentStatus(payment.status)
+        payment.status = transition(current, target).value
+        payment.updated_at = now
+        _history(session, payment, current, target, principal.id, note, now)
+        emit(
+            session, f"payment.{target.value}", _event(payment),
+            dedupe_key=f"{payment.id}:{target.value}",
+        )  # fmt: skip
+
+    # -- reads ------------------------------------------------------------------------------
+    def get(self, principal: Principal, payment_id: str) -> Payment:
+        with self.database.read() as session:
+            return self._visible(session, principal, payment_id)
+
+    def list(
+        self,
+        principal: Principal,
+        filters: PaymentFilters,
+        limit: int,
+        after: tuple[datetime, str] | None,
+    ) -> list[Payment]:
+        """Newest first; ``after`` is the (created_at, id) of the last row of the previous
+        page. Merchants only ever see their own payments."""
+        query = select(Payment)
+        if not principal.is_staff:
+            query = query.where(Payment.merchant_id == principal.merchant_id)
+        elif filters.merchant_id:
+            query = query.where(Payment.merchant_id == filters.merchant_id)
+        if filters.status:
+            query = query.where(Payment.status == filters.status.value)
+        if filters.rrn:
+            query = query.where(Payment.rrn == filters.rrn)
+        if filters.terminal_id:
+            query = query.where(Payment.terminal_id == filters.terminal_id)
+        if filters.created_from:
+            query = query.where(Payment.created_at >= filters.created_from)
+        if filters.created_to:
+            query = query.where(Payment.created_at < filters.created_to)
+        if after is not None:
+            created, last_id = after
+            query = query.where(
+                (Payment.created_at < created)
+                | ((Payment.created_at == created) & (Payment.id < last_id))
+            )
+        query = query.order_by(Payment.created_at.desc(), Payment.id.desc()).limit(limit)
+        with self.database.read() as session:
+            return list(session.scalars(query))
+
+    def _visible(self, session: Session, principal: Principal, payment_id: str) -> Payment:
+        payment = session.get(Payment, payment_id)
+        if payment is None or not principal.can_see(payment.merchant_id):
+            raise DomainError(ErrorCode.PAYMENT_NOT_FOUND, "payment not found")
+        return payment
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _check_shape(request: PaymentRequest) -> None:
+    if isinstance(request.amount, bool) or not isinstance(request.amount, int):
+        raise DomainError(ErrorCode.INVALID_AMOUNT, "amount is an integer number of fen")
+    if request.amount <= 0:
+        raise DomainError(ErrorCode.INVALID_AMOUNT, "amount must be positive")
+    if request.currency != "CNY":
+        raise DomainError(ErrorCode.INVALID_CURRENCY, f"unsupported currency {request.currency}")
+    if request.method is Method.CARD:
+        card = request.card
+        if card is None or request.auth_code is not None:
+            raise DomainError(ErrorCode.INVALID_CARD, "a card payment needs `card` (only)")
+        if not card.pan.isdigit() or len(card.pan) not in PAN_LENGTHS:
+            raise DomainError(ErrorCode.INVALID_CARD, "the card number must be 12 to 19 digits")
+        if (
+            len(card.expiry) != 4
+            or not card.expiry.isdigit()
+            or not 1 <= int(card.expiry[2:]) <= 12
+        ):
+            raise DomainError(ErrorCode.INVALID_CARD, "expiry must be YYMM")
+        if card.pin is not None and not (card.pin.isdigit() and 4 <= len(card.pin) <= 12):
+            raise DomainError(ErrorCode.INVALID_CARD, "a PIN is 4 to 12 digits")
+    else:
+        if request.auth_code is None or request.card is not None:
+            raise DomainError(
+                ErrorCode.INVALID_AUTH_CODE, "a QR payment needs the customer's `auth_code`"
+            )
+        _qr_network_name(request.auth_code, request.method)
+    if not request.capture and request.method is not Method.CARD:
+        raise DomainError(ErrorCode.UNSUPPORTED_METHOD, "pre-authorisation is for cards only")
+    if len(request.description) > 255:
+        raise DomainError(ErrorCode.INVALID_INPUT, "description is longer than 255 characters")
+
+
+def _qr_network_name(auth_code: str, method: Method) -> str:
+    wallet = qr_method(auth_code)
+    if wallet.value != method.value:
+        raise DomainError(
+            ErrorCode.INVALID_AUTH_CODE,
+            f"this payment code belongs to {wallet.value}, not {method.value}",
+        )
+    return qr_network(auth_code).value
+
+
+def _network_of(request: PaymentRequest) -> str:
+    if request.method is Method.CARD or request.auth_code is None:
+        return Network.UNIONPAY.value
+    return qr_network(request.auth_code).value
+
+
+def _category(request: PaymentRequest, funding: str | None) -> str:
+    from shoudan.pricing.domain import category_for
+
+    entry_mode = request.card.entry_mode.value if request.card else None
+    return category_for(request.method.value, funding, entry_mode, request.amount)
+
+
+def _category_of(payment: Payment, amount: int) -> str:
+    from shoudan.pricing.domain import category_for
+
+    return category_for(payment.method, payment.card_funding, payment.entry_mode, amount)
+
+
+def _apply_capture(payment: Payment, fee_quote: FeeQuote, now: datetime) -> None:
+    payment.captured_amount = fee_quote.amount
+    payment.fee = fee_quote.fee
+    payment.net = fee_quote.net
+    payment.rate_bp = str(fee_quote.rate_bp)
+    payment.captured_at = now
+
+
+def _fee_account(method: str) -> str:
+    return chart.fee_revenue(method)
+
+
+def _capture_entry(payment: Payment) -> Transfer:
+    """Captured money: the network owes us the amount; the merchant is owed the net; the
+    fee is our revenue. ``net + fee == amount``, so the entry balances to the fen."""
+    postings = [
+        Posting(chart.channel_receivable(payment.network), payment.captured_amount),
+        Posting(chart.merchant_unsettled(payment.merchant_id), -payment.net),
+    ]
+    if payment.fee:
+        postings.append(Posting(_fee_account(payment.method), -payment.fee))
+    return Transfer(f"pay:{payment.id}:capture", tuple(postings), code="payment.capture")
+
+
+def _hold_entry(payment: Payment) -> Hold:
+    """An authorised pre-auth reserves the amount: receivable and merchant, pending."""
+    return Hold(
+        f"pay:{payment.id}:auth",
+        (
+            Posting(chart.channel_receivable(payment.network), payment.amount),
+            Posting(chart.merchant_unsettled(payment.merchant_id), -payment.amount),
+        ),
+        code="payment.preauth",
+    )
+
+
+def _opposite(entry: Transfer, entry_id: str) -> Transfer:
+    """The exact opposite entry (void, reversal): every posting with its sign flipped."""
+    return Transfer(
+        entry_id,
+        tuple(Posting(p.account_id, -p.amount, p.currency) for p in entry.postings),
+        code="payment.undo",
+    )
+
+
+def _history(
+    session: Session,
+    payment: Payment,
+    from_status: PaymentStatus | None,
+    to_status: PaymentStatus,
+    actor: str,
+    note: str,
+    now: datetime,
+) -> None:
+    session.add(
+        PaymentStatusChange(
+            payment_id=payment.id, from_status=from_status.value if from_status else None,
+            to_status=to_status.value, actor=actor, note=note[:255], created_at=now,
+        )
+    )  # fmt: skip
+
+
+def _event(payment: Payment) -> dict[str, object]:
+    return {
+        "payment_id": payment.id,
+        "merchant_id": payment.merchant_id,
+        "status": payment.status,
+        "amount": payment.amount,
+        "captured_amount": payment.captured_amount,
+        "currency": payment.currency,
+        "rrn": payment.rrn,
+    }
+
+
+def _facts(payment: Payment) -> PaymentFacts:
+    return PaymentFacts(
+        PaymentStatus(payment.status), payment.amount, payment.created_at,
+        settled=payment.settled_at is not None,
+    )  # fmt: skip
+
+
+def _locked(session: Session, payment_id: str) -> Payment:
+    payment = session.scalars(
+        select(Payment).where(Payment.id == payment_id).with_for_update()
+    ).one_or_none()
+    if payment is None:
+        raise DomainError(ErrorCode.PAYMENT_NOT_FOUND, "payment not found")
+    return payment
+
+
+def _by_idempotency_key(session: Session, merchant_id: str, key: str) -> Payment | None:
+    return session.scalars(
+        select(Payment).where(Payment.merchant_id == merchant_id, Payment.idempotency_key == key)
+    ).one_or_none()
+
+
+def _counted() -> tuple[str, ...]:
+    return (PaymentStatus.CAPTURED.value, PaymentStatus.AUTHORIZED.value)
+
+
+def _card_day_total(session: Session, token: str | None, day: str) -> int:
+    total = session.scalar(
+        select(func.coalesce(func.sum(Payment.amount), 0)).where(
+            Payment.card_token == token, Payment.business_date == day,
+            Payment.status.in_(_counted()),
+        )
+    )  # fmt: skip
+    return int(total or 0)
+
+
+def _merchant_day_total(session: Session, merchant_id: str, day: str) -> int:
+    total = session.scalar(
+        select(func.coalesce(func.sum(Payment.amount), 0)).where(
+            Payment.merchant_id == merchant_id, Payment.business_date == day,
+            Payment.status.in_(_counted()),
+        )
+    )  # fmt: skip
+    return int(total or 0)
+
+
+def _next_rrn(session: Session, day: object) -> str:
+    """The next RRN of the business day, from a per-day counter row (locked on PostgreSQL;
+    SQLite's write transaction is already exclusive)."""
+    from datetime import date
+
+    assert isinstance(day, date)
+    key = day.isoformat()
+    counter = session.scalars(
+        select(RrnCounter).where(RrnCounter.business_date == key).with_for_update()
+    ).one_or_none()
+    if counter is None:
+        counter = RrnCounter(business_date=key, last_value=0)
+        session.add(counter)
+    counter.last_value += 1
+    return compose_rrn(day, counter.last_value)
+
+
+def masked_card(payment: Payment) -> str | None:
+    if payment.card_bin is None or payment.card_last4 is None or payment.card_length is None:
+        return None
+    return mask_pan(payment.card_bin, payment.card_last4, payment.card_length)

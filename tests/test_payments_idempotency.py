@@ -1,0 +1,69 @@
+"""Idempotency-Key on a real server: 20 concurrent requests with one key, one payment."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import uvicorn
+from sqlalchemy import text
+
+from tests.payments_world import DEBIT, PIN, build_world
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def served(database, tmp_path):
+    world = build_world(database, tmp_path)
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(world.client.app, host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    yield world, f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+    assert world.container.ledger.verify().ok
+
+
+def test_twenty_concurrent_requests_with_one_key_make_one_payment(served) -> None:
+    world, base = served
+    body = {
+        "terminal_id": world.terminal_a, "amount": 12_345, "method": "card",
+        "card": {"pan": DEBIT, "expiry": "2912", "pin": PIN, "entry_mode": "chip"},
+    }  # fmt: skip
+    headers = world.headers(world.key_a, **{"Idempotency-Key": "order-42"})
+
+    def send(_: int) -> httpx.Response:
+        with httpx.Client(base_url=base, timeout=30) as client:
+            return client.post("/v1/payments", json=body, headers=headers)
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        responses = list(pool.map(send, range(20)))
+    assert {r.status_code for r in responses} == {201}, [r.text for r in responses]
+    assert len({r.json()["id"] for r in responses}) == 1
+    with world.container.database.read() as session:
+        count = session.execute(text("SELECT COUNT(*) FROM payments")).scalar_one()
+    assert count == 1
+    assert world.container.ledger.account(
+        f"liability:merchant:{world.merchant_a}:unsettled"
+    ).credit_balance == 12_345 - 62  # 0.50 % of 123.45 = 0.61725 → 0.62
+
+    other = dict(body, amount=1)
+    with httpx.Client(base_url=base, timeout=30) as client:
+        reused = client.post("/v1/payments", json=other, headers=headers)
+    assert (reused.status_code, reused.json()["code"]) == (409, "idempotency_key_reused")
