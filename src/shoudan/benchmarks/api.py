@@ -1,7 +1,8 @@
 """``shoudan bench api``: payments created per second over HTTP, against a trivial endpoint.
 
 The server is the real app under uvicorn in its own process, on a fresh SQLite database in
-the data directory, on loopback. 32 concurrent clients (asyncio + httpx, one process) first
+the data directory, on loopback. 32 concurrent keep-alive connections (a minimal asyncio
+HTTP/1.1 client, one process) first
 call ``GET /livez`` (no database: the framework's own cost) for the same duration — the
 baseline — then ``POST /v1/payments`` with a sandbox debit card. Each line gives requests/s
 and p50/p99 latency; the payments line gives the ratio to the baseline.
@@ -96,33 +97,60 @@ def _start_server(url: str, data_dir: Path, port: int) -> subprocess.Popen[bytes
     raise RuntimeError("the API server did not start")
 
 
+async def _exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> int:
+    """One HTTP/1.1 request on a kept-alive connection; returns the status code. A minimal
+    client on purpose: a full HTTP library costs more CPU than the server's trivial endpoint,
+    and the client shares this 2-core machine with the server."""
+    writer.write(request)
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    await reader.readexactly(length)
+    return status
+
+
+def _request_bytes(
+    method: str, path: str, body: dict[str, Any] | None, headers: dict[str, str], port: int
+) -> bytes:
+    payload = json.dumps(body).encode() if body is not None else b""
+    lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    if body is not None:
+        lines += ["Content-Type: application/json", f"Content-Length: {len(payload)}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + payload
+
+
 async def _load(
-    base: str,
-    seconds: float,
-    method: str,
-    path: str,
-    body: dict[str, Any] | None,
-    headers: dict[str, str],
-    expect: int,
+    port: int, seconds: float, method: str, path: str, body: dict[str, Any] | None,
+    headers: dict[str, str], expect: int,
 ) -> tuple[int, list[float], int]:
-    """CLIENTS tasks send requests back to back for ``seconds``; returns (ok, latencies,
-    failures)."""
+    """CLIENTS connections send requests back to back for ``seconds``; returns
+    (ok, latencies, failures)."""
     latencies: list[float] = []
     failures = 0
+    request = _request_bytes(method, path, body, headers, port)
     stop = time.perf_counter() + seconds
-    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
 
-        async def worker() -> None:
-            nonlocal failures
+    async def client() -> None:
+        nonlocal failures
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
             while time.perf_counter() < stop:
                 started = time.perf_counter()
-                response = await client.request(method, path, json=body, headers=headers)
+                status = await _exchange(reader, writer, request)
                 latencies.append(time.perf_counter() - started)
-                if response.status_code != expect:
+                if status != expect:
                     failures += 1
+        finally:
+            writer.close()
 
-        await asyncio.gather(*(worker() for _ in range(CLIENTS)))
+    await asyncio.gather(*(client() for _ in range(CLIENTS)))
     return len(latencies) - failures, latencies, failures
 
 
@@ -152,10 +180,9 @@ def run(seconds: float = 10.0, settings: Settings | None = None) -> Iterator[dic
         port = _free_port()
         server = _start_server(url, Path(tmp), port)
         try:
-            base = f"http://127.0.0.1:{port}"
             headers = {"Authorization": f"Bearer {key}"}
-            asyncio.run(_load(base, 1.0, "GET", "/livez", None, {}, 200))  # warm up
-            ok, lat, bad = asyncio.run(_load(base, seconds, "GET", "/livez", None, {}, 200))
+            asyncio.run(_load(port, 1.0, "GET", "/livez", None, {}, 200))  # warm up
+            ok, lat, bad = asyncio.run(_load(port, seconds, "GET", "/livez", None, {}, 200))
             baseline = _line("GET /livez (baseline)", ok, lat, bad, seconds)
             yield baseline
             body = {
@@ -164,7 +191,7 @@ def run(seconds: float = 10.0, settings: Settings | None = None) -> Iterator[dic
                          "entry_mode": "chip"},
             }  # fmt: skip
             ok, lat, bad = asyncio.run(
-                _load(base, seconds, "POST", "/v1/payments", body, headers, 201)
+                _load(port, seconds, "POST", "/v1/payments", body, headers, 201)
             )
             line = _line("POST /v1/payments", ok, lat, bad, seconds)
             line["baseline_per_s"] = baseline["per_s"]

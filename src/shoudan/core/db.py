@@ -8,6 +8,7 @@ PostgreSQL is production, reached through psycopg 3.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -98,6 +99,11 @@ class Database:
         self.url = normalize_url(url)
         self.engine = create_engine(self.url, **engine_kwargs)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer. Threads of this process queue here, in order, instead of
+        # meeting in SQLite's busy handler, which sleeps and retries (up to 100 ms a try):
+        # under load that turns into multi-second tail latencies. Other processes still
+        # meet the busy timeout. Re-entrant, so a use case may nest a ledger call.
+        self._writer = threading.RLock() if self.engine.dialect.name == "sqlite" else None
 
     @property
     def dialect(self) -> str:
@@ -105,8 +111,16 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        with self._sessions() as session, session.begin():
+        with self._write_turn(), self._sessions() as session, session.begin():
             yield session
+
+    @contextmanager
+    def _write_turn(self) -> Iterator[None]:
+        if self._writer is None:
+            yield
+            return
+        with self._writer:
+            yield
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -122,18 +136,19 @@ class Database:
         """A write transaction on a pooled driver connection (sqlite3 / psycopg), for the
         few hot paths where SQLAlchemy's per-transaction bookkeeping costs more than the
         work (the ledger's single-entry commit). Commits on success, rolls back on error."""
-        pooled = self.engine.raw_connection()
-        driver: Any = pooled.driver_connection
-        try:
-            if self.dialect == "sqlite":
-                driver.execute("BEGIN IMMEDIATE")
-            yield driver
-            driver.commit()
-        except BaseException:
-            driver.rollback()
-            raise
-        finally:
-            pooled.close()  # back to the pool
+        with self._write_turn():
+            pooled = self.engine.raw_connection()
+            driver: Any = pooled.driver_connection
+            try:
+                if self.dialect == "sqlite":
+                    driver.execute("BEGIN IMMEDIATE")
+                yield driver
+                driver.commit()
+            except BaseException:
+                driver.rollback()
+                raise
+            finally:
+                pooled.close()  # back to the pool
 
     def is_retryable(self, error: BaseException) -> bool:
         """A transaction that lost a race and may simply run again: a serialization failure

@@ -55,7 +55,7 @@ from shoudan.payments.domain import (
     transition,
 )
 from shoudan.payments.models import Payment, PaymentStatusChange, RrnCounter
-from shoudan.pricing.domain import FeeQuote, check_limits, quote
+from shoudan.pricing.domain import FeeQuote, Limits, check_limits, quote
 from shoudan.pricing.service import get_plan
 from shoudan.terminals.service import TerminalView, terminal_for_payment
 
@@ -111,6 +111,7 @@ class _Prepared:
     network: str
     funding: str | None
     card_token: str | None
+    limits: Limits
 
 
 class PaymentService:
@@ -201,8 +202,9 @@ class PaymentService:
                 ErrorCode.LIMIT_EXCEEDED, f"the merchant's daily limit of {daily} fen is reached"
             )
         return _Prepared(
-            terminal, terminal.merchant_id, plan.code, fee_quote, network, funding, token
-        )
+            terminal, terminal.merchant_id, plan.code, fee_quote, network, funding, token,
+            plan.limits,
+        )  # fmt: skip
 
     def _authorize(self, payment_id: str, request: PaymentRequest) -> ChannelResult:
         card = None
@@ -239,14 +241,14 @@ class PaymentService:
         day = business_date(now)
         if result.approved:
             # the limits again, now under the write lock: concurrent payments count
-            plan = get_plan(session, prepared.plan_code)
             check_limits(
-                plan.limits,
+                prepared.limits,
                 request.amount,
                 _card_day_total(session, prepared.card_token, day.isoformat())
-                if prepared.card_token else 0,
+                if prepared.card_token
+                else 0,
                 _merchant_day_total(session, prepared.merchant_id, day.isoformat()),
-            )  # fmt: skip
+            )
         status = (
             (PaymentStatus.CAPTURED if request.capture else PaymentStatus.AUTHORIZED)
             if result.approved

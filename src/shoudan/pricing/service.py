@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from functools import lru_cache
 
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -62,8 +63,15 @@ def create_plan(session: Session, plan: FeePlan, clock: Clock | None = None) -> 
     return plan
 
 
+@lru_cache(maxsize=256)
+def _parse(definition: str) -> FeePlan:
+    """Plans are immutable (a new rate is a new plan code), so a definition parses once per
+    process: every payment needs its plan, and parsing costs more than the query."""
+    return plan_from_dict(json.loads(definition))
+
+
 def _load(record: FeePlanRecord) -> FeePlan:
-    plan = plan_from_dict(json.loads(record.definition))
+    plan = _parse(record.definition)
     if plan.code != record.code:
         raise DomainError(
             ErrorCode.INTERNAL_ERROR, f"fee plan row {record.code!r} holds plan {plan.code!r}"
