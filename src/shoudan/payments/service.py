@@ -11,11 +11,12 @@ retried use case can never post twice.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, case, func, literal, or_, select
 from sqlalchemy.orm import Session
 
 from shoudan.auth.domain import Principal
@@ -39,7 +40,6 @@ from shoudan.core.ids import new_id
 from shoudan.ledger import chart
 from shoudan.ledger.domain import Hold, Linked, Posting, Transfer, VoidHold
 from shoudan.ledger.service import Ledger
-from shoudan.merchants.service import get_merchant
 from shoudan.notifications.service import emit
 from shoudan.payments.domain import (
     DEFAULT_COMPLETION_LIMIT_PERCENT,
@@ -57,7 +57,7 @@ from shoudan.payments.domain import (
 from shoudan.payments.models import Payment, PaymentStatusChange, RrnCounter
 from shoudan.pricing.domain import FeeQuote, Limits, check_limits, quote
 from shoudan.pricing.service import get_plan
-from shoudan.terminals.service import TerminalView, terminal_for_payment
+from shoudan.terminals.service import TerminalView, payment_point, terminal_for_payment
 
 log = logging.getLogger(__name__)
 
@@ -164,10 +164,9 @@ class PaymentService:
     def _prepare(
         self, session: Session, principal: Principal, request: PaymentRequest
     ) -> _Prepared:
-        terminal = terminal_for_payment(session, request.terminal_id)
+        terminal, merchant = payment_point(session, request.terminal_id)
         if not principal.can_see(terminal.merchant_id):
             raise DomainError(ErrorCode.TERMINAL_NOT_FOUND, "terminal not found")
-        merchant = get_merchant(session, terminal.merchant_id)
         plan = get_plan(session, merchant.fee_plan_code)
         now = self.clock.now()
         funding: str | None = None
@@ -175,7 +174,7 @@ class PaymentService:
         if request.method is Method.CARD:
             assert request.card is not None
             funding = card_funding(request.card.pan)
-            network = "unionpay"
+            network = Network.UNIONPAY.value
             token = self.vault.pan_token(request.card.pan)
         else:
             assert request.auth_code is not None
@@ -186,25 +185,16 @@ class PaymentService:
             if request.capture
             else None
         )
+        limits = plan.limits
+        if merchant.daily_limit is not None:  # the merchant's own daily limit overrides
+            limits = replace(limits, per_merchant_daily=merchant.daily_limit)
         day = business_date(now).isoformat()
         check_limits(
-            plan.limits,
-            request.amount,
-            _card_day_total(session, token, day) if token else 0,
-            _merchant_day_total(session, terminal.merchant_id, day),
+            limits, request.amount, *_day_totals(session, token, merchant.merchant_id, day)
         )
-        daily = getattr(merchant, "daily_limit", None)
-        if (
-            daily is not None
-            and _merchant_day_total(session, terminal.merchant_id, day) + request.amount > daily
-        ):
-            raise DomainError(
-                ErrorCode.LIMIT_EXCEEDED, f"the merchant's daily limit of {daily} fen is reached"
-            )
         return _Prepared(
-            terminal, terminal.merchant_id, plan.code, fee_quote, network, funding, token,
-            plan.limits,
-        )  # fmt: skip
+            terminal, terminal.merchant_id, plan.code, fee_quote, network, funding, token, limits
+        )
 
     def _authorize(self, payment_id: str, request: PaymentRequest) -> ChannelResult:
         card = None
@@ -244,10 +234,7 @@ class PaymentService:
             check_limits(
                 prepared.limits,
                 request.amount,
-                _card_day_total(session, prepared.card_token, day.isoformat())
-                if prepared.card_token
-                else 0,
-                _merchant_day_total(session, prepared.merchant_id, day.isoformat()),
+                *_day_totals(session, prepared.card_token, prepared.merchant_id, day.isoformat()),
             )
         status = (
             (PaymentStatus.CAPTURED if request.capture else PaymentStatus.AUTHORIZED)
@@ -619,28 +606,25 @@ def _by_idempotency_key(session: Session, merchant_id: str, key: str) -> Payment
     ).one_or_none()
 
 
-def _counted() -> tuple[str, ...]:
-    return (PaymentStatus.CAPTURED.value, PaymentStatus.AUTHORIZED.value)
+COUNTED = (PaymentStatus.CAPTURED.value, PaymentStatus.AUTHORIZED.value)
 
 
-def _card_day_total(session: Session, token: str | None, day: str) -> int:
-    total = session.scalar(
-        select(func.coalesce(func.sum(Payment.amount), 0)).where(
-            Payment.card_token == token, Payment.business_date == day,
-            Payment.status.in_(_counted()),
+def _day_totals(
+    session: Session, card_token: str | None, merchant_id: str, day: str
+) -> tuple[int, int]:
+    """(this card's, this merchant's) approved amounts of the business day, in one query."""
+    merchant_sum = func.sum(case((Payment.merchant_id == merchant_id, Payment.amount), else_=0))
+    scope = Payment.merchant_id == merchant_id
+    card_sum: ColumnElement[Any] = literal(0)
+    if card_token is not None:
+        card_sum = func.sum(case((Payment.card_token == card_token, Payment.amount), else_=0))
+        scope = or_(scope, Payment.card_token == card_token)
+    row = session.execute(
+        select(card_sum, merchant_sum).where(
+            Payment.business_date == day, Payment.status.in_(COUNTED), scope
         )
-    )  # fmt: skip
-    return int(total or 0)
-
-
-def _merchant_day_total(session: Session, merchant_id: str, day: str) -> int:
-    total = session.scalar(
-        select(func.coalesce(func.sum(Payment.amount), 0)).where(
-            Payment.merchant_id == merchant_id, Payment.business_date == day,
-            Payment.status.in_(_counted()),
-        )
-    )  # fmt: skip
-    return int(total or 0)
+    ).one()
+    return int(row[0] or 0), int(row[1] or 0)
 
 
 def _next_rrn(session: Session, day: object) -> str:

@@ -20,7 +20,7 @@ from shoudan.core.clock import Clock
 from shoudan.core.crypto import Vault
 from shoudan.core.errors import DomainError, ErrorCode
 from shoudan.merchants.domain import MerchantStatus
-from shoudan.merchants.service import get_merchant
+from shoudan.merchants.service import MerchantView, get_merchant
 from shoudan.terminals.domain import (
     Product,
     TerminalStatus,
@@ -161,6 +161,12 @@ def get_terminal(session: Session, terminal_id: str) -> TerminalView:
 def terminal_for_payment(session: Session, terminal_id: str) -> TerminalView:
     """The terminal a payment comes from, when it may take payments: ``terminal_not_found``,
     ``terminal_inactive`` (not active) or ``merchant_inactive`` (its merchant not active)."""
+    return payment_point(session, terminal_id)[0]
+
+
+def payment_point(session: Session, terminal_id: str) -> tuple[TerminalView, MerchantView]:
+    """The terminal and its merchant, both checked able to take a payment (one look-up each,
+    for the payment path that needs the merchant's plan and limits too)."""
     view = get_terminal(session, terminal_id)
     if not view.is_active:
         raise DomainError(
@@ -177,7 +183,7 @@ def terminal_for_payment(session: Session, terminal_id: str) -> TerminalView:
             merchant_id=merchant.merchant_id,
             status=merchant.status.value,
         )
-    return view
+    return view, merchant
 
 
 def list_terminals(
