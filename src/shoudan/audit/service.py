@@ -113,15 +113,21 @@ def _lock_head(session: Session) -> AuditHead:
     head = session.execute(query).scalar_one_or_none()
     if head is not None:
         return head
-    # A missing head with rows present means someone deleted it: refuse to start a new chain.
-    if session.execute(select(AuditRecord.seq).limit(1)).first() is not None:
+    values = {"id": HEAD_ID, "last_seq": 0, "last_hash": GENESIS_HASH}
+    # ON CONFLICT DO NOTHING: two first appenders may race to create the head; the loser
+    # waits for the winner's commit, inserts nothing, and locks the winner's head below.
+    insert = sqlite_insert if is_sqlite(session) else pg_insert
+    created = session.execute(
+        insert(AuditHead).values(**values).on_conflict_do_nothing().returning(AuditHead.id)
+    ).first()
+    if created is not None and session.execute(
+        select(AuditRecord.seq).limit(1)
+    ).first() is not None:
+        # We had to create the head although rows exist: someone deleted it. Refuse to
+        # start a new chain (raising rolls our insert back).
         raise DomainError(
             ErrorCode.AUDIT_CHAIN_BROKEN, "audit_head is missing but audit_log has rows"
         )
-    values = {"id": HEAD_ID, "last_seq": 0, "last_hash": GENESIS_HASH}
-    # ON CONFLICT DO NOTHING: two first appenders may race to create the head.
-    insert = sqlite_insert if is_sqlite(session) else pg_insert
-    session.execute(insert(AuditHead).values(**values).on_conflict_do_nothing())
     return session.execute(query).scalar_one()
 
 

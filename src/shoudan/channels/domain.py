@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Final, Protocol, runtime_checkable
 
 from shoudan.core.errors import DomainError, ErrorCode
+from shoudan.core.identifiers import luhn_valid as check_digit_valid
 from shoudan.core.money import check_currency, check_minor
 
 DEBIT_BINS: Final = frozenset({"622202"})
@@ -38,7 +39,7 @@ class Funding(StrEnum):
 
 
 class PaymentMethod(StrEnum):
-    """How the consumer paid; equal (as strings) to the payments domain's ``Method``."""
+    """How the consumer paid (the payments domain calls it ``Method``)."""
 
     CARD = "card"
     WECHAT = "wechat"
@@ -103,20 +104,10 @@ def _pan_shape(pan: object) -> str:
 
 
 def luhn_valid(pan: str) -> bool:
-    """The ISO/IEC 7812 check digit. False (never an error) for anything that is not a PAN."""
-    if not isinstance(pan, str) or not pan.isascii() or not pan.isdigit():
+    """A card number's check digit (and length). False, never an error, for a non-PAN."""
+    if not isinstance(pan, str) or not PAN_MIN_LENGTH <= len(pan) <= PAN_MAX_LENGTH:
         return False
-    if not PAN_MIN_LENGTH <= len(pan) <= PAN_MAX_LENGTH:
-        return False
-    total = 0
-    for index, char in enumerate(reversed(pan)):
-        digit = int(char)
-        if index % 2 == 1:
-            digit *= 2
-            if digit > 9:
-                digit -= 9
-        total += digit
-    return total % 10 == 0
+    return check_digit_valid(pan)
 
 
 def card_funding(pan: str) -> Funding:

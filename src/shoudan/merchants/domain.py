@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from shoudan.core.errors import DomainError, ErrorCode
+from shoudan.core.identifiers import luhn_valid
 
 ACQUIRER_CODE = "898"
 """The acquirer's own 3-digit institution code, the first digits of every merchant number.
@@ -165,21 +166,6 @@ def validate_phone(phone: object) -> str:
             field="contact_phone",
         )
     return phone.strip()
-
-
-def luhn_valid(digits: str) -> bool:
-    """ISO/IEC 7812 check digit."""
-    if not digits or not _DIGITS.fullmatch(digits):
-        return False
-    total = 0
-    for position, char in enumerate(reversed(digits)):
-        value = int(char)
-        if position % 2 == 1:
-            value *= 2
-            if value > 9:
-                value -= 9
-        total += value
-    return total % 10 == 0
 
 
 def validate_card_number(number: object, field: str = "card_number") -> str:

@@ -17,8 +17,11 @@ from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
 
+from shoudan.channels.domain import EntryMode, PaymentMethod
 from shoudan.core.clock import SHANGHAI
 from shoudan.core.errors import DomainError, ErrorCode
+
+__all__ = ["EntryMode", "Method", "PaymentStatus", "check_capture", "check_void"]
 
 
 class PaymentStatus(StrEnum):
@@ -29,18 +32,8 @@ class PaymentStatus(StrEnum):
     REVERSED = "reversed"
 
 
-class Method(StrEnum):
-    CARD = "card"
-    WECHAT = "wechat"
-    ALIPAY = "alipay"
-    UNIONPAY_QR = "unionpay_qr"
-
-
-class EntryMode(StrEnum):
-    CHIP = "chip"
-    MAGSTRIPE = "magstripe"
-    CONTACTLESS = "contactless"
-    MANUAL = "manual"
+# How the consumer paid and how the card was read: the network's vocabulary, one definition.
+Method = PaymentMethod
 
 
 # The one table of allowed transitions (a new payment starts in any of the first three).

@@ -31,7 +31,6 @@ from shoudan.channels.domain import (
     qr_method,
     qr_network,
 )
-from shoudan.channels.domain import EntryMode as ChannelEntryMode
 from shoudan.core.clock import Clock
 from shoudan.core.crypto import Vault
 from shoudan.core.db import Database
@@ -201,7 +200,7 @@ class PaymentService:
         if request.card is not None:
             card = CardData(
                 pan=request.card.pan, expiry=request.card.expiry, pin=request.card.pin,
-                entry_mode=ChannelEntryMode(request.card.entry_mode.value),
+                entry_mode=request.card.entry_mode,
             )  # fmt: skip
         upstream = AuthorizeRequest(
             reference=payment_id, amount=request.amount, currency=request.currency, card=card,
