@@ -355,3 +355,25 @@ def test_rrns_are_unique_and_payments_emit_events(world: World) -> None:
     with world.container.database.read() as session:
         topics = session.execute(text("SELECT topic FROM outbox_events")).scalars().all()
     assert topics.count("payment.captured") == 10
+
+
+def test_same_idempotency_key_in_the_service_charges_once(world: World) -> None:
+    """Two requests with one key that both reach the service (the middleware bypassed, as
+    after a lock takeover) still make one payment: the loser is reversed upstream."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from shoudan.auth.domain import Principal, Role
+    from shoudan.payments.domain import EntryMode, Method
+    from shoudan.payments.service import CardInput, PaymentRequest
+
+    principal = Principal("k", Role.MERCHANT, world.merchant_a)
+    request = PaymentRequest(
+        world.terminal_a, 4_321, Method.CARD,
+        card=CardInput(CREDIT, "2912", EntryMode.CHIP), idempotency_key="takeover-1",
+    )  # fmt: skip
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        payments = list(pool.map(lambda _: world.container.payments.create(principal, request),
+                                 range(4)))  # fmt: skip
+    assert len({p.id for p in payments}) == 1
+    assert payment_count(world) == 1
+    assert balance(world, world.merchant_a)["unsettled"] == 4_321 - 26  # 0.60 %

@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import ColumnElement, case, func, literal, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shoudan.auth.domain import Principal
@@ -159,6 +160,19 @@ class PaymentService:
                 with self.database.transaction() as session:
                     return self._record(session, payment_id, principal, request, prepared, refused)
             raise
+        except IntegrityError:
+            if request.idempotency_key is None:
+                raise
+            # Another request with this Idempotency-Key recorded its payment first (they raced
+            # past the middleware, e.g. after a lock takeover): undo ours upstream, answer theirs.
+            self.channel.reverse(payment_id)
+            with self.database.read() as session:
+                winner = _by_idempotency_key(
+                    session, prepared.merchant_id, request.idempotency_key
+                )
+            if winner is None:
+                raise
+            return winner
 
     def _prepare(
         self, session: Session, principal: Principal, request: PaymentRequest
