@@ -377,3 +377,72 @@ def test_same_idempotency_key_in_the_service_charges_once(world: World) -> None:
     assert len({p.id for p in payments}) == 1
     assert payment_count(world) == 1
     assert balance(world, world.merchant_a)["unsettled"] == 4_321 - 26  # 0.60 %
+
+
+def test_completion_is_held_to_the_limits(world: World) -> None:
+    auth = world.pay(amount=5_000_000, capture=False)  # ¥50,000, the per-transaction limit
+    over = world.client.post(
+        f"/v1/payments/{auth['id']}/capture", json={"amount": 5_750_000},
+        headers=world.headers(world.key_a),
+    )  # fmt: skip
+    assert (over.status_code, over.json()["code"]) == (422, "limit_exceeded")
+    assert world.client.get(
+        f"/v1/payments/{auth['id']}", headers=world.headers(world.key_a)
+    ).json()["status"] == "authorized"
+
+
+def test_another_tenants_suspended_terminal_is_simply_not_found(world: World) -> None:
+    from shoudan.terminals.domain import TerminalStatus
+    from shoudan.terminals.service import set_terminal_status
+
+    with world.container.database.transaction() as session:
+        set_terminal_status(
+            session, world.terminal_b, TerminalStatus.SUSPENDED, actor="test", clock=world.clock
+        )
+    foreign = world.client.post(
+        "/v1/payments",
+        json={"terminal_id": world.terminal_b, "amount": 100, "method": "card", "card": card()},
+        headers=world.headers(world.key_a),
+    )
+    assert (foreign.status_code, foreign.json()["code"]) == (404, "terminal_not_found")
+    own = world.client.post(
+        "/v1/payments",
+        json={"terminal_id": world.terminal_b, "amount": 100, "method": "card", "card": card()},
+        headers=world.headers(world.key_b),
+    )
+    assert (own.status_code, own.json()["code"]) == (422, "terminal_inactive")
+    assert own.json()["terminal_status"] == "suspended"
+
+
+def test_a_reused_key_with_another_request_is_refused_even_from_another_api_key(
+    world: World,
+) -> None:
+    from shoudan.auth.domain import Role
+    from shoudan.auth.service import create_api_key
+
+    with world.container.database.transaction() as session:
+        second_key = create_api_key(session, role=Role.MERCHANT, merchant_id=world.merchant_a)[1]
+        third_key = create_api_key(session, role=Role.MERCHANT, merchant_id=world.merchant_a)[1]
+    first = world.client.post(
+        "/v1/payments",
+        json={"terminal_id": world.terminal_a, "amount": 100, "method": "card", "card": card()},
+        headers=world.headers(world.key_a, **{"Idempotency-Key": "order-1"}),
+    )
+    assert first.status_code == 201
+    other = world.client.post(
+        "/v1/payments",
+        json={"terminal_id": world.terminal_a, "amount": 99_999, "method": "card",
+              "card": card()},
+        headers=world.headers(second_key, **{"Idempotency-Key": "order-1"}),
+    )  # fmt: skip
+    assert (other.status_code, other.json()["code"]) == (409, "idempotency_key_reused")
+    # the same request under the same key from yet another of the merchant's keys: the
+    # payment is the merchant's, so it is answered with the original, not charged again
+    same = world.client.post(
+        "/v1/payments",
+        json={"terminal_id": world.terminal_a, "amount": 100, "method": "card", "card": card()},
+        headers=world.headers(third_key, **{"Idempotency-Key": "order-1"}),
+    )
+    assert same.status_code == 201, same.text
+    assert same.json()["id"] == first.json()["id"]
+    assert payment_count(world) == 1

@@ -122,7 +122,9 @@ async def domain_error_handler(request: Request, exc: Exception) -> JSONResponse
     status = status_for(exc.code)
     if status >= 500:
         log.error("domain error %s on %s: %s", exc.code, request.url.path, exc.message)
-    return problem(exc.code, status, exc.message, instance=request.url.path, **exc.details)
+    # details may not shadow the problem's own members (a detail named "status" would)
+    extensions = {k: v for k, v in exc.details.items() if k not in _RESERVED}
+    return problem(exc.code, status, exc.message, instance=request.url.path, **extensions)
 
 
 async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:

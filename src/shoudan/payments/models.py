@@ -59,6 +59,8 @@ class Payment(Base):
     prepayment: Mapped[bool] = mapped_column(Boolean, default=False)
     description: Mapped[str] = mapped_column(String(255), default="")
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    # fingerprint of the request (card as token): a reused Idempotency-Key must match it
+    request_hash: Mapped[str] = mapped_column(String(64))
     settled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

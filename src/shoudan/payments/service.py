@@ -10,13 +10,16 @@ retried use case can never post twice.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import ColumnElement, case, func, literal, or_, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -34,7 +37,7 @@ from shoudan.channels.domain import (
 )
 from shoudan.core.clock import Clock
 from shoudan.core.crypto import Vault
-from shoudan.core.db import Database
+from shoudan.core.db import Database, is_sqlite
 from shoudan.core.errors import DomainError, ErrorCode
 from shoudan.core.ids import new_id
 from shoudan.ledger import chart
@@ -57,7 +60,7 @@ from shoudan.payments.domain import (
 from shoudan.payments.models import Payment, PaymentStatusChange, RrnCounter
 from shoudan.pricing.domain import FeeQuote, Limits, check_limits, quote
 from shoudan.pricing.service import get_plan
-from shoudan.terminals.service import TerminalView, payment_point, terminal_for_payment
+from shoudan.terminals.service import TerminalView, get_terminal, payment_point
 
 log = logging.getLogger(__name__)
 
@@ -134,19 +137,27 @@ class PaymentService:
     # -- create ---------------------------------------------------------------------------
     def create(self, principal: Principal, request: PaymentRequest) -> Payment:
         _check_shape(request)
+        fingerprint = self._fingerprint(request)
         with self.database.read() as session:
-            prepared = self._prepare(session, principal, request)
+            # A retry is answered first, before any rule that its own payment now affects
+            # (limits count it; the terminal may have been suspended since).
+            terminal = get_terminal(session, request.terminal_id)
+            if not principal.can_see(terminal.merchant_id):
+                raise DomainError(ErrorCode.TERMINAL_NOT_FOUND, "terminal not found")
             if request.idempotency_key is not None:
                 existing = _by_idempotency_key(
-                    session, prepared.merchant_id, request.idempotency_key
+                    session, terminal.merchant_id, request.idempotency_key
                 )
                 if existing is not None:
-                    return existing
+                    return _same_request(existing, fingerprint)
+            prepared = self._prepare(session, principal, request)
         payment_id = new_id("pay_")
         result = self._authorize(payment_id, request)
         try:
             with self.database.transaction() as session:
-                return self._record(session, payment_id, principal, request, prepared, result)
+                return self._record(
+                    session, payment_id, principal, request, prepared, result, fingerprint
+                )
         except DomainError as error:
             if result.approved and error.code is ErrorCode.LIMIT_EXCEEDED:
                 # A concurrent payment used the limit while we were at the network: give the
@@ -158,28 +169,45 @@ class PaymentService:
                     message=error.message,
                 )  # fmt: skip
                 with self.database.transaction() as session:
-                    return self._record(session, payment_id, principal, request, prepared, refused)
+                    return self._record(
+                        session, payment_id, principal, request, prepared, refused, fingerprint
+                    )
+            if result.approved:
+                self.channel.reverse(payment_id)  # nothing recorded: nothing may stay charged
             raise
         except IntegrityError:
+            if result.approved:
+                self.channel.reverse(payment_id)
             if request.idempotency_key is None:
                 raise
             # Another request with this Idempotency-Key recorded its payment first (they raced
-            # past the middleware, e.g. after a lock takeover): undo ours upstream, answer theirs.
-            self.channel.reverse(payment_id)
+            # past the middleware, e.g. after a lock takeover): ours is undone, answer theirs.
             with self.database.read() as session:
-                winner = _by_idempotency_key(
-                    session, prepared.merchant_id, request.idempotency_key
-                )
+                winner = _by_idempotency_key(session, prepared.merchant_id, request.idempotency_key)
             if winner is None:
                 raise
-            return winner
+            return _same_request(winner, fingerprint)
+        except BaseException:
+            if result.approved:
+                self.channel.reverse(payment_id)
+            raise
+
+    def _fingerprint(self, request: PaymentRequest) -> str:
+        """What the request asks for (the card as its token, never the PAN or PIN), to tell
+        a retry with an Idempotency-Key from a different request reusing it."""
+        card = request.card
+        parts = [
+            request.terminal_id, str(request.amount), request.currency, request.method.value,
+            self.vault.pan_token(card.pan) if card else "", card.expiry if card else "",
+            card.entry_mode.value if card else "", request.auth_code or "",
+            str(request.capture), str(request.prepayment), request.description,
+        ]  # fmt: skip
+        return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
     def _prepare(
         self, session: Session, principal: Principal, request: PaymentRequest
     ) -> _Prepared:
         terminal, merchant = payment_point(session, request.terminal_id)
-        if not principal.can_see(terminal.merchant_id):
-            raise DomainError(ErrorCode.TERMINAL_NOT_FOUND, "terminal not found")
         plan = get_plan(session, merchant.fee_plan_code)
         now = self.clock.now()
         funding: str | None = None
@@ -239,9 +267,13 @@ class PaymentService:
         request: PaymentRequest,
         prepared: _Prepared,
         result: ChannelResult,
+        fingerprint: str,
     ) -> Payment:
         now = self.clock.now()
         day = business_date(now)
+        # The day's RRN counter row is locked first: it serialises the day's payments on
+        # PostgreSQL, so the limit sums below see every payment committed before ours.
+        rrn = _next_rrn(session, day)
         if result.approved:
             # the limits again, now under the write lock: concurrent payments count
             check_limits(
@@ -271,7 +303,7 @@ class PaymentService:
             fee_category=None,
             rate_bp=None,
             business_date=day.isoformat(),
-            rrn=_next_rrn(session, day),
+            rrn=rrn,
             auth_code=result.auth_code if result.approved else None,
             decline_code=None if result.approved else result.response_code,
             decline_message=None if result.approved else result.message[:255],
@@ -287,6 +319,7 @@ class PaymentService:
             prepayment=request.prepayment,
             description=request.description,
             idempotency_key=request.idempotency_key,
+            request_hash=fingerprint,
             created_at=now,
             updated_at=now,
         )
@@ -308,10 +341,14 @@ class PaymentService:
         with self.database.read() as session:
             payment = self._visible(session, principal, payment_id)
             check_capture(_facts(payment), amount, self.completion_limit_percent)
-            terminal = terminal_for_payment(session, payment.terminal_id)
+            terminal, merchant = payment_point(session, payment.terminal_id)
             plan = get_plan(session, payment.fee_plan_code)
+            limits = plan.limits
+            if merchant.daily_limit is not None:
+                limits = replace(limits, per_merchant_daily=merchant.daily_limit)
             category = _category_of(payment, amount)
             fee_quote = quote(plan, terminal.product, category, amount, self.clock.now())
+            _check_completion_limits(session, payment, amount, limits)  # before the network
         result = self.channel.capture(payment_id, amount)
         if not result.approved:
             raise DomainError(
@@ -319,10 +356,11 @@ class PaymentService:
                 f"the network refused the completion ({result.response_code}): {result.message}",
             )
         with self.database.transaction() as session:
+            _next_rrn_lock(session, business_date(self.clock.now()))
             payment = _locked(session, payment_id)
             check_capture(_facts(payment), amount, self.completion_limit_percent)
+            _check_completion_limits(session, payment, amount, limits)  # and under the lock
             now = self.clock.now()
-            payment.amount = payment.amount  # authorised amount stays as it was
             _apply_capture(payment, fee_quote, now)
             self._move(session, payment, PaymentStatus.CAPTURED, principal, "completion", now)
             self.ledger.post(session, Linked((
@@ -626,11 +664,16 @@ def _day_totals(
     session: Session, card_token: str | None, merchant_id: str, day: str
 ) -> tuple[int, int]:
     """(this card's, this merchant's) approved amounts of the business day, in one query."""
-    merchant_sum = func.sum(case((Payment.merchant_id == merchant_id, Payment.amount), else_=0))
+    # a captured payment counts what was captured (a completion may differ from its pre-auth)
+    counted = case(
+        (Payment.status == PaymentStatus.CAPTURED.value, Payment.captured_amount),
+        else_=Payment.amount,
+    )
+    merchant_sum = func.sum(case((Payment.merchant_id == merchant_id, counted), else_=0))
     scope = Payment.merchant_id == merchant_id
     card_sum: ColumnElement[Any] = literal(0)
     if card_token is not None:
-        card_sum = func.sum(case((Payment.card_token == card_token, Payment.amount), else_=0))
+        card_sum = func.sum(case((Payment.card_token == card_token, counted), else_=0))
         scope = or_(scope, Payment.card_token == card_token)
     row = session.execute(
         select(card_sum, merchant_sum).where(
@@ -640,21 +683,54 @@ def _day_totals(
     return int(row[0] or 0), int(row[1] or 0)
 
 
-def _next_rrn(session: Session, day: object) -> str:
-    """The next RRN of the business day, from a per-day counter row (locked on PostgreSQL;
-    SQLite's write transaction is already exclusive)."""
-    from datetime import date
-
-    assert isinstance(day, date)
+def _next_rrn_lock(session: Session, day: date) -> RrnCounter:
+    """The business day's RRN counter row, created if needed and locked for the rest of the
+    transaction (on SQLite the write transaction is already exclusive)."""
     key = day.isoformat()
-    counter = session.scalars(
-        select(RrnCounter).where(RrnCounter.business_date == key).with_for_update()
-    ).one_or_none()
-    if counter is None:
-        counter = RrnCounter(business_date=key, last_value=0)
-        session.add(counter)
+    insert = sqlite_insert if is_sqlite(session) else pg_insert
+    # two first payments of a day may race to create the row: the loser inserts nothing
+    session.execute(
+        insert(RrnCounter).values(business_date=key, last_value=0).on_conflict_do_nothing()
+    )
+    return session.scalars(
+        select(RrnCounter)
+        .where(RrnCounter.business_date == key)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one()
+
+
+def _next_rrn(session: Session, day: date) -> str:
+    """The next RRN of the business day, from its locked counter row."""
+    counter = _next_rrn_lock(session, day)
     counter.last_value += 1
     return compose_rrn(day, counter.last_value)
+
+
+def _check_completion_limits(
+    session: Session, payment: Payment, amount: int, limits: Limits
+) -> None:
+    """The completion is what the card really pays, so the limits apply to it. The day's
+    totals hold this pre-auth at its authorised amount: take it out, then check the captured
+    amount as if it were a new payment."""
+    card_total, merchant_total = _day_totals(
+        session, payment.card_token, payment.merchant_id, payment.business_date
+    )
+    check_limits(
+        limits,
+        amount,
+        card_total - payment.amount if payment.card_token else 0,
+        merchant_total - payment.amount,
+    )
+
+
+def _same_request(payment: Payment, fingerprint: str) -> Payment:
+    if payment.request_hash != fingerprint:
+        raise DomainError(
+            ErrorCode.IDEMPOTENCY_KEY_REUSED,
+            "this Idempotency-Key was used for a different payment request",
+        )
+    return payment
 
 
 def masked_card(payment: Payment) -> str | None:

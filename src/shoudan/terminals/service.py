@@ -173,7 +173,7 @@ def payment_point(session: Session, terminal_id: str) -> tuple[TerminalView, Mer
             ErrorCode.TERMINAL_INACTIVE,
             f"the terminal is {view.status}",
             terminal_id=terminal_id,
-            status=view.status.value,
+            terminal_status=view.status.value,
         )
     merchant = get_merchant(session, view.merchant_id)
     if not merchant.is_active:
@@ -181,7 +181,7 @@ def payment_point(session: Session, terminal_id: str) -> tuple[TerminalView, Mer
             ErrorCode.MERCHANT_INACTIVE,
             f"the merchant is {merchant.status}",
             merchant_id=merchant.merchant_id,
-            status=merchant.status.value,
+            merchant_status=merchant.status.value,
         )
     return view, merchant
 

@@ -53,6 +53,7 @@ def upgrade() -> None:
         sa.Column("prepayment", sa.Boolean(), nullable=False),
         sa.Column("description", sa.String(255), nullable=False),
         sa.Column("idempotency_key", sa.String(255), nullable=True),
+        sa.Column("request_hash", sa.String(64), nullable=False),
         sa.Column("settled_at", dt, nullable=True),
         sa.Column("created_at", dt, nullable=False),
         sa.Column("updated_at", dt, nullable=False),
