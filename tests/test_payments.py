@@ -446,3 +446,16 @@ def test_a_reused_key_with_another_request_is_refused_even_from_another_api_key(
     assert same.status_code == 201, same.text
     assert same.json()["id"] == first.json()["id"]
     assert payment_count(world) == 1
+
+
+def test_staff_actions_on_payments_are_audited(world: World) -> None:
+    paid = world.pay(amount=1_000)
+    voided = world.client.post(
+        f"/v1/payments/{paid['id']}/void", headers=world.headers(world.admin_key)
+    )
+    assert voided.json()["status"] == "voided"
+    with world.container.database.read() as session:
+        rows = session.execute(
+            text("SELECT action, subject_id FROM audit_log WHERE subject_type = 'payment'")
+        ).all()
+    assert [tuple(r) for r in rows] == [("payment.voided", paid["id"])]

@@ -23,6 +23,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from shoudan.audit.service import record
 from shoudan.auth.domain import Principal
 from shoudan.channels.domain import (
     AuthorizeRequest,
@@ -445,6 +446,13 @@ class PaymentService:
         payment.status = transition(current, target).value
         payment.updated_at = now
         _history(session, payment, current, target, principal.id, note, now)
+        if principal.is_staff:  # every staff action is audited (merchants': history only)
+            record(
+                session, actor=principal.id, action=f"payment.{target.value}",
+                subject_type="payment", subject_id=payment.id,
+                before={"status": current.value}, after={"status": target.value, "note": note},
+                clock=self.clock,
+            )  # fmt: skip
         emit(
             session, f"payment.{target.value}", _event(payment),
             dedupe_key=f"{payment.id}:{target.value}",
