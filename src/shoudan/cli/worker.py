@@ -8,10 +8,12 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from types import FrameType
 
 import typer
 
+from shoudan.auth.service import IDEMPOTENCY_RETENTION, purge_idempotency_keys
 from shoudan.cli.common import DATABASE_URL_OPTION, open_database, settings
 from shoudan.core.clock import Clock, SystemClock
 from shoudan.core.db import Database
@@ -20,6 +22,8 @@ from shoudan.notifications.service import Relay, RelayStats, default_registry
 log = logging.getLogger(__name__)
 
 ExpireHook = Callable[[Database, Clock], object]
+
+PURGE_EVERY = timedelta(hours=1)
 
 
 def _expire_hook() -> ExpireHook | None:
@@ -79,11 +83,20 @@ def worker(
     )
     expire = _expire_hook()
     totals = RelayStats()
+    last_purge: datetime | None = None
 
     def each_loop(stats: RelayStats) -> None:
-        nonlocal totals
+        nonlocal totals, last_purge
         totals += stats
         expired = expire(database, clock) if expire is not None else None
+        now = clock.now()
+        if last_purge is None or now - last_purge >= PURGE_EVERY:
+            # Idempotency-Keys are honoured for a day; older records only take space.
+            with database.transaction() as session:
+                purged = purge_idempotency_keys(session, now - IDEMPOTENCY_RETENTION)
+            last_purge = now
+            if purged:
+                typer.echo(f"idempotency keys purged: {purged}")
         if stats.claimed or once:
             typer.echo(_describe(stats))
         if expired:
