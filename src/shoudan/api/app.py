@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from sqlalchemy import text
 
 from shoudan import __version__
-from shoudan.api.errors import PROBLEM_JSON, install_error_handlers, problem
+from shoudan.api.errors import PROBLEM_JSON, PROBLEM_RESPONSES, install_error_handlers, problem
 from shoudan.api.idempotency import IdempotencyMiddleware
 from shoudan.api.routers import merchants, payments, terminals
 from shoudan.bootstrap import bootstrap
@@ -81,9 +81,8 @@ def create_app(
     app.state.container = container
     install_error_handlers(app)
     app.add_middleware(IdempotencyMiddleware, database_getter=lambda: db, clock=container.clock)
-    app.include_router(merchants.router)
-    app.include_router(terminals.router)
-    app.include_router(payments.router)
+    for router in (merchants.router, terminals.router, payments.router):
+        app.include_router(router, responses=PROBLEM_RESPONSES)
 
     @app.get("/livez", tags=["operations"])
     def livez() -> dict[str, str]:

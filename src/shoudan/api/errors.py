@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shoudan.core.errors import DomainError, ErrorCode
@@ -22,6 +23,36 @@ log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://shoudan.dev/problems/"
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, with shoudan's stable ``code``; more members may follow
+    (for example ``errors`` on invalid input, or the field a rule refused)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    instance: str | None = None
+
+
+def _problem_response(description: str) -> dict[str, Any]:
+    schema = Problem.model_json_schema()
+    return {"description": description, "content": {PROBLEM_JSON: {"schema": schema}}}
+
+
+# Documented on every /v1 route, so the OpenAPI says what clients really receive (FastAPI's
+# default 422 schema would describe a body we never send).
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: _problem_response("No valid API key (`unauthenticated`)."),
+    403: _problem_response("Staff only, or a role this operation needs (`forbidden`)."),
+    404: _problem_response("Not found — also for another tenant's objects."),
+    409: _problem_response("Conflicts with the current state, or a reused Idempotency-Key."),
+    422: _problem_response("Invalid input or refused by a business rule; see `code`."),
+}
 DEFAULT_STATUS = 422
 
 # One table, every code: a new ErrorCode without an entry here gets DEFAULT_STATUS.
