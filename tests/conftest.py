@@ -26,11 +26,20 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from pytest_postgresql import factories
 
 from shoudan import migrations
 from shoudan.core.db import Database
 from tests import pg
+
+# CI explores the same examples on every run (a red CI must mean a change broke something,
+# not that a random search got lucky today); developers' runs keep exploring new ones.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("dev", print_blob=True)
+settings.load_profile(
+    "ci" if os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"} else "dev"
+)
 
 ENGINES = ["sqlite", "postgresql"]
 PG_TEMPLATE = "shoudan_template"

@@ -16,9 +16,10 @@ from shoudan.core.errors import DomainError, ErrorCode
 # currency code -> (symbol, minor-unit exponent). Only CNY is settled today.
 CURRENCIES: Final[dict[str, tuple[str, int]]] = {"CNY": ("¥", 2)}
 DEFAULT_CURRENCY: Final = "CNY"
-# Largest amount accepted from text: ¥10,000,000,000,000.00 — far above any real payment,
-# far below BIGINT, and it keeps parsing cheap on hostile input.
-MAX_TEXT_LENGTH: Final = 32
+# Largest amount accepted from text: ¥10,000,000,000,000.00 (10^15 fen) — far above any real
+# payment, far below BIGINT. The text length bound keeps parsing cheap on hostile input.
+MAX_PARSED_MINOR: Final = 10**15
+MAX_TEXT_LENGTH: Final = 40
 
 # "1234", "1234.5", "1,234.56", optionally signed and prefixed by ¥ or "CNY ".
 _AMOUNT_RE = re.compile(
@@ -101,6 +102,8 @@ class Money:
             )
         units = int(match["int"].replace(",", ""))
         minor = units * 10**exponent + int(frac.ljust(exponent, "0") or 0)
+        if minor > MAX_PARSED_MINOR:
+            raise DomainError(ErrorCode.INVALID_AMOUNT, f"amount too large: {text!r}")
         return cls(-minor if match["sign"] else minor, currency)
 
     @classmethod
