@@ -120,5 +120,6 @@ def compose_rrn(day: date, sequence: int) -> str:
     return f"{day.year % 100:02d}{day.timetuple().tm_yday:03d}{sequence:07d}"
 
 
-def mask_pan(bin_: str, last4: str, length: int) -> str:
+def masked_card_number(bin_: str, last4: str, length: int) -> str:
+    """``622202*********0018`` from what is stored (the full number never is)."""
     return f"{bin_}{'*' * max(length - len(bin_) - len(last4), 0)}{last4}"

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
-from shoudan.payments.domain import EntryMode, Method, PaymentStatus
+from shoudan.payments.domain import EntryMode, Method, PaymentStatus, masked_card_number
 from shoudan.payments.models import Payment
 
 
@@ -80,11 +80,12 @@ class PaymentOut(BaseModel):
     def of(cls, payment: Payment) -> PaymentOut:
         card = None
         if payment.card_bin and payment.card_last4 and payment.card_length:
-            stars = "*" * (payment.card_length - 10)
             card = CardOut(
                 bin=payment.card_bin,
                 last4=payment.card_last4,
-                masked=f"{payment.card_bin}{stars}{payment.card_last4}",
+                masked=masked_card_number(
+                    payment.card_bin, payment.card_last4, payment.card_length
+                ),
                 funding=payment.card_funding,
             )
         return cls(

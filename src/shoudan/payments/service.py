@@ -55,7 +55,6 @@ from shoudan.payments.domain import (
     check_capture,
     check_void,
     compose_rrn,
-    mask_pan,
     transition,
 )
 from shoudan.payments.models import Payment, PaymentStatusChange, RrnCounter
@@ -739,9 +738,3 @@ def _same_request(payment: Payment, fingerprint: str) -> Payment:
             "this Idempotency-Key was used for a different payment request",
         )
     return payment
-
-
-def masked_card(payment: Payment) -> str | None:
-    if payment.card_bin is None or payment.card_last4 is None or payment.card_length is None:
-        return None
-    return mask_pan(payment.card_bin, payment.card_last4, payment.card_length)
