@@ -14,11 +14,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import MetaData, event
+from sqlalchemy import MetaData, event, select
 from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, InstrumentedAttribute, Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
 NAMING_CONVENTION = {
@@ -81,6 +81,17 @@ def _install_sqlite_hooks(engine: Engine) -> None:
         mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
         # straight to the driver: this runs once per transaction, on the hot path
         conn.connection.dbapi_connection.execute(f"BEGIN {mode}")  # type: ignore[union-attr]
+
+
+def load_row(
+    session: Session, column: InstrumentedAttribute[Any], key: object, *, for_update: bool = False
+) -> Any | None:
+    """The row whose ``column`` equals ``key`` (a primary or unique key), or ``None``; with
+    ``for_update``, locked for the rest of the transaction and refreshed from the database."""
+    query = select(column.class_).where(column == key)
+    if for_update:
+        query = query.with_for_update().execution_options(populate_existing=True)
+    return session.scalars(query).one_or_none()
 
 
 def is_sqlite(bind: Engine | Connection | Session) -> bool:

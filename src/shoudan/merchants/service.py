@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from shoudan.audit.service import record
 from shoudan.core.clock import Clock
 from shoudan.core.crypto import Vault, mask_card, mask_phone
+from shoudan.core.db import load_row
 from shoudan.core.errors import DomainError, ErrorCode
 from shoudan.core.ids import new_id
 from shoudan.ledger import chart
@@ -177,10 +178,9 @@ def merchant_not_found(merchant_id: str) -> DomainError:
 def _load(session: Session, merchant_id: str, *, for_update: bool = False) -> Merchant:
     if not is_merchant_id(merchant_id):
         raise merchant_not_found(merchant_id)
-    query = select(Merchant).where(Merchant.merchant_id == merchant_id)
-    if for_update:
-        query = query.with_for_update().execution_options(populate_existing=True)
-    row = session.scalars(query).one_or_none()
+    row: Merchant | None = load_row(
+        session, Merchant.merchant_id, merchant_id, for_update=for_update
+    )
     if row is None:
         raise merchant_not_found(merchant_id)
     return row

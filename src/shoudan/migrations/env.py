@@ -2,14 +2,7 @@
 
 from alembic import context
 
-import shoudan.audit.models
-import shoudan.auth.models
-import shoudan.ledger.models
-import shoudan.merchants.models
-import shoudan.notifications.models
-import shoudan.payments.models
-import shoudan.pricing.models
-import shoudan.terminals.models  # noqa: F401  (register tables)
+import shoudan.migrations.env_models  # noqa: F401  (register every table)
 from shoudan.core.db import Base, create_engine
 
 config = context.config

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from shoudan.audit.service import record
 from shoudan.core.clock import Clock
 from shoudan.core.crypto import Vault
+from shoudan.core.db import load_row
 from shoudan.core.errors import DomainError, ErrorCode
 from shoudan.merchants.domain import MerchantStatus
 from shoudan.merchants.service import MerchantView, get_merchant
@@ -86,10 +87,9 @@ def terminal_not_found(terminal_id: str) -> DomainError:
 def _load(session: Session, terminal_id: str, *, for_update: bool = False) -> Terminal:
     if not is_terminal_id(terminal_id):
         raise terminal_not_found(terminal_id)
-    query = select(Terminal).where(Terminal.terminal_id == terminal_id)
-    if for_update:
-        query = query.with_for_update().execution_options(populate_existing=True)
-    row = session.scalars(query).one_or_none()
+    row: Terminal | None = load_row(
+        session, Terminal.terminal_id, terminal_id, for_update=for_update
+    )
     if row is None:
         raise terminal_not_found(terminal_id)
     return row

@@ -18,6 +18,15 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
+PAYMENT_INDEXES = (
+    ("merchant_id", "created_at"),
+    ("created_at", "id"),
+    ("card_token", "business_date"),
+    ("merchant_id", "business_date"),
+    ("rrn",),
+)
+
+
 def upgrade() -> None:
     dt = shoudan.core.models.UTCDateTime(timezone=True)
     op.create_table(
@@ -76,13 +85,7 @@ def upgrade() -> None:
             "merchant_id", "idempotency_key", name=op.f("uq_payments_merchant_id_idempotency_key")
         ),
     )  # fmt: skip
-    for columns in (
-        ("merchant_id", "created_at"),
-        ("created_at", "id"),
-        ("card_token", "business_date"),
-        ("merchant_id", "business_date"),
-        ("rrn",),
-    ):
+    for columns in PAYMENT_INDEXES:
         op.create_index(op.f("ix_payments_" + "_".join(columns)), "payments", list(columns))
     op.create_table(
         "payment_status_history",
@@ -117,12 +120,6 @@ def downgrade() -> None:
     op.drop_table("rrn_counters")
     op.drop_index(op.f("ix_payment_status_history_payment_id"), "payment_status_history")
     op.drop_table("payment_status_history")
-    for columns in (
-        ("merchant_id", "created_at"),
-        ("created_at", "id"),
-        ("card_token", "business_date"),
-        ("merchant_id", "business_date"),
-        ("rrn",),
-    ):
+    for columns in PAYMENT_INDEXES:
         op.drop_index(op.f("ix_payments_" + "_".join(columns)), "payments")
     op.drop_table("payments")
