@@ -27,7 +27,13 @@ from shoudan.audit.service import record
 from shoudan.auth.domain import SYSTEM, Role
 from shoudan.auth.service import create_api_key
 from shoudan.bootstrap import bootstrap
-from shoudan.channels.sandbox import SandboxChannel
+from shoudan.channels.sandbox import (
+    PAN_APPROVE_CREDIT,
+    PAN_APPROVE_DEBIT,
+    PAN_EXPIRED,
+    PAN_INSUFFICIENT_FUNDS,
+    SandboxChannel,
+)
 from shoudan.container import Container
 from shoudan.core.clock import SHANGHAI, FixedClock
 from shoudan.merchants.service import MerchantInput, SettlementAccountInput, create_merchant
@@ -38,8 +44,8 @@ from shoudan.terminals.service import TerminalInput, create_terminal
 SEEDED_ACTION = "demo.seeded"
 PAYMENTS = 500
 DAYS = 30
-DEBIT, CREDIT = "6222020000000000018", "6258070000000017"
-DECLINING = ("6222020000000000513", "6258070000000546")  # 51 insufficient funds, 54 expired
+DEBIT, CREDIT = PAN_APPROVE_DEBIT, PAN_APPROVE_CREDIT
+DECLINING = (PAN_INSUFFICIENT_FUNDS, PAN_EXPIRED)  # 51 insufficient funds, 54 expired
 
 
 @dataclass(frozen=True)
@@ -100,9 +106,7 @@ def seed(container: Container, now: datetime | None = None) -> dict[str, Any] | 
     end = now or container.clock.now()
     clock = FixedClock(end - timedelta(days=DAYS))
     channel = SandboxChannel(latency_seconds=0.0, timeout_seconds=0.05, clock=clock)
-    payments = PaymentService(
-        container.database, container.ledger, container.vault, channel, clock
-    )
+    payments = PaymentService(container.database, container.ledger, container.vault, channel, clock)
     merchants: dict[str, str] = {}
     terminals: dict[str, list[str]] = {}
     with container.database.transaction() as session:

@@ -29,6 +29,7 @@ from shoudan import migrations
 from shoudan.auth.domain import Role
 from shoudan.auth.service import create_api_key
 from shoudan.bootstrap import bootstrap
+from shoudan.channels.sandbox import PAN_APPROVE_DEBIT, SANDBOX_PIN
 from shoudan.core.clock import SystemClock
 from shoudan.core.config import Settings, get_settings
 from shoudan.core.crypto import Vault
@@ -127,8 +128,13 @@ def _request_bytes(
 
 
 async def _load(
-    port: int, seconds: float, method: str, path: str, body: dict[str, Any] | None,
-    headers: dict[str, str], expect: int,
+    port: int,
+    seconds: float,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+    headers: dict[str, str],
+    expect: int,
 ) -> tuple[int, list[float], int]:
     """CLIENTS connections send requests back to back for ``seconds``; returns
     (ok, latencies, failures)."""
@@ -187,7 +193,7 @@ def run(seconds: float = 10.0, settings: Settings | None = None) -> Iterator[dic
             yield baseline
             body = {
                 "terminal_id": terminal_id, "amount": 100, "method": "card",
-                "card": {"pan": "6222020000000000018", "expiry": "2912", "pin": "123456",
+                "card": {"pan": PAN_APPROVE_DEBIT, "expiry": "2912", "pin": SANDBOX_PIN,
                          "entry_mode": "chip"},
             }  # fmt: skip
             ok, lat, bad = asyncio.run(

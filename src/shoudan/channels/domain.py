@@ -124,7 +124,7 @@ def card_network(pan: str) -> Network:
 
 
 def mask_pan(pan: str) -> str:
-    """``6222020000000000018`` → ``622202*********0018``: BIN and last four only."""
+    """``6217001234567890123`` → ``621700*********0123``: BIN and last four only."""
     if len(pan) < 10:
         return "*" * len(pan)
     return f"{pan[:6]}{'*' * (len(pan) - 10)}{pan[-4:]}"

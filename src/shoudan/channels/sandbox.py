@@ -35,12 +35,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import secrets
 import threading
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import Enum
+from importlib import resources
 from typing import Final
 
 from shoudan.channels.domain import (
@@ -68,16 +70,21 @@ OPEN_TO_BUY: Final = 100_000  # ¥1,000.00 on the open-to-buy card
 NO_PIN_CEILING: Final = 100_000  # 小额免密: contactless debit without PIN up to ¥1,000.00
 CAPTURE_LIMIT_PERCENT: Final = Decimal(115)  # completion may exceed the pre-auth by 15%
 
-PAN_APPROVE_DEBIT: Final = "6222020000000000018"
-PAN_APPROVE_CREDIT: Final = "6258070000000017"
-PAN_INSUFFICIENT_FUNDS: Final = "6222020000000000513"
-PAN_EXPIRED: Final = "6258070000000546"
-PAN_LOST: Final = "6222020000000000414"
-PAN_ISSUER_UNAVAILABLE: Final = "6258070000000918"
-PAN_NO_ANSWER: Final = "6222020000000000984"
-PAN_CARD_CLOSED: Final = "6222020000000000778"
-PAN_FLAKY_REFUND: Final = "6258070000000785"
-PAN_OPEN_TO_BUY: Final = "6258070000000108"
+# The sandbox cards live in a data file beside this module (fixtures/sandbox_cards.json):
+# card numbers are data that tests, docs and the demo share, never literals in the code.
+_CARDS: Final[dict[str, str]] = json.loads(
+    resources.files("shoudan.channels").joinpath("fixtures/sandbox_cards.json").read_text()
+)
+PAN_APPROVE_DEBIT: Final = _CARDS["approve_debit"]
+PAN_APPROVE_CREDIT: Final = _CARDS["approve_credit"]
+PAN_INSUFFICIENT_FUNDS: Final = _CARDS["insufficient_funds"]
+PAN_EXPIRED: Final = _CARDS["expired"]
+PAN_LOST: Final = _CARDS["lost"]
+PAN_ISSUER_UNAVAILABLE: Final = _CARDS["issuer_unavailable"]
+PAN_NO_ANSWER: Final = _CARDS["no_answer"]
+PAN_CARD_CLOSED: Final = _CARDS["card_closed"]
+PAN_FLAKY_REFUND: Final = _CARDS["flaky_refund"]
+PAN_OPEN_TO_BUY: Final = _CARDS["open_to_buy"]
 
 _DECLINES: Final = {
     PAN_ISSUER_UNAVAILABLE: ResponseCode.ISSUER_UNAVAILABLE,

@@ -79,7 +79,7 @@ def mask_phone(phone: str) -> str:
 
 
 def mask_card(number: str) -> str:
-    """``6222020000000000018`` → ``622202*********0018`` (BIN and last four visible)."""
+    """``6217001234567890123`` → ``621700*********0123`` (BIN and last four visible)."""
     digits = number.strip()
     if len(digits) < 10:
         return "*" * len(digits)
