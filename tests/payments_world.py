@@ -67,30 +67,67 @@ def build_world(database: Database, tmp_path: Path) -> World:
     bootstrap(database)
     with database.transaction() as session:
         a = create_merchant(
-            session, container.vault, container.ledger,
+            session,
+            container.vault,
+            container.ledger,
             MerchantInput("老王面馆", "individual", "5812", "3100", "13812341234"),
-            actor="test", clock=clock,
+            actor="test",
+            clock=clock,
         ).merchant_id
         b = create_merchant(
-            session, container.vault, container.ledger,
+            session,
+            container.vault,
+            container.ledger,
             MerchantInput("便利小店", "small_business", "5411", "3100", "13912345678"),
-            actor="test", clock=clock,
+            actor="test",
+            clock=clock,
         ).merchant_id
         ta = create_terminal(
-            session, container.vault, TerminalInput("SN-A-0001", "TA000001", "epos", a, None),
-            actor="test", clock=clock,
+            session,
+            container.vault,
+            TerminalInput("SN-A-0001", "TA000001", "epos", a, None),
+            actor="test",
+            clock=clock,
         )[0].terminal_id
         ta2 = create_terminal(
-            session, container.vault,
+            session,
+            container.vault,
             TerminalInput("SN-A-0002", "TA000002", "traditional", a, None),
-            actor="test", clock=clock,
+            actor="test",
+            clock=clock,
         )[0].terminal_id
         tb = create_terminal(
-            session, container.vault, TerminalInput("SN-B-0001", "TB000001", "smart", b, None),
-            actor="test", clock=clock,
+            session,
+            container.vault,
+            TerminalInput("SN-B-0001", "TB000001", "smart", b, None),
+            actor="test",
+            clock=clock,
         )[0].terminal_id
         admin = create_api_key(session, role=Role.ADMIN, name="test admin")[1]
         key_a = create_api_key(session, role=Role.MERCHANT, merchant_id=a, name="a")[1]
         key_b = create_api_key(session, role=Role.MERCHANT, merchant_id=b, name="b")[1]
     client = TestClient(create_app(container=container), raise_server_exceptions=False)
     return World(container, clock, client, a, b, ta, ta2, tb, admin, key_a, key_b)
+
+
+def check_day_totals(world: World) -> None:
+    """The running day totals equal what the payments themselves say (an invariant)."""
+    from collections import Counter
+
+    from sqlalchemy import select
+
+    from shoudan.payments.models import Payment, PaymentDayTotal
+    from shoudan.payments.service import counted_amount
+
+    expected: Counter[tuple[str, str, str]] = Counter()
+    with world.container.database.read() as session:
+        for payment in session.scalars(select(Payment)):
+            amount = counted_amount(payment)
+            expected[(payment.business_date, "merchant", payment.merchant_id)] += amount
+            if payment.card_token:
+                expected[(payment.business_date, "card", payment.card_token)] += amount
+        stored = {
+            (row.business_date, row.scope, row.scope_key): row.amount
+            for row in session.scalars(select(PaymentDayTotal))
+        }
+    assert {k: v for k, v in stored.items() if v} == {k: v for k, v in expected.items() if v}

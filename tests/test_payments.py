@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import text
 
-from tests.payments_world import CREDIT, DEBIT, PIN, World, build_world
+from tests.payments_world import CREDIT, DEBIT, PIN, World, build_world, check_day_totals
 
 
 @pytest.fixture
@@ -18,6 +18,7 @@ def world(database, tmp_path):
     yield world
     report = world.container.ledger.verify()
     assert report.ok, report.violations[:5]
+    check_day_totals(world)
 
 
 def card(pan: str = DEBIT, pin: str | None = PIN, mode: str = "chip", expiry: str = "2912"):

@@ -11,7 +11,7 @@ from sqlalchemy import text
 from shoudan.auth.domain import Principal, Role
 from shoudan.payments.domain import EntryMode, Method
 from shoudan.payments.service import CardInput, PaymentRequest
-from tests.payments_world import DEBIT, PIN, build_world
+from tests.payments_world import DEBIT, PIN, build_world, check_day_totals
 
 
 @pytest.mark.postgres
@@ -39,3 +39,4 @@ def test_card_daily_limit_holds_under_concurrency(pg_database, tmp_path) -> None
     assert total == 20_000_000
     assert rrns == 8
     assert world.container.ledger.verify().ok
+    check_day_totals(world)

@@ -102,3 +102,15 @@ class RrnCounter(Base):
 
     business_date: Mapped[str] = mapped_column(String(10), primary_key=True)
     last_value: Mapped[int] = mapped_column(Integer)
+
+
+class PaymentDayTotal(Base):
+    """Approved amounts of a business day per card (token) and per merchant, kept in the
+    payment's own transaction, so a limit check reads two rows instead of summing the day."""
+
+    __tablename__ = "payment_day_totals"
+
+    business_date: Mapped[str] = mapped_column(String(10), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(8), primary_key=True)  # card | merchant
+    scope_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    amount: Mapped[int] = mapped_column(BigInteger)

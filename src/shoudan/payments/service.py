@@ -15,9 +15,8 @@ import logging
 from dataclasses import dataclass, replace
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
 
-from sqlalchemy import ColumnElement, case, func, literal, or_, select
+from sqlalchemy import or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -57,7 +56,7 @@ from shoudan.payments.domain import (
     compose_rrn,
     transition,
 )
-from shoudan.payments.models import Payment, PaymentStatusChange, RrnCounter
+from shoudan.payments.models import Payment, PaymentDayTotal, PaymentStatusChange, RrnCounter
 from shoudan.pricing.domain import FeeQuote, Limits, check_limits, quote
 from shoudan.pricing.service import get_plan
 from shoudan.terminals.service import TerminalView, get_terminal, payment_point
@@ -327,6 +326,7 @@ class PaymentService:
         if status is PaymentStatus.CAPTURED:
             assert prepared.quote is not None
             _apply_capture(payment, prepared.quote, now)
+        _count(session, payment, counted_amount(payment))
         session.flush()
         _history(session, payment, None, status, principal.id, result.message, now)
         if status is PaymentStatus.CAPTURED:
@@ -361,6 +361,8 @@ class PaymentService:
             check_capture(_facts(payment), amount, self.completion_limit_percent)
             _check_completion_limits(session, payment, amount, limits)  # and under the lock
             now = self.clock.now()
+            # the day's totals held the authorised amount; from now on, the captured one
+            _count(session, payment, fee_quote.amount - payment.amount)
             _apply_capture(payment, fee_quote, now)
             self._move(session, payment, PaymentStatus.CAPTURED, principal, "completion", now)
             self.ledger.post(session, Linked((
@@ -417,6 +419,7 @@ class PaymentService:
         now: datetime,
     ) -> None:
         was = PaymentStatus(payment.status)
+        _count(session, payment, -counted_amount(payment))
         self._move(session, payment, target, principal, target.value, now)
         verb = "void" if target is PaymentStatus.VOIDED else "reverse"
         if was is PaymentStatus.AUTHORIZED:
@@ -664,30 +667,57 @@ def _by_idempotency_key(session: Session, merchant_id: str, key: str) -> Payment
     ).one_or_none()
 
 
-COUNTED = (PaymentStatus.CAPTURED.value, PaymentStatus.AUTHORIZED.value)
+CARD, MERCHANT = "card", "merchant"
 
 
 def _day_totals(
     session: Session, card_token: str | None, merchant_id: str, day: str
 ) -> tuple[int, int]:
-    """(this card's, this merchant's) approved amounts of the business day, in one query."""
-    # a captured payment counts what was captured (a completion may differ from its pre-auth)
-    counted = case(
-        (Payment.status == PaymentStatus.CAPTURED.value, Payment.captured_amount),
-        else_=Payment.amount,
-    )
-    merchant_sum = func.sum(case((Payment.merchant_id == merchant_id, counted), else_=0))
-    scope = Payment.merchant_id == merchant_id
-    card_sum: ColumnElement[Any] = literal(0)
-    if card_token is not None:
-        card_sum = func.sum(case((Payment.card_token == card_token, counted), else_=0))
-        scope = or_(scope, Payment.card_token == card_token)
-    row = session.execute(
-        select(card_sum, merchant_sum).where(
-            Payment.business_date == day, Payment.status.in_(COUNTED), scope
+    """(this card's, this merchant's) approved amounts of the business day: two rows of the
+    running totals, whatever the day's volume."""
+    wanted = [(MERCHANT, merchant_id)] + ([(CARD, card_token)] if card_token else [])
+    rows = session.execute(
+        select(PaymentDayTotal.scope, PaymentDayTotal.amount).where(
+            PaymentDayTotal.business_date == day,
+            or_(*(
+                (PaymentDayTotal.scope == scope) & (PaymentDayTotal.scope_key == key)
+                for scope, key in wanted
+            )),
         )
-    ).one()
-    return int(row[0] or 0), int(row[1] or 0)
+    ).all()  # fmt: skip
+    found = {scope: int(amount) for scope, amount in rows}
+    return found.get(CARD, 0), found.get(MERCHANT, 0)
+
+
+def _count(session: Session, payment: Payment, delta: int) -> None:
+    """Add ``delta`` fen to the running totals of the payment's business day (an approval
+    adds, a void or reversal takes back, a completion adjusts to the captured amount)."""
+    if delta == 0:
+        return
+    insert = sqlite_insert if is_sqlite(session) else pg_insert
+    scopes = [(MERCHANT, payment.merchant_id)]
+    if payment.card_token:
+        scopes.append((CARD, payment.card_token))
+    for scope, key in scopes:
+        statement = insert(PaymentDayTotal).values(
+            business_date=payment.business_date, scope=scope, scope_key=key, amount=delta
+        )
+        session.execute(
+            statement.on_conflict_do_update(
+                index_elements=["business_date", "scope", "scope_key"],
+                set_={"amount": PaymentDayTotal.amount + delta},
+            )
+        )
+
+
+def counted_amount(payment: Payment) -> int:
+    """What a payment counts against the day's limits: its captured amount once captured,
+    its authorised amount while authorised, nothing once declined, voided or reversed."""
+    if payment.status == PaymentStatus.CAPTURED.value:
+        return payment.captured_amount
+    if payment.status == PaymentStatus.AUTHORIZED.value:
+        return payment.amount
+    return 0
 
 
 def _next_rrn_lock(session: Session, day: date) -> RrnCounter:

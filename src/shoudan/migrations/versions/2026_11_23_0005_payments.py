@@ -109,6 +109,16 @@ def upgrade() -> None:
         op.f("ix_payment_status_history_payment_id"), "payment_status_history", ["payment_id"]
     )
     op.create_table(
+        "payment_day_totals",
+        sa.Column("business_date", sa.String(10), nullable=False),
+        sa.Column("scope", sa.String(8), nullable=False),
+        sa.Column("scope_key", sa.String(64), nullable=False),
+        sa.Column("amount", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint(
+            "business_date", "scope", "scope_key", name=op.f("pk_payment_day_totals")
+        ),
+    )
+    op.create_table(
         "rrn_counters",
         sa.Column("business_date", sa.String(10), nullable=False),
         sa.Column("last_value", sa.Integer(), nullable=False),
@@ -118,6 +128,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("rrn_counters")
+    op.drop_table("payment_day_totals")
     op.drop_index(op.f("ix_payment_status_history_payment_id"), "payment_status_history")
     op.drop_table("payment_status_history")
     for columns in PAYMENT_INDEXES:
