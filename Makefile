@@ -31,6 +31,7 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/shoudan bench ledger
+	$(BIN)/shoudan bench api
 
 # migrate + seed once (prints the demo API keys), then serve on 127.0.0.1:8000
 demo: $(STAMP)
