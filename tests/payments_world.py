@@ -66,43 +66,24 @@ def build_world(database: Database, tmp_path: Path) -> World:
     container = Container(settings, database, Vault.from_master(b"\x11" * 32), clock, channel)
     bootstrap(database)
     with database.transaction() as session:
-        a = create_merchant(
-            session,
-            container.vault,
-            container.ledger,
-            MerchantInput("老王面馆", "individual", "5812", "3100", "13812341234"),
-            actor="test",
-            clock=clock,
-        ).merchant_id
-        b = create_merchant(
-            session,
-            container.vault,
-            container.ledger,
-            MerchantInput("便利小店", "small_business", "5411", "3100", "13912345678"),
-            actor="test",
-            clock=clock,
-        ).merchant_id
-        ta = create_terminal(
-            session,
-            container.vault,
-            TerminalInput("SN-A-0001", "TA000001", "epos", a, None),
-            actor="test",
-            clock=clock,
-        )[0].terminal_id
-        ta2 = create_terminal(
-            session,
-            container.vault,
-            TerminalInput("SN-A-0002", "TA000002", "traditional", a, None),
-            actor="test",
-            clock=clock,
-        )[0].terminal_id
-        tb = create_terminal(
-            session,
-            container.vault,
-            TerminalInput("SN-B-0001", "TB000001", "smart", b, None),
-            actor="test",
-            clock=clock,
-        )[0].terminal_id
+
+        def merchant(name: str, kind: str, mcc: str, phone: str) -> str:
+            data = MerchantInput(name, kind, mcc, "3100", phone)
+            view = create_merchant(
+                session, container.vault, container.ledger, data, actor="test", clock=clock
+            )
+            return view.merchant_id
+
+        def terminal(serial: str, terminal_id: str, product: str, owner: str) -> str:
+            data = TerminalInput(serial, terminal_id, product, owner, None)
+            view, _key = create_terminal(session, container.vault, data, actor="test", clock=clock)
+            return view.terminal_id
+
+        a = merchant("老王面馆", "individual", "5812", "13812341234")
+        b = merchant("便利小店", "small_business", "5411", "13912345678")
+        ta = terminal("SN-A-0001", "TA000001", "epos", a)
+        ta2 = terminal("SN-A-0002", "TA000002", "traditional", a)
+        tb = terminal("SN-B-0001", "TB000001", "smart", b)
         admin = create_api_key(session, role=Role.ADMIN, name="test admin")[1]
         key_a = create_api_key(session, role=Role.MERCHANT, merchant_id=a, name="a")[1]
         key_b = create_api_key(session, role=Role.MERCHANT, merchant_id=b, name="b")[1]

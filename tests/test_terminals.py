@@ -183,26 +183,26 @@ def test_no_terminal_for_a_closed_merchant(env: Env) -> None:
     assert caught.value.code is ErrorCode.MERCHANT_INACTIVE
 
 
-def test_terminal_for_payment(env: Env) -> None:
+def test_payment_point(env: Env) -> None:
     mid = env.create().merchant_id
     add(env, terminal_input(mid))
     with env.database.read() as session:
-        assert service.terminal_for_payment(session, "T0000001").is_active
+        assert service.payment_point(session, "T0000001")[0].is_active
         with pytest.raises(DomainError) as caught:
-            service.terminal_for_payment(session, "T9999999")
+            service.payment_point(session, "T9999999")
         assert caught.value.code is ErrorCode.TERMINAL_NOT_FOUND
 
     with env.database.transaction() as session:
         merchants.set_status(session, mid, "suspended", actor="r", reason="x", clock=env.clock)
     with env.database.read() as session, pytest.raises(DomainError) as caught:
-        service.terminal_for_payment(session, "T0000001")
+        service.payment_point(session, "T0000001")
     assert caught.value.code is ErrorCode.MERCHANT_INACTIVE
 
     with env.database.transaction() as session:
         merchants.set_status(session, mid, "active", actor="r", reason="ok", clock=env.clock)
         service.set_terminal_status(session, "T0000001", "suspended", actor="r", clock=env.clock)
     with env.database.read() as session, pytest.raises(DomainError) as caught:
-        service.terminal_for_payment(session, "T0000001")
+        service.payment_point(session, "T0000001")
     assert caught.value.code is ErrorCode.TERMINAL_INACTIVE
 
 

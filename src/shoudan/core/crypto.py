@@ -84,11 +84,3 @@ def mask_card(number: str) -> str:
     if len(digits) < 10:
         return "*" * len(digits)
     return f"{digits[:6]}{'*' * (len(digits) - 10)}{digits[-4:]}"
-
-
-def mask_id_number(value: str) -> str:
-    """Chinese ID ``110101199003074514`` → ``110***********4514``."""
-    text = value.strip()
-    if len(text) < 8:
-        return "*" * len(text)
-    return f"{text[:3]}{'*' * (len(text) - 7)}{text[-4:]}"

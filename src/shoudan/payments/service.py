@@ -579,10 +579,6 @@ def _apply_capture(payment: Payment, fee_quote: FeeQuote, now: datetime) -> None
     payment.captured_at = now
 
 
-def _fee_account(method: str) -> str:
-    return chart.fee_revenue(method)
-
-
 def _capture_entry(payment: Payment) -> Transfer:
     """Captured money: the network owes us the amount; the merchant is owed the net; the
     fee is our revenue. ``net + fee == amount``, so the entry balances to the fen."""
@@ -591,7 +587,7 @@ def _capture_entry(payment: Payment) -> Transfer:
         Posting(chart.merchant_unsettled(payment.merchant_id), -payment.net),
     ]
     if payment.fee:
-        postings.append(Posting(_fee_account(payment.method), -payment.fee))
+        postings.append(Posting(chart.fee_revenue(payment.method), -payment.fee))
     return Transfer(f"pay:{payment.id}:capture", tuple(postings), code="payment.capture")
 
 

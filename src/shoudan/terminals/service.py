@@ -158,12 +158,6 @@ def get_terminal(session: Session, terminal_id: str) -> TerminalView:
     return _view(_load(session, terminal_id))
 
 
-def terminal_for_payment(session: Session, terminal_id: str) -> TerminalView:
-    """The terminal a payment comes from, when it may take payments: ``terminal_not_found``,
-    ``terminal_inactive`` (not active) or ``merchant_inactive`` (its merchant not active)."""
-    return payment_point(session, terminal_id)[0]
-
-
 def payment_point(session: Session, terminal_id: str) -> tuple[TerminalView, MerchantView]:
     """The terminal and its merchant, both checked able to take a payment (one look-up each,
     for the payment path that needs the merchant's plan and limits too)."""
