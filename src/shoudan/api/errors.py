@@ -52,6 +52,7 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: _problem_response("Not found — also for another tenant's objects."),
     409: _problem_response("Conflicts with the current state, or a reused Idempotency-Key."),
     422: _problem_response("Invalid input or refused by a business rule; see `code`."),
+    429: _problem_response("Too many requests from this client (`rate_limited`)."),
 }
 DEFAULT_STATUS = 422
 
@@ -106,6 +107,29 @@ STATUS_BY_CODE: dict[ErrorCode, int] = {
     ErrorCode.CAPTURE_NOT_ALLOWED: 409,
     ErrorCode.CAPTURE_EXCEEDS_AUTHORIZED: 422,
     ErrorCode.CHANNEL_UNAVAILABLE: 503,
+    # refunds
+    ErrorCode.REFUND_NOT_FOUND: 404,
+    ErrorCode.REFUND_EXCEEDS_REFUNDABLE: 422,
+    ErrorCode.REFUND_NOT_ALLOWED: 422,
+    ErrorCode.REFUND_WINDOW_EXPIRED: 422,
+    ErrorCode.REFUND_COUNT_EXCEEDED: 422,
+    ErrorCode.USE_VOID: 422,
+    ErrorCode.OUT_REFUND_NO_REUSED: 409,
+    ErrorCode.SELF_APPROVAL: 403,
+    ErrorCode.ALREADY_APPROVED: 409,
+    ErrorCode.REDEMPTION_EXCEEDS_REMAINDER: 422,
+    ErrorCode.NOT_A_PREPAYMENT: 422,
+    ErrorCode.INVALID_BANK_ACCOUNT: 422,
+    ErrorCode.RATE_LIMITED: 429,
+    # files
+    ErrorCode.FILE_NOT_FOUND: 404,
+    ErrorCode.FILE_TOO_LARGE: 413,
+    ErrorCode.UNSUPPORTED_FILE_TYPE: 415,
+    ErrorCode.FILE_CONTENT_MISMATCH: 422,
+    # webhooks
+    ErrorCode.WEBHOOK_ENDPOINT_NOT_FOUND: 404,
+    ErrorCode.INVALID_WEBHOOK_URL: 422,
+    ErrorCode.UNKNOWN_EVENT_TYPE: 422,
     # infrastructure
     ErrorCode.CONFIGURATION_ERROR: 500,
     ErrorCode.SERVICE_UNAVAILABLE: 503,

@@ -17,7 +17,9 @@ from shoudan.auth.service import IDEMPOTENCY_RETENTION, purge_idempotency_keys
 from shoudan.cli.common import DATABASE_URL_OPTION, open_database, settings
 from shoudan.core.clock import Clock, SystemClock
 from shoudan.core.db import Database
-from shoudan.notifications.service import Relay, RelayStats, default_registry
+from shoudan.container import build_container
+from shoudan.handlers import build_registry
+from shoudan.notifications.service import Relay, RelayStats
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +76,10 @@ def worker(
     config = settings(database_url)
     database = open_database(database_url)
     clock = SystemClock()
+    container = build_container(config, database, clock)
     relay = Relay(
         database,
-        default_registry(),
+        build_registry(container),
         clock=clock,
         batch_size=config.outbox_batch_size,
         max_attempts=config.outbox_max_attempts,

@@ -39,6 +39,36 @@ class Settings(BaseSettings):
     outbox_batch_size: int = Field(default=100, ge=1, le=10_000)
     outbox_max_attempts: int = Field(default=8, ge=1, le=100)
     outbox_poll_seconds: float = Field(default=1.0, gt=0)
+    # refunds (DESIGN.md §4): review thresholds in fen, execution retry schedule in seconds
+    refund_review_amount: int = Field(default=500_000, ge=0)  # ¥5,000
+    refund_review_score: int = Field(default=50, ge=0)
+    refund_two_approvals_amount: int = Field(default=5_000_000, ge=0)  # ¥50,000
+    refund_window_days: int = Field(default=180, ge=1, le=365)
+    refund_max_per_payment: int = Field(default=50, ge=1)
+    refund_pending_funds_days: int = Field(default=7, ge=1)
+    refund_retry_seconds: tuple[int, ...] = (15, 30, 60, 300, 1800, 7200, 21600)
+    # risk rules: weight of each rule (0 turns it off) and its threshold
+    risk_weight_quick_refund: int = 30
+    risk_quick_refund_minutes: int = 10
+    risk_weight_refund_ratio: int = 25
+    risk_refund_ratio_percent: int = 30
+    risk_weight_large_ticket: int = 20
+    risk_large_ticket_multiple: int = 3
+    risk_weight_card_velocity: int = 40
+    risk_card_velocity_count: int = 3
+    risk_weight_off_hours: int = 15
+    risk_business_hours: str = "08:00-22:00"
+    risk_weight_round_amount: int = 15
+    risk_round_amount_min: int = 1_000_000  # ¥10,000
+    # expected arrival of a refund, in working days (QR wallets: instant)
+    refund_arrival_debit_days: tuple[int, int] = (1, 3)
+    refund_arrival_credit_days: tuple[int, int] = (3, 7)
+    # public refund tracking: requests per client address per minute
+    public_rate_limit_per_minute: int = Field(default=30, ge=1)
+    # webhooks
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    # evidence files
+    max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
 
     def resolved_database_url(self) -> str:
         if self.database_url:
