@@ -16,7 +16,7 @@ from holidays.countries.china import China
 
 @lru_cache(maxsize=64)
 def _china(year: int) -> China:
-    return China(years=year)
+    return China(years=year)  # type: ignore[no-untyped-call]
 
 
 def is_working_day(day: date) -> bool:
