@@ -33,9 +33,11 @@ bench: $(STAMP)
 	$(BIN)/shoudan bench ledger
 	$(BIN)/shoudan bench api
 
-# migrate + seed once (prints the demo API keys), then serve on 127.0.0.1:8000
+# migrate + seed once (prints the demo API keys), then serve on 127.0.0.1:8000 with the
+# worker beside it (it sends approved refunds, webhooks and SMS); Ctrl-C stops both
 demo: $(STAMP)
 	$(BIN)/shoudan demo seed
+	$(BIN)/shoudan worker & worker=$$!; trap 'kill $$worker 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/shoudan serve
 
 clean:

@@ -41,6 +41,10 @@ settings.load_profile(
     "ci" if os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"} else "dev"
 )
 
+# Containers built by tests keep the sandbox network's books in memory, never in a file under
+# the repo's var/; tests of the file store (test_sandbox_store.py) name their file.
+os.environ["SHOUDAN_SANDBOX_STATE_PATH"] = ":memory:"
+
 ENGINES = ["sqlite", "postgresql"]
 PG_TEMPLATE = "shoudan_template"
 

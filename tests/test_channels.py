@@ -1,6 +1,7 @@
 """The channel port and the sandbox issuer: every row of the spec's sandbox table (§6), the
-card rules (Luhn, expiry, PIN), QR payment codes, idempotency, and the open-to-buy card under
-concurrency."""
+card rules (Luhn, expiry, PIN), QR payment codes, idempotency, refund queries, and the
+open-to-buy card under concurrency — on both of the sandbox's stores (memory and its own
+SQLite file). Sharing the file between processes is tested in test_sandbox_store.py."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +23,7 @@ from shoudan.channels.domain import (
     Funding,
     Network,
     PaymentMethod,
+    RefundResult,
     RefundStatus,
     TxnState,
     card_funding,
@@ -43,6 +46,7 @@ from shoudan.channels.sandbox import (
     SandboxChannel,
     auth_code_for,
 )
+from shoudan.channels.store import MemoryStore, SandboxStore, SqliteStore
 from shoudan.core.clock import FixedClock
 from shoudan.core.errors import DomainError, ErrorCode
 
@@ -55,9 +59,19 @@ ALIPAY_CODE = "284567890123456789"
 UNIONPAY_CODE = "628888888888888888"
 
 
-@pytest.fixture
-def channel() -> SandboxChannel:
-    return SandboxChannel(timeout_seconds=0.01, clock=FixedClock(NOW))
+STORES = ["memory", "sqlite"]
+
+
+def open_test_store(kind: str, tmp_path: Path) -> SandboxStore:
+    if kind == "memory":
+        return MemoryStore()
+    return SqliteStore(tmp_path / "sandbox-network.sqlite3")
+
+
+@pytest.fixture(params=STORES)
+def channel(request: pytest.FixtureRequest, tmp_path: Path) -> SandboxChannel:
+    store = open_test_store(request.param, tmp_path)
+    return SandboxChannel(timeout_seconds=0.01, clock=FixedClock(NOW), store=store)
 
 
 _counter = iter(range(10**9))
@@ -191,6 +205,46 @@ def test_transient_refund_then_retry_succeeds(channel: SandboxChannel) -> None:
     assert channel.refund("P3", "RF-b", 7_000).status is RefundStatus.FAILED_TRANSIENT
     assert channel.refund("P3", "RF-b", 7_000).status is RefundStatus.SUCCEEDED
     assert channel.refund("P3", "RF-c", 1).reason == "exceeds_captured"
+
+
+def test_query_refund_reports_without_refunding(channel: SandboxChannel) -> None:
+    sale(channel, PAN_APPROVE_DEBIT, 10_000, reference="QP1")
+    assert channel.query_refund("QP1", "RF") is None  # never seen
+    assert channel.query_refund("unknown", "RF") is None
+    done = channel.refund("QP1", "RF", 4_000)
+    assert done.succeeded
+    for _ in range(2):  # reading changes nothing
+        assert channel.query_refund("QP1", "RF") == done
+    # a refusal changes nothing and is not recorded; a reused reference keeps the first refund
+    assert channel.refund("QP1", "RF-over", 6_001).reason == "exceeds_captured"
+    assert channel.query_refund("QP1", "RF-over") is None
+    assert channel.refund("QP1", "RF", 5_000).reason == "refund_reference_reused"
+    assert channel.query_refund("QP1", "RF") == done
+    # refund references belong to their transaction
+    sale(channel, PAN_APPROVE_DEBIT, 10_000, reference="QP2")
+    assert channel.query_refund("QP2", "RF") is None
+
+
+def test_query_refund_never_retries_a_transient_failure(channel: SandboxChannel) -> None:
+    assert sale(channel, PAN_FLAKY_REFUND, 10_000, reference="QP3").approved
+    failed = channel.refund("QP3", "RF", 3_000)
+    assert failed.status is RefundStatus.FAILED_TRANSIENT
+    for _ in range(3):
+        assert channel.query_refund("QP3", "RF") == RefundResult(
+            RefundStatus.FAILED_TRANSIENT, "RF", 3_000, "issuer_unavailable", failed.message
+        )
+    retried = channel.refund("QP3", "RF", 3_000)  # only the caller's retry performs it
+    assert retried.succeeded
+    assert channel.query_refund("QP3", "RF") == retried
+
+
+def test_query_refund_of_a_closed_card(channel: SandboxChannel) -> None:
+    sale(channel, PAN_CARD_CLOSED, reference="QP4")
+    failed = channel.refund("QP4", "RF", 100)
+    queried = channel.query_refund("QP4", "RF")
+    assert queried == failed
+    assert queried is not None and queried.status is RefundStatus.FAILED_PERMANENT
+    assert queried.reason == "card_closed"
 
 
 def test_refund_refusals(channel: SandboxChannel) -> None:
@@ -545,8 +599,10 @@ def test_the_sandbox_keeps_no_pan_or_pin(channel: SandboxChannel) -> None:
     for i, pan in enumerate(pans):
         sale(channel, pan, pin=PIN, reference=f"KEEP-{i}")
     channel.refund("KEEP-0", "KEEP-RF", 100)
-    dumped = repr(vars(channel)) + repr([vars(txn) for txn in channel._txns.values()])
+    dumped = repr(vars(channel)) + repr(channel.store.records())
+    assert "KEEP-RF" in dumped  # the books are in the dump
     for pan in pans:
         assert pan not in dumped
         assert pan[-10:] not in dumped
-    assert f"'{PIN}'" not in dumped  # no string value equal to the PIN
+    for quoted in (f"'{PIN}'", f'"{PIN}"'):
+        assert quoted not in dumped  # no string value equal to the PIN

@@ -281,3 +281,15 @@ def test_healthz_is_503_problem_when_the_database_is_down() -> None:
     assert response.status_code == 503
     assert response.headers["content-type"] == PROBLEM_JSON
     assert response.json()["database"] == "postgresql"
+
+
+def test_nul_in_a_url_is_invalid_input_not_a_server_error(sqlite_database) -> None:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from shoudan.api.app import create_app
+
+    client = TestClient(create_app(database=sqlite_database))
+    for url in ("/v1/payments?merchant_id=%00", "/v1/refunds/rf%00x"):
+        response = client.get(url)
+        assert response.status_code == 422
+        assert response.json()["code"] == "invalid_input"

@@ -1,4 +1,4 @@
-"""The application's parts, wired once: settings, database, vault, clock, ledger, channel.
+"""The application's parts, wired once: settings, database, vault, clock, ledger, channel, bank.
 
 Every edge (HTTP app, CLI, gateway, worker) builds one ``Container`` and hands its parts to
 the services; tests build one with a fixed clock and a test database. Nothing here holds a
@@ -18,8 +18,13 @@ from shoudan.core.db import Database
 from shoudan.ledger.service import Ledger
 
 if TYPE_CHECKING:
-    from shoudan.channels.domain import Channel
+    from shoudan.channels.domain import BankTransfer, Channel
+    from shoudan.files.service import FileService
+    from shoudan.gateway.service import GatewayService
     from shoudan.payments.service import PaymentService
+    from shoudan.refunds.service import RefundService
+    from shoudan.sms.service import SmsProvider
+    from shoudan.webhooks.service import WebhookService
 
 
 @dataclass
@@ -29,18 +34,32 @@ class Container:
     vault: Vault
     clock: Clock = field(default_factory=SystemClock)
     channel: Channel | None = None  # None: the sandbox simulator
+    bank: BankTransfer | None = None  # None: the sandbox bank
     ledger: Ledger = field(init=False)
 
     def __post_init__(self) -> None:
         self.ledger = Ledger(self.database, self.clock)
-        if self.channel is None:
-            from shoudan.channels.sandbox import SandboxChannel
+        if self.channel is None or self.bank is None:
+            self._build_sandboxes()
 
+    def _build_sandboxes(self) -> None:
+        """The sandbox network and bank over one store: their own books, shared by every
+        process of the application (settings.sandbox_state_path)."""
+        from shoudan.channels.bank import SandboxBank
+        from shoudan.channels.sandbox import SandboxChannel
+        from shoudan.channels.store import open_store
+
+        store = open_store(self.settings.resolved_sandbox_state_path())
+        latency = self.settings.sandbox_latency_seconds
+        if self.channel is None:
             self.channel = SandboxChannel(
-                latency_seconds=self.settings.sandbox_latency_seconds,
+                latency_seconds=latency,
                 timeout_seconds=self.settings.upstream_timeout_seconds,
                 clock=self.clock,
+                store=store,
             )
+        if self.bank is None:
+            self.bank = SandboxBank(store=store, latency_seconds=latency)
 
     @cached_property
     def payments(self) -> PaymentService:
@@ -48,6 +67,47 @@ class Container:
 
         assert self.channel is not None
         return PaymentService(self.database, self.ledger, self.vault, self.channel, self.clock)
+
+    @cached_property
+    def gateway(self) -> GatewayService:
+        from shoudan.gateway.service import GatewayService
+
+        assert self.channel is not None
+        return GatewayService(
+            self.database, self.vault, self.payments, self.channel, self.clock,
+            self.settings.iso_acquirer_id,
+        )  # fmt: skip
+
+    @cached_property
+    def refunds(self) -> RefundService:
+        from shoudan.refunds.service import RefundService
+
+        assert self.channel is not None and self.bank is not None
+        return RefundService(
+            self.database, self.ledger, self.vault, self.channel, self.bank, self.clock,
+            self.settings,
+        )  # fmt: skip
+
+    @cached_property
+    def files(self) -> FileService:
+        from shoudan.files.service import FileService
+
+        return FileService(
+            self.database, self.clock, self.settings.data_dir, self.settings.max_upload_bytes
+        )
+
+    @cached_property
+    def webhooks(self) -> WebhookService:
+        from shoudan.webhooks.service import WebhookService
+
+        return WebhookService(self.database, self.vault, self.clock, self.settings)
+
+    @cached_property
+    def sms(self) -> SmsProvider:
+        """The SMS provider ``settings.sms_provider`` names (the development inbox for now)."""
+        from shoudan.sms.service import build_provider
+
+        return build_provider(self.settings, self.database, self.vault, self.clock)
 
     def dispose(self) -> None:
         self.database.dispose()

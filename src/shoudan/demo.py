@@ -105,7 +105,10 @@ def seed(container: Container, now: datetime | None = None) -> dict[str, Any] | 
         return None
     end = now or container.clock.now()
     clock = FixedClock(end - timedelta(days=DAYS))
-    channel = SandboxChannel(latency_seconds=0.0, timeout_seconds=0.05, clock=clock)
+    # the demo's past clock (for expiry), over the shared sandbox books: the worker can
+    # refund these payments later
+    shared = container.channel.store if isinstance(container.channel, SandboxChannel) else None
+    channel = SandboxChannel(latency_seconds=0.0, timeout_seconds=0.05, clock=clock, store=shared)
     payments = PaymentService(container.database, container.ledger, container.vault, channel, clock)
     merchants: dict[str, str] = {}
     terminals: dict[str, list[str]] = {}

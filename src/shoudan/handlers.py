@@ -8,8 +8,16 @@ from __future__ import annotations
 
 from shoudan.container import Container
 from shoudan.notifications.service import HandlerRegistry, default_registry
+from shoudan.refunds.handlers import register_handlers as register_refund_handlers
+from shoudan.webhooks.service import register_handlers as register_webhook_handlers
 
 
 def build_registry(container: Container) -> HandlerRegistry:
     registry = default_registry()
+    register_webhook_handlers(
+        registry, container.database, container.vault, container.clock, container.settings
+    )
+    register_refund_handlers(
+        registry, container.refunds, container.database, container.vault, container.sms
+    )
     return registry

@@ -13,20 +13,24 @@ from contextlib import asynccontextmanager
 from typing import Literal
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from sqlalchemy import text
 
 from shoudan import __version__
 from shoudan.api.errors import PROBLEM_JSON, PROBLEM_RESPONSES, install_error_handlers, problem
+from shoudan.api.guards import RejectNulMiddleware
 from shoudan.api.idempotency import IdempotencyMiddleware
-from shoudan.api.routers import merchants, payments, terminals
+from shoudan.api.ratelimit import RateLimiter
+from shoudan.api.routers import files, merchants, payments, refunds, terminals, webhooks
 from shoudan.bootstrap import bootstrap
 from shoudan.container import Container, build_container
 from shoudan.core.config import Settings, get_settings
 from shoudan.core.db import Database
 from shoudan.core.errors import ErrorCode
+from shoudan.gateway import metrics as _gateway_metrics  # noqa: F401 (families shown from the start)
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +83,21 @@ def create_app(
     app.state.settings = settings
     app.state.database = db
     app.state.container = container
+    app.state.public_limiter = RateLimiter(settings.public_rate_limit_per_minute)
     install_error_handlers(app)
     app.add_middleware(IdempotencyMiddleware, database_getter=lambda: db, clock=container.clock)
-    for router in (merchants.router, terminals.router, payments.router):
+    app.add_middleware(RejectNulMiddleware)  # outermost: before anything touches the database
+    for router in (
+        merchants.router, terminals.router, payments.router, files.router, webhooks.router,
+        refunds.router, refunds.payments_router, refunds.public_router,
+    ):
         app.include_router(router, responses=PROBLEM_RESPONSES)
+
+    @app.get("/metrics", tags=["operations"], include_in_schema=False)
+    def metrics() -> Response:
+        """Prometheus text format: the ISO 8583 gateway's counters and latency histogram
+        (when the gateway runs in this process: ``shoudan serve --iso-port``)."""
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/livez", tags=["operations"])
     def livez() -> dict[str, str]:

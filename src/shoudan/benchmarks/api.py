@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from shoudan.merchants.service import MerchantInput, create_merchant
 from shoudan.terminals.service import TerminalInput, create_terminal
 
 CLIENTS = 32
+REFUNDS_PER_PAYMENT = 50
 SECRET = "42" * 32
 
 
@@ -80,6 +81,9 @@ def _start_server(url: str, data_dir: Path, port: int) -> subprocess.Popen[bytes
         "SHOUDAN_DATABASE_URL": url,
         "SHOUDAN_DATA_DIR": str(data_dir),
         "SHOUDAN_SECRET_KEY": SECRET,
+        # every refund takes the auto-approved path: payments made seconds ago would
+        # otherwise score "refund within 10 minutes" and go to review
+        "SHOUDAN_REFUND_REVIEW_SCORE": "101",
     }
     command = [
         sys.executable, "-m", "uvicorn", "shoudan.api.app:create_app", "--factory",
@@ -100,7 +104,7 @@ def _start_server(url: str, data_dir: Path, port: int) -> subprocess.Popen[bytes
 
 async def _exchange(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
-) -> int:
+) -> tuple[int, bytes]:
     """One HTTP/1.1 request on a kept-alive connection; returns the status code. A minimal
     client on purpose: a full HTTP library costs more CPU than the server's trivial endpoint,
     and the client shares this 2-core machine with the server."""
@@ -112,8 +116,7 @@ async def _exchange(
     for line in head.split(b"\r\n"):
         if line.lower().startswith(b"content-length:"):
             length = int(line.split(b":", 1)[1])
-    await reader.readexactly(length)
-    return status
+    return status, await reader.readexactly(length)
 
 
 def _request_bytes(
@@ -132,15 +135,17 @@ async def _load(
     seconds: float,
     method: str,
     path: str,
-    body: dict[str, Any] | None,
+    body: dict[str, Any] | Callable[[], dict[str, Any]] | None,
     headers: dict[str, str],
     expect: int,
+    created: list[str] | None = None,
 ) -> tuple[int, list[float], int]:
     """CLIENTS connections send requests back to back for ``seconds``; returns
-    (ok, latencies, failures)."""
+    (ok, latencies, failures). ``body`` may be a function giving each request its own body;
+    ``created`` collects the ids the server returns (for a later phase to use)."""
     latencies: list[float] = []
     failures = 0
-    request = _request_bytes(method, path, body, headers, port)
+    fixed = None if callable(body) else _request_bytes(method, path, body, headers, port)
     stop = time.perf_counter() + seconds
 
     async def client() -> None:
@@ -148,16 +153,28 @@ async def _load(
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             while time.perf_counter() < stop:
+                request = fixed
+                if request is None:
+                    assert callable(body)
+                    request = _request_bytes(method, path, body(), headers, port)
                 started = time.perf_counter()
-                status = await _exchange(reader, writer, request)
+                status, answer = await _exchange(reader, writer, request)
                 latencies.append(time.perf_counter() - started)
                 if status != expect:
                     failures += 1
+                elif created is not None:
+                    created.append(json.loads(answer)["id"])
         finally:
             writer.close()
 
     await asyncio.gather(*(client() for _ in range(CLIENTS)))
     return len(latencies) - failures, latencies, failures
+
+
+def _with_ratio(line: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
+    line["baseline_per_s"] = baseline["per_s"]
+    line["ratio"] = round(line["per_s"] / baseline["per_s"], 3) if baseline["per_s"] else 0
+    return line
 
 
 def _line(
@@ -196,12 +213,24 @@ def run(seconds: float = 10.0, settings: Settings | None = None) -> Iterator[dic
                 "card": {"pan": PAN_APPROVE_DEBIT, "expiry": "2912", "pin": SANDBOX_PIN,
                          "entry_mode": "chip"},
             }  # fmt: skip
+            payments: list[str] = []
             ok, lat, bad = asyncio.run(
-                _load(port, seconds, "POST", "/v1/payments", body, headers, 201)
+                _load(port, seconds, "POST", "/v1/payments", body, headers, 201, payments)
             )
-            line = _line("POST /v1/payments", ok, lat, bad, seconds)
-            line["baseline_per_s"] = baseline["per_s"]
-            line["ratio"] = round(line["per_s"] / baseline["per_s"], 3) if baseline["per_s"] else 0
+            yield _with_ratio(_line("POST /v1/payments", ok, lat, bad, seconds), baseline)
+            # Refunds of one fen, each payment at most the policy's 50 times: partial refunds
+            # on the day are refunds (only a full one is a void), auto-approved.
+            targets = iter([pid for pid in payments for _ in range(REFUNDS_PER_PAYMENT)])
+
+            def refund_body() -> dict[str, Any]:
+                return {"payment_id": next(targets, payments[0]), "amount": 1,
+                        "reason": "customer_request"}  # fmt: skip
+
+            ok, lat, bad = asyncio.run(
+                _load(port, seconds, "POST", "/v1/refunds", refund_body, headers, 201)
+            )
+            line = _with_ratio(_line("POST /v1/refunds", ok, lat, bad, seconds), baseline)
+            line["path"] = "auto-approved (review by score off: SHOUDAN_REFUND_REVIEW_SCORE=101)"
             yield line
         finally:
             server.terminate()

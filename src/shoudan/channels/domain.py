@@ -3,6 +3,8 @@
 A ``Channel`` is the port the payment use cases call; the sandbox (``channels.sandbox``) is
 the one implementation we ship, because no real network is reachable from here. The shapes
 below are what a real adapter (UnionPay, WeChat Pay, Alipay) would map to and from.
+``BankTransfer`` is the other rail, a bank credit transfer (sandbox: ``channels.bank``), for
+refunds a card cannot take back and for settlement payouts.
 
 Card data is the most sensitive thing the system touches: ``CardData`` never shows its PAN or
 PIN in ``repr``/``str`` (logs, tracebacks, pytest output), and nothing here stores them.
@@ -341,4 +343,74 @@ class Channel(Protocol):
 
     def query(self, reference: str) -> ChannelResult | None:
         """The network's view of ``reference``, or None when it never saw it."""
+        ...
+
+    def query_refund(self, reference: str, refund_reference: str) -> RefundResult | None:
+        """The network's record of a refund attempt, or None when it never recorded
+        ``refund_reference`` for ``reference``. Only reads: it never performs or retries the
+        refund, so a transient failure stays ``failed_transient`` until ``refund`` is called
+        again. Resolves an unknown outcome (a time-out) before deciding to retry."""
+        ...
+
+
+# -- bank transfers ----------------------------------------------------------------------------
+MAX_ACCOUNT_NAME_LENGTH: Final = 100
+
+
+class TransferStatus(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED_PERMANENT = "failed_permanent"  # e.g. account closed: the money did not move
+
+
+@dataclass(frozen=True, slots=True)
+class TransferResult:
+    """A bank's answer to a credit transfer. ``reason`` is a stable word for failures
+    (``invalid_account``, ``account_closed``, ``reference_reused``); ``account_last4`` is all
+    the answer repeats of the account number."""
+
+    status: TransferStatus
+    reference: str
+    amount: int
+    account_last4: str
+    reason: str | None = None
+    message: str = ""
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status is TransferStatus.SUCCEEDED
+
+
+def check_transfer(
+    reference: object, account_number: object, holder_name: object, bank_name: object,
+    amount: object,
+) -> int:  # fmt: skip
+    """Refuse a malformed transfer request (a caller's bug, not a bank's answer); returns the
+    amount. Whether the account exists is the bank's to say."""
+    _reference(reference, "a transfer reference")
+    if not isinstance(account_number, str) or not account_number:
+        raise DomainError(ErrorCode.INVALID_INPUT, "an account number is a non-empty string")
+    for value, what in ((holder_name, "holder name"), (bank_name, "bank name")):
+        if (
+            not isinstance(value, str)
+            or not value.strip()
+            or len(value) > MAX_ACCOUNT_NAME_LENGTH
+        ):
+            raise DomainError(
+                ErrorCode.INVALID_INPUT, f"the {what} is 1-{MAX_ACCOUNT_NAME_LENGTH} characters"
+            )
+    return positive_amount(amount)
+
+
+@runtime_checkable
+class BankTransfer(Protocol):
+    """A bank transfer rail: refunds the card network cannot return (card closed) and,
+    later, settlement payouts. Idempotent per ``reference``: a repeat gets the first answer;
+    the same reference for another account or amount fails ``reference_reused``."""
+
+    def transfer(
+        self, reference: str, account_number: str, holder_name: str, bank_name: str, amount: int
+    ) -> TransferResult: ...
+
+    def query_transfer(self, reference: str) -> TransferResult | None:
+        """The bank's record of ``reference``, or None when it never recorded it."""
         ...

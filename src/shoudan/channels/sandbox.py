@@ -24,11 +24,13 @@ balance only after the PIN):
 
 QR payment codes: a code ending in ``51`` → ``51``; any other valid code approves.
 
-State (authorised references, open-to-buy, refund attempts) lives in this instance's memory
-under one lock: it is per process and lost on restart, which is fine for a simulator and is
-why an application must share one ``SandboxChannel`` between its threads. No PAN or PIN is
-kept: transactions remember a behaviour profile and an HMAC token of the PAN under a random
-per-instance key.
+State (authorised references, open-to-buy, refund attempts) lives in a ``SandboxStore``
+(``channels.store``): this instance's memory by default, or the sandbox's own SQLite file,
+which every process of the application (HTTP API, worker, gateway) shares, so that a refund
+executed by the worker finds the payment the API authorised. Every operation is one atomic
+store session, so concurrent refunds from several processes never exceed the captured
+amount. No PAN or PIN is kept: transactions remember a behaviour profile and an HMAC token of
+the PAN under the store's key.
 """
 
 from __future__ import annotations
@@ -36,14 +38,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import secrets
-import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
 from decimal import Decimal
-from enum import Enum
+from enum import StrEnum
 from importlib import resources
-from typing import Final
+from typing import Any, Final
 
 from shoudan.channels.domain import (
     AUTH_CODE_LENGTH,
@@ -62,6 +64,7 @@ from shoudan.channels.domain import (
     luhn_valid,
     positive_amount,
 )
+from shoudan.channels.store import MemoryStore, SandboxStore, StoreSession
 from shoudan.core.clock import SHANGHAI, Clock, SystemClock
 from shoudan.core.errors import DomainError, ErrorCode
 
@@ -107,7 +110,7 @@ MESSAGES: Final = {
 }
 
 
-class _Profile(Enum):
+class _Profile(StrEnum):
     """What a transaction remembers of its card instead of the PAN."""
 
     NORMAL = "normal"
@@ -144,50 +147,154 @@ class _Txn:
             r.amount for r in self.refunds.values() if r.status is not RefundStatus.FAILED_PERMANENT
         )
 
+    def dump(self) -> str:
+        # by hand: dataclasses.asdict deep-copies, which is slow on a transaction with refunds
+        result = {name: getattr(self.result, name) for name in _RESULT_FIELDS}
+        refunds = {key: vars(refund) for key, refund in self.refunds.items()}
+        return json.dumps({**vars(self), "result": result, "refunds": refunds}, sort_keys=True)
 
-def _digest(*parts: str) -> int:
-    return int.from_bytes(hashlib.sha256("\x1f".join(parts).encode()).digest()[:8], "big")
+    @classmethod
+    def load(cls, text: str) -> _Txn:
+        data = json.loads(text)
+        return cls(
+            fingerprint=data["fingerprint"],
+            network=Network(data["network"]),
+            result=_load_result(data["result"]),
+            state=TxnState(data["state"]),
+            amount=data["amount"],
+            captured=data["captured"],
+            profile=_Profile(data["profile"]),
+            card_token=data["card_token"],
+            held=data["held"],
+            refunds={
+                key: _Refund(r["amount"], RefundStatus(r["status"]), r["attempts"], r["reason"])
+                for key, r in data["refunds"].items()
+            },
+        )
+
+
+_RESULT_FIELDS: Final = tuple(f.name for f in fields(ChannelResult))
+
+
+def _load_result(data: dict[str, Any]) -> ChannelResult:
+    network, state = data["network"], data["state"]
+    return ChannelResult(
+        **{
+            **data,
+            "network": None if network is None else Network(network),
+            "state": None if state is None else TxnState(state),
+        }
+    )
+
+
+class _Books:
+    """The network's books for one atomic store session. Transactions read here are written
+    back when the session ends (only those that changed), so no mutation can be forgotten."""
+
+    _TXN: Final = "txn"
+    _REVERSED_UNKNOWN: Final = "reversed_unknown"
+    _OPEN_TO_BUY: Final = "open_to_buy_used"
+
+    def __init__(self, session: StoreSession) -> None:
+        self._session = session
+        self._seen: dict[str, tuple[str | None, _Txn]] = {}
+
+    def txn(self, reference: str) -> _Txn | None:
+        if reference not in self._seen:
+            text = self._session.get(self._TXN, reference)
+            if text is None:
+                return None
+            self._seen[reference] = (text, _Txn.load(text))
+        return self._seen[reference][1]
+
+    def add(self, reference: str, txn: _Txn) -> None:
+        self._seen[reference] = (None, txn)
+
+    def reversed_unknown(self, reference: str) -> bool:
+        return self._session.get(self._REVERSED_UNKNOWN, reference) is not None
+
+    def mark_reversed_unknown(self, reference: str) -> None:
+        self._session.put(self._REVERSED_UNKNOWN, reference, "1")
+
+    def open_to_buy_used(self, card_token: str) -> int:
+        return int(self._session.get(self._OPEN_TO_BUY, card_token) or 0)
+
+    def set_open_to_buy_used(self, card_token: str, used: int) -> None:
+        self._session.put(self._OPEN_TO_BUY, card_token, str(used))
+
+    def flush(self) -> None:
+        for reference, (before, txn) in self._seen.items():
+            after = txn.dump()
+            if after != before:
+                self._session.put(self._TXN, reference, after)
+
+
+def _derived_digits(purpose: str, reference: str, digits: int) -> str:
+    """``digits`` decimal digits derived from ``reference``: the simulators' own ids and
+    codes, the same on every rerun."""
+    digest = hashlib.sha256(f"{purpose}\x1f{reference}".encode()).digest()
+    value = int.from_bytes(digest[:8], "big")
+    return f"{value % 10**digits:0{digits}d}"
 
 
 def auth_code_for(reference: str) -> str:
     """Field 38: six digits derived from the reference, so reruns print the same receipt."""
-    return f"{_digest('auth', reference) % 10**AUTH_CODE_LENGTH:0{AUTH_CODE_LENGTH}d}"
+    return _derived_digits("auth", reference, AUTH_CODE_LENGTH)
 
 
 def channel_reference_for(reference: str) -> str:
     """The network's own id for a transaction: 12 digits, derived from our reference."""
-    return f"{_digest('channel', reference) % 10**12:012d}"
+    return _derived_digits("channel", reference, 12)
+
+
+_REFUND_MESSAGES: Final = {
+    None: "refunded",
+    "card_closed": "card closed: the issuer cannot credit it",
+    "issuer_unavailable": "issuer unavailable: retry with the same refund reference",
+}
+
+
+def _refund_result(refund_reference: str, refund: _Refund) -> RefundResult:
+    message = _REFUND_MESSAGES.get(refund.reason, "refund failed")
+    return RefundResult(refund.status, refund_reference, refund.amount, refund.reason, message)
 
 
 class SandboxChannel:
-    """The simulator. ``latency_seconds`` delays every answer (outside the lock);
+    """The simulator. ``latency_seconds`` delays every answer (outside the store session);
     ``timeout_seconds`` is how long the no-answer card keeps the caller waiting before
-    ``ChannelTimeout`` (tests pass a tiny value). ``clock`` decides which cards are expired."""
+    ``ChannelTimeout`` (tests pass a tiny value). ``clock`` decides which cards are expired.
+    ``store`` holds the network's books: this instance's memory unless given (see
+    ``channels.store``); two instances over one ``SqliteStore`` file are one network."""
 
     def __init__(
         self,
         latency_seconds: float = 0.0,
         timeout_seconds: float = 2.0,
         clock: Clock | None = None,
+        store: SandboxStore | None = None,
     ) -> None:
         if latency_seconds < 0 or timeout_seconds < 0:
             raise DomainError(ErrorCode.CONFIGURATION_ERROR, "sandbox delays cannot be negative")
         self.latency_seconds = latency_seconds
         self.timeout_seconds = timeout_seconds
         self.clock: Clock = clock or SystemClock()
-        self._lock = threading.Lock()
-        self._key = secrets.token_bytes(32)  # PAN tokens are meaningless outside this object
-        self._txns: dict[str, _Txn] = {}
-        self._reversed_unknown: set[str] = set()
-        self._open_to_buy_used: dict[str, int] = {}
+        self.store: SandboxStore = store if store is not None else MemoryStore()
+        self._key = self.store.token_key  # PAN tokens are meaningless outside the store
 
     def __repr__(self) -> str:
         return (
             f"SandboxChannel(latency_seconds={self.latency_seconds}, "
-            f"timeout_seconds={self.timeout_seconds})"
+            f"timeout_seconds={self.timeout_seconds}, store={self.store!r})"
         )
 
     # -- helpers -----------------------------------------------------------------------------
+    @contextmanager
+    def _books(self) -> Iterator[_Books]:
+        with self.store.session() as session:
+            books = _Books(session)
+            yield books
+            books.flush()
+
     def _delay(self) -> None:
         if self.latency_seconds:
             time.sleep(self.latency_seconds)
@@ -225,7 +332,7 @@ class SandboxChannel:
         return (year, month) < (today.year, today.month)
 
     def _card_decision(self, card: CardData, amount: int) -> ResponseCode | None:
-        """Steps 3-6 of the module docstring except open-to-buy (needs the lock)."""
+        """Steps 3-6 of the module docstring except open-to-buy (needs the books)."""
         if card.pan in _DECLINES:
             return _DECLINES[card.pan]
         if self._expired(card.expiry):
@@ -241,14 +348,15 @@ class SandboxChannel:
             return ResponseCode.INSUFFICIENT_FUNDS
         return None
 
-    def _hold(self, txn: _Txn, new_held: int) -> bool:
+    @staticmethod
+    def _hold(books: _Books, txn: _Txn, new_held: int) -> bool:
         """Move ``txn``'s open-to-buy use to ``new_held``; False (no change) if over the limit."""
         if txn.profile is not _Profile.OPEN_TO_BUY or txn.card_token is None:
             return True
-        used = self._open_to_buy_used.get(txn.card_token, 0) - txn.held + new_held
+        used = books.open_to_buy_used(txn.card_token) - txn.held + new_held
         if used > OPEN_TO_BUY:
             return False
-        self._open_to_buy_used[txn.card_token] = used
+        books.set_open_to_buy_used(txn.card_token, used)
         txn.held = new_held
         return True
 
@@ -280,13 +388,13 @@ class SandboxChannel:
                 profile = _Profile.FLAKY_REFUND
             elif card.pan == PAN_OPEN_TO_BUY:
                 profile, token = _Profile.OPEN_TO_BUY, self._token(card.pan)
-        with self._lock:
-            existing = self._txns.get(req.reference)
+        with self._books() as books:
+            existing = books.txn(req.reference)
             if existing is not None:
                 if existing.fingerprint != fingerprint:
                     return self._result(req.reference, ResponseCode.DUPLICATE, network, None)
                 return existing.result
-            if req.reference in self._reversed_unknown:
+            if books.reversed_unknown(req.reference):
                 # reversed before it arrived: a late original must not take effect
                 return self._result(
                     req.reference,
@@ -297,7 +405,7 @@ class SandboxChannel:
                 )
             state = TxnState.CAPTURED if req.capture else TxnState.AUTHORIZED
             txn = _Txn(fingerprint, network, _PLACEHOLDER, state, req.amount, 0, profile, token)
-            if decision is None and not self._hold(txn, req.amount):
+            if decision is None and not self._hold(books, txn, req.amount):
                 decision = ResponseCode.INSUFFICIENT_FUNDS
             if decision is not None:
                 txn.state, txn.amount = TxnState.DECLINED, 0
@@ -306,7 +414,7 @@ class SandboxChannel:
             txn.result = self._result(
                 req.reference, decision or ResponseCode.APPROVED, network, txn.state
             )
-            self._txns[req.reference] = txn
+            books.add(req.reference, txn)
             return txn.result
 
     def capture(self, reference: str, amount: int) -> ChannelResult:
@@ -314,8 +422,8 @@ class SandboxChannel:
         repeat with the same amount is approved again; a different amount gets ``12``."""
         amount = positive_amount(amount)
         self._delay()
-        with self._lock:
-            txn = self._txns.get(reference)
+        with self._books() as books:
+            txn = books.txn(reference)
             if txn is None:
                 return self._result(reference, ResponseCode.ORIGINAL_NOT_FOUND, None, None)
             if txn.state is TxnState.CAPTURED and txn.captured == amount:
@@ -327,7 +435,7 @@ class SandboxChannel:
                 )  # fmt: skip
             if Decimal(amount) * 100 > Decimal(txn.amount) * CAPTURE_LIMIT_PERCENT:
                 return self._result(reference, ResponseCode.INVALID_AMOUNT, txn.network, txn.state)
-            if not self._hold(txn, amount):
+            if not self._hold(books, txn, amount):
                 return self._result(
                     reference, ResponseCode.INSUFFICIENT_FUNDS, txn.network, txn.state
                 )
@@ -338,8 +446,8 @@ class SandboxChannel:
         """Cancel an authorised or captured transaction in full (撤销); gives back open-to-buy.
         Idempotent: voiding a voided transaction is approved again."""
         self._delay()
-        with self._lock:
-            txn = self._txns.get(reference)
+        with self._books() as books:
+            txn = books.txn(reference)
             if txn is None:
                 return self._result(reference, ResponseCode.ORIGINAL_NOT_FOUND, None, None)
             if txn.state is TxnState.VOIDED:
@@ -350,7 +458,7 @@ class SandboxChannel:
                     f"cannot void a {txn.state} transaction"
                     + (" with refunds" if txn.refunds else ""),
                 )  # fmt: skip
-            self._hold(txn, 0)
+            self._hold(books, txn, 0)
             txn.state = TxnState.VOIDED
             return self._result(reference, ResponseCode.APPROVED, txn.network, txn.state)
 
@@ -359,13 +467,13 @@ class SandboxChannel:
         declined reference — so the sender can stop resending. An unknown reference is
         remembered so that the original, should it arrive late, is refused."""
         self._delay()
-        with self._lock:
-            txn = self._txns.get(reference)
+        with self._books() as books:
+            txn = books.txn(reference)
             if txn is None:
-                self._reversed_unknown.add(reference)
+                books.mark_reversed_unknown(reference)
                 return self._result(reference, ResponseCode.APPROVED, None, TxnState.REVERSED)
             if txn.state in (TxnState.AUTHORIZED, TxnState.CAPTURED):
-                self._hold(txn, 0)
+                self._hold(books, txn, 0)
                 txn.state = TxnState.REVERSED
             return self._result(reference, ResponseCode.APPROVED, txn.network, txn.state)
 
@@ -375,8 +483,8 @@ class SandboxChannel:
         a transiently failed one is attempted again."""
         amount = positive_amount(amount)
         self._delay()
-        with self._lock:
-            txn = self._txns.get(reference)
+        with self._books() as books:
+            txn = books.txn(reference)
 
             def fail(reason: str, message: str) -> RefundResult:
                 return RefundResult(
@@ -392,31 +500,36 @@ class SandboxChannel:
                 if existing.status is RefundStatus.FAILED_TRANSIENT:
                     existing.attempts += 1
                     existing.status, existing.reason = RefundStatus.SUCCEEDED, None
-                return RefundResult(
-                    existing.status, refund_reference, amount, existing.reason,
-                    "refunded" if existing.status is RefundStatus.SUCCEEDED else "refund failed",
-                )  # fmt: skip
+                return _refund_result(refund_reference, existing)
             if txn.state is not TxnState.CAPTURED:
                 return fail("not_captured", f"cannot refund a {txn.state} transaction")
             if txn.refunded + amount > txn.captured:
                 return fail("exceeds_captured", "refunds would exceed the captured amount")
             if txn.profile is _Profile.CARD_CLOSED:
                 refund = _Refund(amount, RefundStatus.FAILED_PERMANENT, 1, "card_closed")
-                message = "card closed: the issuer cannot credit it"
             elif txn.profile is _Profile.FLAKY_REFUND:
                 refund = _Refund(amount, RefundStatus.FAILED_TRANSIENT, 1, "issuer_unavailable")
-                message = "issuer unavailable: retry with the same refund reference"
             else:
                 refund = _Refund(amount, RefundStatus.SUCCEEDED, 1, None)
-                message = "refunded"
             txn.refunds[refund_reference] = refund
-            return RefundResult(refund.status, refund_reference, amount, refund.reason, message)
+            return _refund_result(refund_reference, refund)
+
+    def query_refund(self, reference: str, refund_reference: str) -> RefundResult | None:
+        """The network's record of a refund attempt, as it stands: None when the refund
+        reference was never recorded for ``reference`` (a refusal such as
+        ``exceeds_captured`` changes nothing and is not recorded: resending it gets the same
+        refusal). Never performs or retries anything."""
+        self._delay()
+        with self._books() as books:
+            txn = books.txn(reference)
+            refund = None if txn is None else txn.refunds.get(refund_reference)
+            return None if refund is None else _refund_result(refund_reference, refund)
 
     def query(self, reference: str) -> ChannelResult | None:
         """The current state of ``reference``, or None when the network never saw it."""
         self._delay()
-        with self._lock:
-            txn = self._txns.get(reference)
+        with self._books() as books:
+            txn = books.txn(reference)
             if txn is None:
                 return None
             if txn.state is TxnState.DECLINED:
@@ -425,9 +538,9 @@ class SandboxChannel:
 
     # -- introspection for tests and the demo -------------------------------------------------
     def open_to_buy_remaining(self, pan: str = PAN_OPEN_TO_BUY) -> int:
-        """What the open-to-buy card can still spend in this instance, in fen."""
-        with self._lock:
-            return OPEN_TO_BUY - self._open_to_buy_used.get(self._token(pan), 0)
+        """What the open-to-buy card can still spend at this network, in fen."""
+        with self._books() as books:
+            return OPEN_TO_BUY - books.open_to_buy_used(self._token(pan))
 
 
 _PLACEHOLDER: Final = ChannelResult(

@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import typer
 
-from shoudan.cli import apikey, audit, bench, db, demo, ledger, serve, worker
+from shoudan.cli import (
+    apikey,
+    audit,
+    bench,
+    db,
+    demo,
+    gateway,
+    ledger,
+    refunds,
+    serve,
+    sms,
+    terminal,
+    worker,
+)
 from shoudan.cli.common import fail
 from shoudan.core.errors import DomainError
 
@@ -16,12 +29,16 @@ app = typer.Typer(
 )
 app.add_typer(db.app, name="db", help="Database schema: migrations.")
 app.add_typer(ledger.app, name="ledger", help="The double-entry ledger: verify, export.")
+app.add_typer(refunds.app, name="refunds", help="Refunds: list, show, approve, reject.")
 app.add_typer(audit.app, name="audit", help="The hash-chained audit log.")
 app.add_typer(apikey.app, name="apikey", help="API keys.")
 app.add_typer(bench.app, name="bench", help="Benchmarks (JSON lines with their own baseline).")
 app.command("serve")(serve.serve)
 app.add_typer(demo.app, name="demo", help="Demo data and the one-command tour.")
 app.command("worker")(worker.worker)
+app.command("gateway")(gateway.gateway)
+app.add_typer(terminal.app, name="terminal", help="A terminal simulator (ISO 8583 client).")
+app.add_typer(sms.app, name="sms", help="SMS: the development inbox.")
 
 
 def main() -> None:

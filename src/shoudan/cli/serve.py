@@ -7,7 +7,10 @@ decision (``shoudan db upgrade``), so it refuses to start on a schema that is no
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from pathlib import Path
+from typing import Annotated
 
 import typer
 import uvicorn
@@ -17,11 +20,17 @@ from sqlalchemy.engine import make_url
 from shoudan import migrations
 from shoudan.api.app import create_app
 from shoudan.cli.common import DATABASE_URL_OPTION, fail, open_database, settings
+from shoudan.container import Container
 from shoudan.core.config import Settings
 from shoudan.core.db import Database, normalize_url
 
 HOST_OPTION = typer.Option(None, "--host", help="Address to listen on [default: SHOUDAN_HOST].")
 PORT_OPTION = typer.Option(None, "--port", help="Port to listen on [default: SHOUDAN_PORT].")
+# Annotated, so that Python callers (``shoudan demo``) get a plain None by default
+IsoPortOption = Annotated[
+    int | None,
+    typer.Option("--iso-port", help="Also run the ISO 8583 gateway on this port, in this process."),
+]
 UPGRADE_HINT = "run `shoudan db upgrade` first"
 
 
@@ -48,24 +57,50 @@ def schema_problem(url: str) -> str | None:
     return f"the database schema is at {current}, this code needs {head}: {UPGRADE_HINT}"
 
 
-def _run(config: Settings, database: Database, host: str, port: int) -> None:
+def _run(
+    config: Settings, database: Database, host: str, port: int, iso_port: int | None = None
+) -> None:
     base = f"http://{host}:{port}"
     typer.echo(f"shoudan on {base}  (health: {base}/healthz, API docs: {base}/docs)")
     app = create_app(config, database=database)
     try:
-        uvicorn.run(app, host=host, port=port, log_level="info")
+        if iso_port is None:
+            uvicorn.run(app, host=host, port=port, log_level="info")
+        else:
+            typer.echo(f"ISO 8583 gateway on {config.iso_host}:{iso_port}")
+            # uvicorn configures only its own loggers: the gateway's lines go to the root's
+            logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
+            server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info"))
+            asyncio.run(_serve_with_gateway(server, app.state.container, config.iso_host, iso_port))
     finally:
         database.dispose()
+
+
+async def _serve_with_gateway(
+    server: uvicorn.Server, container: Container, iso_host: str, iso_port: int
+) -> None:
+    """HTTP and ISO 8583 on one event loop: uvicorn owns the signals; when it stops, the
+    gateway stops gracefully (in-flight terminal requests are answered first)."""
+    from shoudan.cli.gateway import build_server
+
+    gateway = build_server(container, iso_host, iso_port)
+    await gateway.start()
+    try:
+        await server.serve()
+    finally:
+        await gateway.stop()
 
 
 def serve(
     host: str | None = HOST_OPTION,
     port: int | None = PORT_OPTION,
     database_url: str | None = DATABASE_URL_OPTION,
+    iso_port: IsoPortOption = None,
 ) -> None:
-    """Serve the HTTP API. The database schema must be current (see `shoudan db upgrade`)."""
+    """Serve the HTTP API (and, with --iso-port, the ISO 8583 gateway). The database schema
+    must be current (see `shoudan db upgrade`)."""
     config = settings(database_url)
     problem = schema_problem(config.resolved_database_url())
     if problem:
         fail(problem)
-    _run(config, open_database(database_url), host or config.host, port or config.port)
+    _run(config, open_database(database_url), host or config.host, port or config.port, iso_port)

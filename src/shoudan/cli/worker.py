@@ -15,9 +15,9 @@ import typer
 
 from shoudan.auth.service import IDEMPOTENCY_RETENTION, purge_idempotency_keys
 from shoudan.cli.common import DATABASE_URL_OPTION, open_database, settings
+from shoudan.container import build_container
 from shoudan.core.clock import Clock, SystemClock
 from shoudan.core.db import Database
-from shoudan.container import build_container
 from shoudan.handlers import build_registry
 from shoudan.notifications.service import Relay, RelayStats
 
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 ExpireHook = Callable[[Database, Clock], object]
 
 PURGE_EVERY = timedelta(hours=1)
+FUNDS_CHECK_EVERY = timedelta(minutes=1)
 
 
 def _expire_hook() -> ExpireHook | None:
@@ -87,6 +88,7 @@ def worker(
     expire = _expire_hook()
     totals = RelayStats()
     last_purge: datetime | None = None
+    last_funds_check: datetime | None = None
 
     def each_loop(stats: RelayStats) -> None:
         nonlocal totals, last_purge
@@ -104,6 +106,13 @@ def worker(
             typer.echo(_describe(stats))
         if expired:
             typer.echo(f"ledger holds expired: {expired}")
+        nonlocal last_funds_check
+        if last_funds_check is None or now - last_funds_check >= FUNDS_CHECK_EVERY:
+            # refunds waiting for the merchant's balance: fund them, or fail them after N days
+            funded = container.refunds.retry_pending_funds()
+            last_funds_check = now
+            if funded:
+                typer.echo(f"refunds waiting for funds moved on: {funded}")
 
     try:
         if once:

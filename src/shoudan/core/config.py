@@ -27,6 +27,14 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     iso_host: str = "127.0.0.1"
     iso_port: int = Field(default=8583, ge=1, le=65535)
+    # ISO 8583 gateway (gateway/server.py): idle connections closed after this many seconds;
+    # connections beyond the maximum are closed on arrival; blocking service calls run on
+    # iso_workers threads; field 32 of every response is iso_acquirer_id
+    iso_idle_timeout_seconds: float = Field(default=60.0, gt=0)
+    iso_max_connections: int = Field(default=1000, ge=1)
+    iso_workers: int = Field(default=32, ge=1, le=1024)
+    iso_shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    iso_acquirer_id: str = Field(default="898", pattern=r"^[0-9]{1,11}$")
     # Master secret for encryption at rest and keyed hashes (hex, 32 bytes). When absent it is
     # read from key_file, and in development generated there on first use.
     secret_key: SecretStr | None = None
@@ -35,6 +43,9 @@ class Settings(BaseSettings):
     # upstream networks (the sandbox simulator stands in for them; see channels/sandbox.py)
     upstream_timeout_seconds: float = Field(default=10.0, gt=0)
     sandbox_latency_seconds: float = Field(default=0.0, ge=0)
+    # the sandbox network's and bank's own books, shared by every process (channels/store.py):
+    # empty for data_dir/sandbox-network.sqlite3, ":memory:" for one process's memory
+    sandbox_state_path: str = ""
     # outbox relay
     outbox_batch_size: int = Field(default=100, ge=1, le=10_000)
     outbox_max_attempts: int = Field(default=8, ge=1, le=100)
@@ -60,6 +71,7 @@ class Settings(BaseSettings):
     risk_business_hours: str = "08:00-22:00"
     risk_weight_round_amount: int = 15
     risk_round_amount_min: int = 1_000_000  # ¥10,000
+    risk_round_amount_unit: int = Field(default=100_000, ge=1)  # whole ¥1,000
     # expected arrival of a refund, in working days (QR wallets: instant)
     refund_arrival_debit_days: tuple[int, int] = (1, 3)
     refund_arrival_credit_days: tuple[int, int] = (3, 7)
@@ -67,6 +79,8 @@ class Settings(BaseSettings):
     public_rate_limit_per_minute: int = Field(default=30, ge=1)
     # webhooks
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    # SMS: "dev_inbox" keeps texts in a table for `shoudan sms inbox` (the only provider yet)
+    sms_provider: str = "dev_inbox"
     # evidence files
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
 
@@ -77,6 +91,9 @@ class Settings(BaseSettings):
 
     def resolved_key_file(self) -> Path:
         return self.key_file or self.data_dir / "secret.key"
+
+    def resolved_sandbox_state_path(self) -> str:
+        return self.sandbox_state_path or str(self.data_dir / "sandbox-network.sqlite3")
 
 
 @lru_cache(maxsize=1)

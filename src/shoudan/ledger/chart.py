@@ -11,6 +11,9 @@ from shoudan.ledger.service import AccountSpec
 
 # -- platform -------------------------------------------------------------------------------
 BANK_SETTLEMENT = "asset:bank:settlement"
+# Memo (control) accounts: they move only against each other, so they never change the
+# balance sheet; their balance limits enforce a rule (TigerBeetle's "balance-bounded" pattern).
+REFUND_CAPACITY_CONTROL = "equity:control:refund_capacity"
 DEPOSIT_PENALTY_REVENUE = "revenue:deposit:penalty"
 NETWORKS = ("unionpay", "wechat", "alipay")
 
@@ -37,6 +40,7 @@ def platform_accounts() -> list[AccountSpec]:
     specs = [
         AccountSpec(BANK_SETTLEMENT, AccountType.ASSET, name="settlement bank account"),
         AccountSpec(DEPOSIT_PENALTY_REVENUE, AccountType.REVENUE, name="forfeited deposits"),
+        AccountSpec(REFUND_CAPACITY_CONTROL, AccountType.EQUITY, name="refund capacity (memo)"),
     ]
     for network in NETWORKS:
         specs.append(AccountSpec(channel_receivable(network), AccountType.ASSET))
@@ -84,3 +88,18 @@ def merchant_accounts(merchant_id: str) -> list[AccountSpec]:
         liability(merchant_deposit(merchant_id)),
         debt,
     ]
+
+
+# -- per payment ----------------------------------------------------------------------------
+def refund_capacity(payment_id: str) -> str:
+    """Memo account: debited by every refund (held while in flight, posted once refunded) and
+    every prepayment redemption, never beyond the captured amount — its ``max_debit_balance``.
+    Concurrent refunds of one payment can therefore never exceed it, on any engine."""
+    return f"equity:payment:{payment_id}:refund_capacity"
+
+
+def refund_capacity_account(payment_id: str, captured_amount: int) -> AccountSpec:
+    return AccountSpec(
+        refund_capacity(payment_id), AccountType.EQUITY, owner_type="payment",
+        owner_id=payment_id, max_debit_balance=captured_amount,
+    )  # fmt: skip

@@ -3,9 +3,14 @@ for the schema drift test)."""
 
 import shoudan.audit.models
 import shoudan.auth.models
+import shoudan.files.models
+import shoudan.gateway.models
 import shoudan.ledger.models
 import shoudan.merchants.models
 import shoudan.notifications.models
 import shoudan.payments.models
 import shoudan.pricing.models
-import shoudan.terminals.models  # noqa: F401
+import shoudan.refunds.models
+import shoudan.sms.models
+import shoudan.terminals.models
+import shoudan.webhooks.models  # noqa: F401

@@ -113,11 +113,13 @@ def emit(
     payload: dict[str, Any],
     dedupe_key: str | None = None,
     clock: Clock | None = None,
+    not_before: datetime | None = None,
 ) -> str:
     """Write an event in the caller's transaction; it exists only if that transaction commits.
 
     Returns the event id. ``dedupe_key`` defaults to the event id; pass a business key (say
     ``refund:R1:succeeded``) when consumers should also collapse events emitted twice.
+    ``not_before`` delays the first delivery (a retry scheduled for later).
     """
     validate_topic(topic)
     body = encode_payload(payload)
@@ -137,7 +139,7 @@ def emit(
             dedupe_key=dedupe_key,
             status=EventStatus.PENDING.value,
             attempts=0,
-            next_attempt_at=now,
+            next_attempt_at=max(now, not_before) if not_before is not None else now,
             created_at=now,
         )
     )

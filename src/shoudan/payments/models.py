@@ -39,6 +39,7 @@ class Payment(Base):
     fee: Mapped[int] = mapped_column(BigInteger, default=0)
     net: Mapped[int] = mapped_column(BigInteger, default=0)
     refunded_amount: Mapped[int] = mapped_column(BigInteger, default=0)
+    redeemed_amount: Mapped[int] = mapped_column(BigInteger, default=0)  # prepayments
     fee_plan_code: Mapped[str] = mapped_column(String(32))
     fee_category: Mapped[str | None] = mapped_column(String(16))
     rate_bp: Mapped[str | None] = mapped_column(String(16))  # Decimal as text

@@ -1,0 +1,85 @@
+"""The gateway's queries: terminal sessions, the request journal, batch totals, cases.
+
+Batch totals join the journal with ``payments`` (read only): payments know nothing of batches
+and STANs, the journal knows which payment each terminal request made or touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from shoudan.core.ids import new_id
+from shoudan.gateway.codec import BatchTotals
+from shoudan.gateway.domain import Identity, Kind
+from shoudan.gateway.models import GatewayCase, GatewayRequest, TerminalSession
+from shoudan.gateway.response_codes import APPROVED
+from shoudan.payments.domain import PaymentStatus
+from shoudan.payments.models import Payment
+
+SALE_KINDS = (Kind.SALE.value, Kind.COMPLETION.value)
+
+
+def load_session(
+    session: Session, terminal_id: str, *, for_update: bool = False
+) -> TerminalSession | None:
+    query = select(TerminalSession).where(TerminalSession.terminal_id == terminal_id)
+    if for_update:
+        query = query.with_for_update().execution_options(populate_existing=True)
+    return session.scalars(query).one_or_none()
+
+
+def find_request(session: Session, identity: Identity) -> GatewayRequest | None:
+    return session.scalars(
+        select(GatewayRequest).where(
+            GatewayRequest.terminal_id == identity.terminal_id,
+            GatewayRequest.merchant_id == identity.merchant_id,
+            GatewayRequest.batch == identity.batch,
+            GatewayRequest.stan == identity.stan,
+            GatewayRequest.mti == identity.mti,
+        )
+    ).one_or_none()
+
+
+def batch_totals(session: Session, terminal_id: str, batch: str) -> BatchTotals:
+    """The host's totals of a terminal's batch: sales and completions approved in it and still
+    captured (voided and reversed ones excluded). Refunds join when 0220 is implemented."""
+    amount, count = session.execute(
+        select(func.coalesce(func.sum(Payment.captured_amount), 0), func.count(Payment.id))
+        .join(GatewayRequest, GatewayRequest.payment_id == Payment.id)
+        .where(
+            GatewayRequest.terminal_id == terminal_id,
+            GatewayRequest.batch == batch,
+            GatewayRequest.kind.in_(SALE_KINDS),
+            GatewayRequest.response_code == APPROVED,
+            Payment.status == PaymentStatus.CAPTURED.value,
+        )
+    ).one()
+    return BatchTotals(int(amount), int(count), 0, 0)
+
+
+def open_case(
+    session: Session,
+    kind: str,
+    identity: Identity,
+    detail: str,
+    now: datetime,
+    payment_id: str | None = None,
+) -> GatewayCase:
+    case = GatewayCase(
+        id=new_id("gwc_"), kind=kind, terminal_id=identity.terminal_id,
+        merchant_id=identity.merchant_id, batch=identity.batch, stan=identity.stan,
+        payment_id=payment_id, detail=detail[:255], created_at=now,
+    )  # fmt: skip
+    session.add(case)
+    return case
+
+
+def cases(session: Session, kinds: Iterable[str] | None = None) -> list[GatewayCase]:
+    query = select(GatewayCase).order_by(GatewayCase.created_at, GatewayCase.id)
+    if kinds is not None:
+        query = query.where(GatewayCase.kind.in_(list(kinds)))
+    return list(session.scalars(query))

@@ -1,0 +1,76 @@
+"""The gateway's one mapping from domain errors to field 39 (terminal spec §5).
+
+Declines from the network are not errors: a declined payment carries the network's own code
+(``51``, ``54``, ``55``, ``98`` …) and the gateway answers it as is. This table is for the
+``DomainError``s the services raise.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from shoudan.core.errors import ErrorCode
+
+APPROVED: Final = "00"
+INVALID_MERCHANT: Final = "03"
+DO_NOT_HONOUR: Final = "05"
+INVALID_TRANSACTION: Final = "12"
+INVALID_AMOUNT: Final = "13"
+INVALID_CARD: Final = "14"
+SIGN_ON_REQUIRED: Final = "22"
+ORIGINAL_NOT_FOUND: Final = "25"
+FORMAT_ERROR: Final = "30"
+INCORRECT_PIN: Final = "55"
+LIMIT_EXCEEDED: Final = "61"
+ISSUER_UNAVAILABLE: Final = "91"
+DUPLICATE: Final = "94"
+SYSTEM_MALFUNCTION: Final = "96"
+TERMINAL_NOT_REGISTERED: Final = "97"
+MAC_FAILED: Final = "A0"
+
+DEFAULT_CODE: Final = SYSTEM_MALFUNCTION
+
+# One table: a new ErrorCode without an entry here answers DEFAULT_CODE.
+FIELD_39_BY_CODE: Final[dict[ErrorCode, str]] = {
+    ErrorCode.INVALID_INPUT: FORMAT_ERROR,
+    ErrorCode.INVALID_AMOUNT: INVALID_AMOUNT,
+    ErrorCode.INVALID_CURRENCY: FORMAT_ERROR,
+    ErrorCode.CURRENCY_MISMATCH: FORMAT_ERROR,
+    ErrorCode.LIMIT_EXCEEDED: LIMIT_EXCEEDED,
+    ErrorCode.IDEMPOTENCY_KEY_REUSED: DUPLICATE,
+    ErrorCode.IDEMPOTENCY_KEY_IN_USE: DUPLICATE,
+    ErrorCode.MERCHANT_NOT_FOUND: INVALID_MERCHANT,
+    ErrorCode.MERCHANT_INACTIVE: INVALID_MERCHANT,
+    ErrorCode.TERMINAL_MERCHANT_MISMATCH: INVALID_MERCHANT,
+    ErrorCode.TERMINAL_NOT_FOUND: TERMINAL_NOT_REGISTERED,
+    ErrorCode.TERMINAL_INACTIVE: TERMINAL_NOT_REGISTERED,
+    ErrorCode.PAYMENT_NOT_FOUND: ORIGINAL_NOT_FOUND,
+    ErrorCode.INVALID_TRANSITION: INVALID_TRANSACTION,
+    ErrorCode.INVALID_CARD: INVALID_CARD,
+    ErrorCode.INVALID_AUTH_CODE: INVALID_TRANSACTION,
+    ErrorCode.UNSUPPORTED_METHOD: INVALID_TRANSACTION,
+    ErrorCode.VOID_NOT_ALLOWED: INVALID_TRANSACTION,
+    ErrorCode.CAPTURE_NOT_ALLOWED: INVALID_TRANSACTION,
+    ErrorCode.CAPTURE_EXCEEDS_AUTHORIZED: INVALID_AMOUNT,
+    ErrorCode.CHANNEL_UNAVAILABLE: ISSUER_UNAVAILABLE,
+    ErrorCode.REFUND_NOT_FOUND: ORIGINAL_NOT_FOUND,
+    ErrorCode.REFUND_EXCEEDS_REFUNDABLE: INVALID_AMOUNT,
+    ErrorCode.REFUND_NOT_ALLOWED: INVALID_TRANSACTION,
+    ErrorCode.REFUND_WINDOW_EXPIRED: INVALID_TRANSACTION,
+    ErrorCode.REFUND_COUNT_EXCEEDED: INVALID_TRANSACTION,
+    ErrorCode.USE_VOID: INVALID_TRANSACTION,
+    ErrorCode.OUT_REFUND_NO_REUSED: DUPLICATE,
+    ErrorCode.NOT_A_PREPAYMENT: INVALID_TRANSACTION,
+    ErrorCode.REDEMPTION_EXCEEDS_REMAINDER: INVALID_AMOUNT,
+    ErrorCode.SERVICE_UNAVAILABLE: ISSUER_UNAVAILABLE,
+    ErrorCode.INTERNAL_ERROR: SYSTEM_MALFUNCTION,
+}
+
+# Answers that say "try again": never journaled, so a repeat is processed afresh.
+TRANSIENT_ERRORS: Final = frozenset(
+    {ErrorCode.SERVICE_UNAVAILABLE, ErrorCode.CHANNEL_UNAVAILABLE, ErrorCode.INTERNAL_ERROR}
+)
+
+
+def field_39(code: ErrorCode) -> str:
+    return FIELD_39_BY_CODE.get(code, DEFAULT_CODE)

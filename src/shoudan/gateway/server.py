@@ -1,0 +1,193 @@
+"""The gateway's TCP server (asyncio): frames in, ``GatewayService.handle`` on a worker thread,
+frames out.
+
+- many connections, many request/response pairs per connection, in order;
+- a connection idle for ``idle_timeout`` seconds (no complete frame) is closed; so is one
+  beyond ``max_connections`` (closed on arrival) and one whose frame cannot be read at all;
+- the service calls block (SQLAlchemy, the network), so they run on a thread pool and one slow
+  request never stalls the event loop or other connections;
+- ``stop()`` is graceful: stop accepting, close idle connections, let in-flight requests finish
+  and their answers go out (up to ``grace`` seconds), then exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from shoudan.gateway import metrics
+from shoudan.gateway.framing import LENGTH_BYTES, pack, payload_length
+from shoudan.gateway.service import Outcome
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[bytes], Outcome]
+
+
+@dataclass(slots=True)
+class _Connection:
+    busy: bool = False  # a request is being handled: let it finish on shutdown
+
+
+class GatewayServer:
+    def __init__(
+        self,
+        handler: Handler,
+        host: str = "127.0.0.1",
+        port: int = 8583,
+        *,
+        idle_timeout: float = 60.0,
+        max_connections: int = 1000,
+        workers: int = 32,
+        grace: float = 10.0,
+    ) -> None:
+        self.handler = handler
+        self.host = host
+        self.requested_port = port
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self.grace = grace
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="iso8583")
+        self._server: asyncio.Server | None = None
+        self._connections: dict[asyncio.Task[None], _Connection] = {}
+        self._stopping = False
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the real one when started on port 0)."""
+        assert self._server is not None and self._server.sockets
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._serve_connection, self.host, self.requested_port, reuse_address=True
+        )
+        log.info("iso8583 gateway listening on %s:%s", self.host, self.port)
+
+    async def stop(self) -> None:
+        """Stop accepting, close idle connections, let in-flight requests finish."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if self._server is not None:
+            self._server.close()
+        for task, connection in list(self._connections.items()):
+            if not connection.busy:
+                task.cancel()
+        pending = set(self._connections)
+        if pending:
+            _done, late = await asyncio.wait(pending, timeout=self.grace)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
+        if self._server is not None:
+            await self._server.wait_closed()
+        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
+        log.info("iso8583 gateway stopped")
+
+    async def _serve_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        if self._stopping or len(self._connections) >= self.max_connections:
+            metrics.CLOSED.labels("max_connections" if not self._stopping else "stopping").inc()
+            writer.close()
+            return
+        connection = self._connections[task] = _Connection()
+        metrics.CONNECTIONS.inc()
+        reason = "peer"
+        try:
+            reason = await self._exchange(reader, writer, connection)
+        except asyncio.CancelledError:
+            reason = "shutdown"
+        except Exception:  # never let one connection take the server down
+            log.exception("iso8583 connection error")
+            reason = "error"
+        finally:
+            self._connections.pop(task, None)
+            metrics.CONNECTIONS.dec()
+            metrics.CLOSED.labels(reason).inc()
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _exchange(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        connection: _Connection,
+    ) -> str:
+        """Request/response pairs until the peer leaves, idles, or sends what cannot be read.
+        Returns why the connection ends."""
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            try:
+                async with asyncio.timeout(self.idle_timeout):
+                    prefix = await reader.readexactly(LENGTH_BYTES)
+                    length = payload_length(prefix)
+                    payload = await reader.readexactly(length) if length else b""
+            except TimeoutError:
+                return "idle"
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return "peer"
+            if not payload:
+                return "unreadable"
+            connection.busy = True
+            started = time.perf_counter()
+            outcome = await loop.run_in_executor(self._executor, self.handler, payload)
+            if outcome.reply is None:
+                metrics.observe(outcome, time.perf_counter() - started)
+                return "unreadable"
+            writer.write(pack(outcome.reply))
+            try:
+                await writer.drain()
+            except ConnectionError:
+                return "peer"
+            finally:
+                metrics.observe(outcome, time.perf_counter() - started)
+                connection.busy = False
+        return "shutdown"
+
+
+async def serve_until_signalled(server: GatewayServer) -> None:
+    """Run until SIGINT or SIGTERM, then stop gracefully (``shoudan gateway``)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await server.start()
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+
+
+class BackgroundGateway:
+    """A ``GatewayServer`` on its own event loop in a daemon thread: for tests and for
+    embedding next to code that is not asyncio."""
+
+    def __init__(self, server: GatewayServer) -> None:
+        self.server = server
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def start(self) -> int:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result()
+        return self.server.port
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()

@@ -1,0 +1,729 @@
+"""The ISO 8583 gateway's use cases: decode, check, call the payment services, answer.
+
+One entry point, ``GatewayService.handle(payload) -> Outcome``, takes a frame's payload (TPDU,
+header, body) and returns the reply's payload, or None to close the connection. It blocks
+(database, network): the TCP server runs it on worker threads, and a batcher could sit in
+front of it later. Checks, in this order, each answered without any effect:
+
+1. envelope and format (``30``; ``UnreadableMessage``: close), unknown MTI (``30``), unknown
+   processing code (``12``), missing mandatory fields (``30``);
+2. terminal unknown or not active (``97``), terminal/merchant pair not ours (``03``);
+3. no working keys yet (``22``), wrong or missing MAC (``A0``);
+4. exactly-once: the journal replays a repeat byte for byte, ``94`` for a different request
+   with the same identity; then the open batch (``22`` when 60.2 is not it).
+
+Then one handler per transaction of the spec's section 3, each mapping to ``PaymentService``
+(the HTTP API's use cases); ``DomainError`` codes become field 39 in ``response_codes``.
+Responses to MACed requests that passed the MAC check carry a MAC; refusals before it do not.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Final, Protocol, TypeVar, runtime_checkable
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from shoudan.auth.domain import Principal, Role
+from shoudan.channels.domain import CardData, Channel, ChannelResult, ChannelTimeout
+from shoudan.core.clock import SHANGHAI, Clock
+from shoudan.core.crypto import Vault
+from shoudan.core.db import Database
+from shoudan.core.errors import DomainError, ErrorCode
+from shoudan.gateway import repository
+from shoudan.gateway.codec import (
+    BALANCED,
+    MAC_BYTES,
+    MAC_FIELD,
+    NOT_BALANCED,
+    CodecError,
+    Field60,
+    FieldError,
+    FieldValue,
+    FormatError,
+    Message,
+    UnreadableMessage,
+    bitmap_fields,
+    decode,
+    encode,
+    mac_input,
+    parse_48,
+    parse_60,
+    parse_61,
+    parse_track2,
+    read_mti,
+)
+from shoudan.gateway.domain import (
+    CARD_KINDS,
+    COMMON_FIELDS,
+    ENTRY_MODES,
+    NOT_JOURNALED,
+    REQUEST_MTIS,
+    REQUIRED,
+    REVERSAL_MTI,
+    Identity,
+    Kind,
+    Transaction,
+    classify,
+    next_batch,
+    opening_batch,
+    response_mti,
+    reversed_kind,
+)
+from shoudan.gateway.framing import Frame, envelope_problem, reply_payload, split
+from shoudan.gateway.keys import (
+    PinBlockError,
+    WorkingKeys,
+    check_value,
+    decrypt_pin,
+    issue_working_keys,
+    key_data,
+    mac_matches,
+    retail_mac,
+)
+from shoudan.gateway.models import GatewayRequest, TerminalSession
+from shoudan.gateway.response_codes import (
+    APPROVED,
+    DUPLICATE,
+    FORMAT_ERROR,
+    INCORRECT_PIN,
+    INVALID_AMOUNT,
+    INVALID_MERCHANT,
+    INVALID_TRANSACTION,
+    MAC_FAILED,
+    ORIGINAL_NOT_FOUND,
+    SIGN_ON_REQUIRED,
+    SYSTEM_MALFUNCTION,
+    TRANSIENT_ERRORS,
+    field_39,
+)
+from shoudan.payments.domain import Method, PaymentStatus
+from shoudan.payments.models import Payment
+from shoudan.payments.service import CardInput, PaymentRequest, PaymentService
+from shoudan.terminals.service import load_master_key, payment_point
+
+log = logging.getLogger(__name__)
+
+CURRENCY: Final = "156"  # field 49, always CNY
+ECHOED: Final[tuple[int, ...]] = (3, 4, 11, 41, 42, 60)  # spec §3: the host echoes these
+PIN_SECURITY_PREFIX: Final = "26"  # field 53: format 0 PIN block under a double-length key
+NO_RESPONSE: Final = "98"
+PIK_CONTEXT, MAK_CONTEXT, REQUEST_CONTEXT = "gateway:pik", "gateway:mak", "gateway:request"
+SETTLED_REVERSAL, VOID_REVERSAL, REVERSAL_MISMATCH, UNBALANCED_BATCH = (
+    "settled_reversal", "void_reversal", "reversal_mismatch", "unbalanced_batch",
+)  # fmt: skip
+# field 54: account type, amount type (02 available), currency, sign, amount n12
+BALANCE_PREFIX: Final = "0002156"
+
+
+@runtime_checkable
+class BalanceInquiry(Protocol):
+    """A channel that can ask the issuer for a card's available balance (查询). The sandbox
+    does not yet: until it does, balance inquiries are answered ``12``."""
+
+    def balance(self, card: CardData) -> tuple[ChannelResult, int | None]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What ``handle`` decided: the reply payload (None: close the connection) and what the
+    metrics and the log line need."""
+
+    reply: bytes | None
+    mti: str | None = None
+    code: str | None = None
+    kind: str | None = None
+    terminal_id: str | None = None
+    batch: str | None = None
+    stan: str | None = None
+    rrn: str | None = None
+    replayed: bool = False
+
+
+class _Answer(Exception):
+    """Stop and answer ``code``. ``journal``: the answer is final for this request's identity
+    (a business refusal after the checks), not a refusal of the message itself."""
+
+    def __init__(self, code: str, reason: str, *, journal: bool = False) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+        self.journal = journal
+
+
+@dataclass(slots=True)
+class _Context:
+    frame: Frame
+    message: Message
+    txn: Transaction
+    f60: Field60
+    identity: Identity
+    principal: Principal
+    keys: WorkingKeys | None = None
+    open_batch: str | None = None
+    fingerprint: str = ""
+
+
+@dataclass(slots=True)
+class _Result:
+    code: str
+    fields: dict[int, FieldValue] = field(default_factory=dict)
+    payment_id: str | None = None
+    amount: int | None = None
+    rrn: str | None = None
+    journal: bool = True
+
+
+@dataclass(slots=True)
+class _Slot:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    users: int = 0
+
+
+class _KeyedLocks:
+    """One lock per key, alive while someone holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._slots: dict[tuple[str, ...], _Slot] = {}
+
+    @contextmanager
+    def hold(self, key: tuple[str, ...]) -> Iterator[None]:
+        with self._guard:
+            slot = self._slots.setdefault(key, _Slot())
+            slot.users += 1
+        try:
+            with slot.lock:
+                yield
+        finally:
+            with self._guard:
+                slot.users -= 1
+                if not slot.users:
+                    del self._slots[key]
+
+
+class GatewayService:
+    def __init__(
+        self,
+        database: Database,
+        vault: Vault,
+        payments: PaymentService,
+        channel: Channel,
+        clock: Clock,
+        acquirer_id: str = "898",
+    ) -> None:
+        self.database = database
+        self.vault = vault
+        self.payments = payments
+        self.channel = channel
+        self.clock = clock
+        self.acquirer_id = acquirer_id
+        self._locks = _KeyedLocks()
+        self._handlers: dict[Kind, Callable[[_Context], _Result]] = {
+            Kind.BALANCE: self._balance,
+            Kind.SALE: lambda ctx: self._authorize(ctx, capture=True),
+            Kind.PREAUTH: lambda ctx: self._authorize(ctx, capture=False),
+            Kind.COMPLETION: self._completion,
+            Kind.SALE_VOID: lambda ctx: self._void(ctx, "0200", Kind.SALE),
+            Kind.COMPLETION_VOID: lambda ctx: self._void(ctx, "0200", Kind.COMPLETION),
+            Kind.PREAUTH_VOID: lambda ctx: self._void(ctx, "0100", Kind.PREAUTH),
+            Kind.REVERSAL: self._reversal,
+        }
+
+    # -- the entry point --------------------------------------------------------------------------
+    def handle(self, payload: bytes) -> Outcome:
+        """One frame's payload (after the length prefix) → the reply's payload, or None to
+        close the connection. Never raises."""
+        try:
+            frame = split(payload)
+            mti = read_mti(frame.body)
+        except UnreadableMessage:
+            return Outcome(None)
+        if response_mti(mti) is None:
+            return Outcome(None, mti)  # an answer, or no MTI we could answer
+        try:
+            outcome = self._handle(frame, mti)
+        except Exception:
+            log.exception("iso8583 mti=%s unexpected error", mti)
+            outcome = self._refuse(frame, mti, {}, SYSTEM_MALFUNCTION, "unexpected error")
+        _log(outcome)
+        return outcome
+
+    def _handle(self, frame: Frame, mti: str) -> Outcome:
+        problem = envelope_problem(frame)
+        if problem:
+            return self._refuse(frame, mti, {}, FORMAT_ERROR, problem)
+        try:
+            message = decode(frame.body)
+        except FormatError as error:
+            return self._refuse(frame, mti, error.fields, FORMAT_ERROR, str(error))
+        try:
+            context = self._context(frame, message)
+        except _Answer as answer:
+            return self._refuse(frame, mti, message.fields, answer.code, answer.reason)
+        try:
+            return self._process(context)
+        except Exception:
+            log.exception("iso8583 mti=%s kind=%s unexpected error", mti, context.txn.kind)
+            return self._refuse(
+                frame, mti, message.fields, SYSTEM_MALFUNCTION, "unexpected error", context
+            )
+
+    # -- checks before anything happens -----------------------------------------------------------
+    def _context(self, frame: Frame, message: Message) -> _Context:
+        if message.mti not in REQUEST_MTIS:
+            raise _Answer(FORMAT_ERROR, f"unknown MTI {message.mti}")
+        present = set(message.fields)
+        if not present >= COMMON_FIELDS:
+            raise _Answer(FORMAT_ERROR, f"missing fields {sorted(COMMON_FIELDS - present)}")
+        f60 = _sub_field(parse_60, _text(message, 60))
+        txn = classify(
+            message.mti, message.text(3), message.text(25), f60.message_type, f60.network_code
+        )
+        if txn is None:
+            raise _Answer(INVALID_TRANSACTION, "unknown processing code / condition / 60.1")
+        _check_fields(txn, message)
+        terminal_id, merchant_id = _text(message, 41), _text(message, 42)
+        identity = Identity(message.mti, terminal_id, merchant_id, f60.batch, _text(message, 11))
+        principal = Principal(f"terminal:{terminal_id}", Role.MERCHANT, merchant_id)
+        context = _Context(frame, message, txn, f60, identity, principal)
+        with self.database.read() as session:
+            try:
+                terminal, _merchant = payment_point(session, terminal_id)
+            except DomainError as error:
+                raise _Answer(field_39(error.code), error.message) from None
+            if terminal.merchant_id != merchant_id:
+                raise _Answer(INVALID_MERCHANT, "terminal and merchant do not match our records")
+            row = repository.load_session(session, terminal_id)
+        if txn.kind is Kind.SIGN_ON:
+            return context
+        if row is None:
+            raise _Answer(SIGN_ON_REQUIRED, "the terminal has not signed on")
+        context.keys = self._keys(row)
+        context.open_batch = row.batch
+        if txn.mac and not mac_matches(
+            context.keys.mak, mac_input(frame.body), message.binary(MAC_FIELD)
+        ):
+            raise _Answer(MAC_FAILED, "MAC missing or wrong")
+        context.fingerprint = self._fingerprint(message)
+        return context
+
+    def _keys(self, row: TerminalSession) -> WorkingKeys:
+        terminal_id = row.terminal_id
+        return WorkingKeys(
+            bytes.fromhex(self.vault.decrypt(row.pik_enc, f"{PIK_CONTEXT}:{terminal_id}")),
+            bytes.fromhex(self.vault.decrypt(row.mak_enc, f"{MAK_CONTEXT}:{terminal_id}")),
+        )
+
+    def _fingerprint(self, message: Message) -> str:
+        """A keyed hash of every field but the MAC: tells a repeat from a different request
+        without storing card data."""
+        parts = [message.mti] + [
+            f"{number}={value.hex() if isinstance(value, bytes) else value}"
+            for number, value in sorted(message.fields.items())
+            if number != MAC_FIELD
+        ]
+        return self.vault.lookup_hash("\x1f".join(parts), REQUEST_CONTEXT)
+
+    # -- processing -------------------------------------------------------------------------------
+    def _process(self, ctx: _Context) -> Outcome:
+        kind = ctx.txn.kind
+        if kind is Kind.SIGN_ON:
+            return self._respond(ctx, self._sign_on(ctx))
+        if kind is Kind.REFUND:
+            return self._respond(ctx, self._refund(ctx))
+        with self._locks.hold(ctx.identity.lock_key):
+            with self.database.read() as session:
+                stored = repository.find_request(session, ctx.identity)
+                reversed_first = kind is not Kind.REVERSAL and (
+                    repository.find_request(session, _as_reversal(ctx.identity)) is not None
+                )
+            if stored is not None:
+                return self._replay(ctx, stored)
+            if kind is not Kind.REVERSAL and ctx.f60.batch != ctx.open_batch:
+                return self._refuse_after_mac(ctx, SIGN_ON_REQUIRED, "not the open batch")
+            if reversed_first:  # its reversal came first: it must not take effect now
+                return self._respond(ctx, _Result(INVALID_TRANSACTION))
+            if kind is Kind.SETTLEMENT:
+                return self._settle(ctx)
+            try:
+                result = self._handlers[kind](ctx)
+            except _Answer as answer:
+                result = _Result(answer.code, journal=answer.journal)
+            except DomainError as error:
+                result = _Result(field_39(error.code), journal=error.code not in TRANSIENT_ERRORS)
+            return self._respond(ctx, result)
+
+    def _respond(self, ctx: _Context, result: _Result) -> Outcome:
+        body = self._body(ctx, result)
+        if result.journal and ctx.txn.kind not in NOT_JOURNALED:
+            try:
+                with self.database.transaction() as session:
+                    self._record(session, ctx, result, body)
+            except IntegrityError:
+                # the same identity journaled meanwhile (another process): answer as it did
+                with self.database.read() as session:
+                    stored = repository.find_request(session, ctx.identity)
+                if stored is None:
+                    raise
+                return self._replay(ctx, stored)
+        return self._outcome(ctx, body, result.code, result.rrn)
+
+    def _record(self, session: Session, ctx: _Context, result: _Result, body: bytes) -> None:
+        identity = ctx.identity
+        session.add(
+            GatewayRequest(
+                terminal_id=identity.terminal_id, merchant_id=identity.merchant_id,
+                mti=identity.mti, batch=identity.batch, stan=identity.stan,
+                kind=ctx.txn.kind.value, request_hash=ctx.fingerprint,
+                payment_id=result.payment_id, amount=result.amount,
+                response_code=result.code, rrn=result.rrn, response=body,
+                created_at=self.clock.now(),
+            )
+        )  # fmt: skip
+        session.flush()
+
+    def _replay(self, ctx: _Context, stored: GatewayRequest) -> Outcome:
+        if stored.request_hash != ctx.fingerprint:
+            return self._refuse_after_mac(ctx, DUPLICATE, "identity reused by another request")
+        body = stored.response
+        if ctx.keys is not None and MAC_FIELD in bitmap_fields(body[2:10]):
+            # the same bytes, MACed again in case the terminal signed on since
+            body = body[:-MAC_BYTES] + retail_mac(ctx.keys.mak, body[:-MAC_BYTES])
+        return replace(self._outcome(ctx, body, stored.response_code, stored.rrn), replayed=True)
+
+    # -- responses --------------------------------------------------------------------------------
+    def _host_fields(self) -> dict[int, FieldValue]:
+        local = self.clock.now().astimezone(SHANGHAI)
+        return {
+            12: local.strftime("%H%M%S"),
+            13: local.strftime("%m%d"),
+            15: local.strftime("%m%d"),  # the business date, settled T+1 from it
+            32: self.acquirer_id,
+        }
+
+    def _body(self, ctx: _Context, result: _Result) -> bytes:
+        fields = {n: ctx.message.fields[n] for n in ECHOED if n in ctx.message.fields}
+        fields |= self._host_fields() | result.fields
+        fields[39] = result.code
+        return _encoded(ctx.message.mti, fields, ctx.keys if ctx.txn.mac else None)
+
+    def _outcome(self, ctx: _Context, body: bytes, code: str, rrn: str | None) -> Outcome:
+        identity = ctx.identity
+        return Outcome(
+            reply_payload(ctx.frame, body), identity.mti, code, ctx.txn.kind.value,
+            identity.terminal_id, identity.batch, identity.stan, rrn,
+        )  # fmt: skip
+
+    def _refuse_after_mac(self, ctx: _Context, code: str, reason: str) -> Outcome:
+        log.info("iso8583 refused kind=%s code=%s: %s", ctx.txn.kind, code, reason)
+        return self._outcome(ctx, self._body(ctx, _Result(code, journal=False)), code, None)
+
+    def _refuse(
+        self,
+        frame: Frame,
+        mti: str,
+        fields: dict[int, FieldValue],
+        code: str,
+        reason: str,
+        ctx: _Context | None = None,
+    ) -> Outcome:
+        """An answer before (or instead of) processing: echo what was read, no journal; MACed
+        only when the request's MAC was verified."""
+        log.info("iso8583 refused mti=%s code=%s: %s", mti, code, reason)
+        echoed = {n: fields[n] for n in ECHOED if n in fields}
+        keys = ctx.keys if ctx is not None and ctx.txn.mac else None
+        try:
+            body = _encoded(mti, {**echoed, **self._host_fields(), 39: code}, keys)
+        except CodecError:  # something echoed does not encode: answer without it
+            body = _encoded(mti, {**self._host_fields(), 39: code}, keys)
+        return Outcome(
+            reply_payload(frame, body), mti, code, ctx.txn.kind.value if ctx else None,
+            _str(echoed.get(41)), None, _str(echoed.get(11)), None,
+        )  # fmt: skip
+
+    # -- sign-on ----------------------------------------------------------------------------------
+    def _sign_on(self, ctx: _Context) -> _Result:
+        """Fresh PIK and MAK under the TMK (field 62), the open batch in 60.2. The previous
+        keys stop working at once."""
+        terminal_id = ctx.identity.terminal_id
+        keys = issue_working_keys()
+        now = self.clock.now()
+        with self.database.transaction() as session:
+            tmk = load_master_key(session, self.vault, terminal_id)
+            row = repository.load_session(session, terminal_id, for_update=True)
+            if row is None:
+                row = TerminalSession(
+                    terminal_id=terminal_id, batch=opening_batch(ctx.f60.batch),
+                    signed_on_at=now,
+                )  # fmt: skip
+                session.add(row)
+            row.pik_enc = self.vault.encrypt(keys.pik.hex(), f"{PIK_CONTEXT}:{terminal_id}")
+            row.mak_enc = self.vault.encrypt(keys.mak.hex(), f"{MAK_CONTEXT}:{terminal_id}")
+            row.pik_kcv, row.mak_kcv = check_value(keys.pik).hex(), check_value(keys.mak).hex()
+            row.signed_on_at = row.updated_at = now
+            batch = row.batch
+        f60 = Field60(ctx.f60.message_type, batch, ctx.f60.network_code, ctx.f60.rest)
+        return _Result(APPROVED, {60: f60.encode(), 62: key_data(tmk, keys)})
+
+    # -- card transactions ------------------------------------------------------------------------
+    def _card(self, ctx: _Context) -> CardInput:
+        """The card from 2/35/14/22/52. The clear PIN exists only inside the returned value."""
+        message = ctx.message
+        pan, expiry = message.text(2), message.text(14)
+        if message.has(35):
+            track = _sub_field(parse_track2, _text(message, 35))
+            if pan is not None and pan != track.pan:
+                raise _Answer(FORMAT_ERROR, "field 2 and track 2 disagree", journal=True)
+            pan, expiry = track.pan, expiry or track.expiry
+        if pan is None or expiry is None:
+            raise _Answer(FORMAT_ERROR, "no card number or no expiry", journal=True)
+        entry_mode = ENTRY_MODES.get(_text(message, 22)[:2])
+        if entry_mode is None:
+            raise _Answer(FORMAT_ERROR, "unknown POS entry mode", journal=True)
+        pin = None
+        block = message.binary(52)
+        if block is not None:
+            assert ctx.keys is not None
+            try:
+                pin = decrypt_pin(ctx.keys.pik, block, pan)
+            except PinBlockError:
+                raise _Answer(INCORRECT_PIN, "PIN block does not decrypt", journal=True) from None
+        return CardInput(pan=pan, expiry=expiry, entry_mode=entry_mode, pin=pin)
+
+    def _authorize(self, ctx: _Context, *, capture: bool) -> _Result:
+        """Sale (消费) or pre-authorisation (预授权): one payment, idempotent on the identity."""
+        identity = ctx.identity
+        request = PaymentRequest(
+            terminal_id=identity.terminal_id, amount=_amount(ctx), method=Method.CARD,
+            card=self._card(ctx), capture=capture, idempotency_key=identity.idempotency_key,
+            description=f"ISO 8583 batch {identity.batch} STAN {identity.stan}",
+        )  # fmt: skip
+        return _payment_result(self.payments.create(ctx.principal, request), _amount(ctx))
+
+    def _balance(self, ctx: _Context) -> _Result:
+        card = self._card(ctx)
+        if not isinstance(self.channel, BalanceInquiry):
+            return _Result(INVALID_TRANSACTION)
+        data = CardData(pan=card.pan, expiry=card.expiry, pin=card.pin, entry_mode=card.entry_mode)
+        try:
+            answer, balance = self.channel.balance(data)
+        except ChannelTimeout:
+            return _Result(NO_RESPONSE)
+        if not answer.approved or balance is None:
+            return _Result(answer.response_code)
+        sign = "C" if balance >= 0 else "D"
+        return _Result(APPROVED, {54: f"{BALANCE_PREFIX}{sign}{abs(balance):012d}"})
+
+    def _original(self, ctx: _Context, mti: str, kind: Kind) -> GatewayRequest:
+        """The original a void or completion names in 61 (batch, STAN), approved: ``25``
+        when there is none of that kind, ``12`` when it was declined."""
+        f61 = _sub_field(parse_61, _text(ctx.message, 61))
+        identity = ctx.identity
+        wanted = Identity(mti, identity.terminal_id, identity.merchant_id, f61.batch, f61.stan)
+        with self.database.read() as session:
+            original = repository.find_request(session, wanted)
+        if original is None or original.kind != kind.value:
+            raise _Answer(ORIGINAL_NOT_FOUND, "no such original", journal=True)
+        if original.response_code != APPROVED or original.payment_id is None:
+            raise _Answer(INVALID_TRANSACTION, "the original was not approved", journal=True)
+        return original
+
+    def _completion(self, ctx: _Context) -> _Result:
+        """预授权完成: capture the pre-auth that 61 names, for the amount in field 4."""
+        original = self._original(ctx, "0100", Kind.PREAUTH)
+        assert original.payment_id is not None
+        payment = self.payments.capture(ctx.principal, original.payment_id, _amount(ctx))
+        return _payment_result(payment, payment.captured_amount)
+
+    def _void(self, ctx: _Context, mti: str, kind: Kind) -> _Result:
+        """撤销 of a sale, completion or pre-auth, in full. A sale or completion must be in the
+        open batch (after settlement: ``12``, refund instead) and be named by its RRN too."""
+        f61 = _sub_field(parse_61, _text(ctx.message, 61))
+        if kind is not Kind.PREAUTH and f61.batch != ctx.open_batch:
+            raise _Answer(INVALID_TRANSACTION, "the batch is settled: refund", journal=True)
+        original = self._original(ctx, mti, kind)
+        rrn = ctx.message.text(37)
+        if (rrn is not None or kind is not Kind.PREAUTH) and rrn != original.rrn:
+            raise _Answer(ORIGINAL_NOT_FOUND, "the RRN does not match", journal=True)
+        if _amount(ctx) != original.amount:
+            raise _Answer(INVALID_AMOUNT, "a void is for the full amount", journal=True)
+        assert original.payment_id is not None
+        payment = self.payments.get(ctx.principal, original.payment_id)
+        expected = PaymentStatus.AUTHORIZED if kind is Kind.PREAUTH else PaymentStatus.CAPTURED
+        if payment.status != expected.value:
+            raise _Answer(INVALID_TRANSACTION, f"the payment is {payment.status}", journal=True)
+        payment = self.payments.void(ctx.principal, payment.id)
+        return _payment_result(payment, original.amount, approved=True)
+
+    def _refund(self, ctx: _Context) -> _Result:
+        # TODO(refunds over 0220): the lead wires RefundService here; until then ``12``.
+        return _Result(INVALID_TRANSACTION, journal=False)
+
+    # -- reversal ---------------------------------------------------------------------------------
+    def _reversal(self, ctx: _Context) -> _Result:
+        """冲正: undo the original (same 41, 42, 60.2, 11) if we applied it; always ``00``.
+        What the host cannot undo by itself (a settled payment, a void) becomes a case."""
+        message = ctx.message
+        txn = reversed_kind(message.text(3), message.text(25), ctx.f60.message_type)
+        assert txn is not None  # classify() accepted the reversal
+        identity = ctx.identity
+        original_identity = Identity(
+            txn.mti, identity.terminal_id, identity.merchant_id, identity.batch, identity.stan
+        )
+        with self.database.read() as session:
+            original = repository.find_request(session, original_identity)
+        if original is None or original.payment_id is None or original.response_code != APPROVED:
+            return _Result(APPROVED)  # never applied (or unknown): nothing to undo
+        if original.kind != txn.kind.value or (
+            message.has(4) and _amount(ctx) != original.amount
+        ):
+            self._case(ctx, REVERSAL_MISMATCH, "does not match its original", original.payment_id)
+            return _Result(APPROVED, payment_id=original.payment_id)
+        if txn.kind in (Kind.SALE_VOID, Kind.COMPLETION_VOID, Kind.PREAUTH_VOID):
+            self._case(ctx, VOID_REVERSAL, "a void cannot be undone", original.payment_id)
+        else:
+            self._undo(ctx, original.payment_id)
+        return _Result(APPROVED, {37: original.rrn} if original.rrn else {}, original.payment_id)
+
+    def _undo(self, ctx: _Context, payment_id: str) -> None:
+        payment = self.payments.get(ctx.principal, payment_id)
+        if payment.settled_at is None:
+            try:
+                self.payments.reverse(ctx.principal, payment_id)
+                return
+            except DomainError as error:
+                if error.code is not ErrorCode.INVALID_TRANSITION:
+                    raise
+        self._case(ctx, SETTLED_REVERSAL, "reversal after settlement", payment_id)
+
+    def _case(self, ctx: _Context, kind: str, detail: str, payment_id: str | None) -> None:
+        log.warning("iso8583 case=%s terminal=%s stan=%s", kind, ctx.identity.terminal_id,
+                    ctx.identity.stan)  # fmt: skip
+        with self.database.transaction() as session:
+            repository.open_case(session, kind, ctx.identity, detail, self.clock.now(), payment_id)
+
+    # -- batch settlement -------------------------------------------------------------------------
+    def _settle(self, ctx: _Context) -> Outcome:
+        """批结算: compare the terminal's totals (48) with ours, answer ours + 1/2, close the
+        batch either way — all in one transaction with the journal row."""
+        theirs, _flag = _sub_field(parse_48, _text(ctx.message, 48))
+        identity = ctx.identity
+        try:
+            with self.database.transaction() as session:
+                row = repository.load_session(session, identity.terminal_id, for_update=True)
+                if row is None or row.batch != identity.batch:
+                    raise _Answer(SIGN_ON_REQUIRED, "the batch was closed meanwhile")
+                ours = repository.batch_totals(session, identity.terminal_id, identity.batch)
+                balanced = ours == theirs
+                row.batch, row.updated_at = next_batch(row.batch), self.clock.now()
+                if not balanced:
+                    detail = f"terminal {theirs.encode()} host {ours.encode()}"
+                    repository.open_case(
+                        session, UNBALANCED_BATCH, identity, detail, self.clock.now()
+                    )
+                flag = BALANCED if balanced else NOT_BALANCED
+                result = _Result(APPROVED, {48: ours.encode() + flag})
+                body = self._body(ctx, result)
+                self._record(session, ctx, result, body)
+        except _Answer as answer:
+            return self._refuse_after_mac(ctx, answer.code, answer.reason)
+        except IntegrityError:
+            with self.database.read() as session:
+                stored = repository.find_request(session, identity)
+            if stored is None:
+                raise
+            return self._replay(ctx, stored)
+        return self._outcome(ctx, body, APPROVED, None)
+
+
+# -- helpers -------------------------------------------------------------------------------------
+def _text(message: Message, number: int) -> str:
+    value = message.text(number)
+    if value is None:
+        raise _Answer(FORMAT_ERROR, f"field {number} missing")
+    return value
+
+
+def _str(value: FieldValue | None) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+T = TypeVar("T")
+
+
+def _sub_field(parser: Callable[[str], T], value: str) -> T:
+    try:
+        return parser(value)
+    except FieldError as error:
+        raise _Answer(FORMAT_ERROR, str(error), journal=True) from None
+
+
+def _amount(ctx: _Context) -> int:
+    return int(_text(ctx.message, 4))
+
+
+def _check_fields(txn: Transaction, message: Message) -> None:
+    present = set(message.fields)
+    missing = REQUIRED[txn.kind] - present
+    if missing:
+        raise _Answer(FORMAT_ERROR, f"missing fields {sorted(missing)}")
+    if txn.kind in CARD_KINDS and not present & {2, 35}:
+        raise _Answer(FORMAT_ERROR, "a card transaction carries field 2 or 35")
+    if message.has(49) and message.text(49) != CURRENCY:
+        raise _Answer(FORMAT_ERROR, "currency is always 156")
+    if message.has(52) and not (message.text(53) or "").startswith(PIN_SECURITY_PREFIX):
+        raise _Answer(FORMAT_ERROR, "a PIN block needs field 53 = 26…")
+    try:
+        if message.has(35):
+            parse_track2(_text(message, 35))
+        if message.has(61):
+            parse_61(_text(message, 61))
+        if txn.kind is Kind.SETTLEMENT:
+            parse_48(_text(message, 48))
+    except FieldError as error:
+        raise _Answer(FORMAT_ERROR, str(error)) from None
+
+
+def _as_reversal(identity: Identity) -> Identity:
+    return Identity(
+        REVERSAL_MTI, identity.terminal_id, identity.merchant_id, identity.batch, identity.stan
+    )
+
+
+def _payment_result(payment: Payment, amount: int, *, approved: bool | None = None) -> _Result:
+    ok = approved if approved is not None else payment.status in (
+        PaymentStatus.CAPTURED.value, PaymentStatus.AUTHORIZED.value,
+    )  # fmt: skip
+    fields: dict[int, FieldValue] = {37: payment.rrn}
+    if ok and payment.auth_code:
+        fields[38] = payment.auth_code
+    code = APPROVED if ok else (payment.decline_code or INVALID_TRANSACTION)
+    return _Result(code, fields, payment.id, amount, payment.rrn)
+
+
+def _encoded(mti: str, fields: dict[int, FieldValue], keys: WorkingKeys | None) -> bytes:
+    """The response body to ``mti``; with ``keys``, MACed (field 64 over the rest)."""
+    answer = response_mti(mti)
+    assert answer is not None
+    message = Message(answer, dict(fields))
+    if keys is None:
+        message.fields.pop(MAC_FIELD, None)
+        return encode(message)
+    message.fields[MAC_FIELD] = bytes(MAC_BYTES)
+    body = encode(message)
+    return body[:-MAC_BYTES] + retail_mac(keys.mak, body[:-MAC_BYTES])
+
+
+def _log(outcome: Outcome) -> None:
+    """One structured line per request: never a PAN, track, PIN or key."""
+    log.info(
+        "iso8583 mti=%s kind=%s terminal=%s batch=%s stan=%s code=%s rrn=%s replayed=%s%s",
+        outcome.mti, outcome.kind, outcome.terminal_id, outcome.batch, outcome.stan,
+        outcome.code, outcome.rrn, outcome.replayed, "" if outcome.reply else " closed=True",
+    )  # fmt: skip

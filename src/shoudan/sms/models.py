@@ -1,0 +1,28 @@
+"""The development SMS inbox: every text the dev_inbox provider "sent"."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Index, LargeBinary, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from shoudan.core.db import Base
+from shoudan.core.models import UTCDateTime
+
+
+class SmsMessage(Base):
+    __tablename__ = "sms_messages"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # sms_<ULID>
+    phone_enc: Mapped[bytes] = mapped_column(LargeBinary)  # vault context "sms:phone"
+    phone_hash: Mapped[str] = mapped_column(String(64))  # vault.lookup_hash, to filter
+    phone_masked: Mapped[str] = mapped_column(String(16))
+    text: Mapped[str] = mapped_column(Text)
+    purpose: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        Index(None, "phone_hash", "created_at"),
+        Index(None, "created_at", "id"),
+    )

@@ -1,0 +1,654 @@
+"""The ISO 8583 gateway end to end over real sockets, on SQLite and PostgreSQL: every
+transaction of the terminal spec, every sandbox card, exactly-once (replay and 94), reversals
+(applied, unknown, settled), voids after settlement, MAC, sign-on, terminal and merchant
+checks, batch totals, bad input — and the ledger verified after every scenario."""
+
+from __future__ import annotations
+
+import json
+import threading
+from importlib import resources
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from shoudan.channels.domain import ChannelResult, EntryMode, Network
+from shoudan.cli.main import app as cli
+from shoudan.gateway import keys
+from shoudan.gateway.codec import MAC_FIELD, Message, decode, encode
+from shoudan.gateway.domain import Kind
+from shoudan.gateway.models import GatewayRequest, TerminalSession
+from shoudan.gateway.simulator import BY_KIND, Card, Reply
+from shoudan.payments.domain import PaymentStatus
+from shoudan.terminals.service import set_terminal_status
+from tests.gateway_world import (
+    HEADER,
+    TPDU,
+    Gateway,
+    Terminal,
+    connect,
+    exchange,
+    read_reply,
+    start_gateway,
+)
+from tests.payments_world import build_world, check_day_totals
+
+CARDS: dict[str, str] = json.loads(
+    resources.files("shoudan.channels").joinpath("fixtures/sandbox_cards.json").read_text()
+)
+DEBIT, CREDIT = CARDS["approve_debit"], CARDS["approve_credit"]
+PIN = "123456"
+
+
+@pytest.fixture
+def gw(database, tmp_path):
+    world = build_world(database, tmp_path)
+    gateway = start_gateway(world)
+    try:
+        yield gateway
+    finally:
+        gateway.background.stop()
+    report = world.container.ledger.verify()
+    assert report.ok, report.violations[:5]
+    check_day_totals(world)
+
+
+def card(pan: str = DEBIT, pin: str | None = PIN, mode: EntryMode = EntryMode.CHIP) -> Card:
+    return Card(pan=pan, pin=pin, entry_mode=mode)
+
+
+def fields_without_mac(reply: bytes) -> dict:
+    message = decode(reply[11:])
+    return {n: v for n, v in message.fields.items() if n != MAC_FIELD}
+
+
+def mac_ok(terminal: Terminal, reply: bytes) -> bool:
+    body = reply[11:]
+    return keys.mac_matches(terminal.state.keys.mak, body[:-8], decode(body).binary(MAC_FIELD))
+
+
+def reversal_of(request: Message, reason: str = "98") -> Message:
+    """The 0400 a terminal sends for ``request``: its 2, 3, 4, 11, 22, 25, 41, 42, 49, 60."""
+    kept = (2, 3, 4, 11, 22, 25, 41, 42, 49, 60)
+    return Message("0400", {n: v for n, v in request.fields.items() if n in kept} | {39: reason})
+
+
+def journal_count(gw: Gateway) -> int:
+    with gw.world.container.database.read() as session:
+        return session.scalar(select(func.count()).select_from(GatewayRequest)) or 0
+
+
+# -- sign-on -------------------------------------------------------------------------------------
+def test_sign_on_issues_fresh_keys_under_the_master_key(gw: Gateway, monkeypatch) -> None:
+    world = gw.world
+    tmk = gw.master_key(world.terminal_a)
+    pik, mak = bytes.fromhex("0123456789ABCDEF" * 2), bytes.fromhex("FEDCBA9876543210" * 2)
+    monkeypatch.setattr(
+        "shoudan.gateway.service.issue_working_keys", lambda: keys.WorkingKeys(pik, mak)
+    )
+    request = encode(Message("0800", {
+        11: "000001", 41: world.terminal_a, 42: world.merchant_a, 60: "00000000003", 63: "001",
+    }))  # fmt: skip
+    reply = exchange(gw.port, request)
+    assert reply is not None
+
+    def des3(key: bytes, data: bytes) -> bytes:  # E(K, data), 3DES-ECB, written out here
+        from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+        from cryptography.hazmat.primitives.ciphers import Cipher, modes
+
+        encryptor = Cipher(TripleDES(key + key[:8]), modes.ECB()).encryptor()
+        return encryptor.update(data) + encryptor.finalize()
+
+    key_data = des3(tmk, pik) + des3(pik, bytes(8))[:4] + des3(tmk, mak) + des3(mak, bytes(8))[:4]
+    expected = bytes.fromhex(
+        "60 0000 0003"  # TPDU: id, destination and source swapped
+        "60 31 00 00 00 00"  # header echoed
+        "08 10"  # MTI
+        "00 3A 00 01 02 C0 00 14"  # 11 12 13 15 | 32 | 39 | 41 42 | 60 62
+        "00 00 01"  # 11 echoed
+        "10 00 00"  # 12: 10:00:00 in Shanghai (the world's clock)
+        "11 23 11 23"  # 13, 15: 23 November
+        "03 89 80"  # 32 acquirer 898
+        "30 30"  # 39 "00"
+        + world.terminal_a.encode().hex()
+        + world.merchant_a.encode().hex()
+        + "00 11 00 00 00 01 00 30"  # 60: the open batch 000001 (the terminal had none)
+        + "00 40"  # 62: 40 bytes
+        + key_data.hex()
+    )
+    assert reply == expected
+    with world.container.database.read() as session:
+        row = session.get(TerminalSession, world.terminal_a)
+        assert row is not None
+        assert (row.pik_kcv, row.mak_kcv) == (key_data[16:20].hex(), key_data[36:].hex())
+        assert pik not in row.pik_enc and mak not in row.mak_enc  # only ciphertexts stored
+
+
+def test_new_sign_on_retires_the_old_keys(gw: Gateway) -> None:
+    terminal = gw.signed_on()
+    state = terminal.state
+    old = (state.pik, state.mak)
+    assert terminal.client.sale(card(), 1_000).code == "00"
+    assert terminal.client.sign_on(gw.master_key(state.terminal_id)).code == "00"
+    new = (state.pik, state.mak)
+    assert new != old
+    state.pik, state.mak = old  # a request still MACed with the old MAK
+    stale = terminal.client.sale(card(), 1_000)
+    assert stale.code == "A0" and not stale.response.has(MAC_FIELD)
+    state.pik, state.mak = new
+    assert terminal.client.sale(card(), 1_000).code == "00"
+
+
+# -- every sandbox card --------------------------------------------------------------------------
+SANDBOX_SALES = [
+    ("approve_debit", PIN, 10_000, "00", PaymentStatus.CAPTURED),
+    ("approve_credit", None, 10_000, "00", PaymentStatus.CAPTURED),
+    ("insufficient_funds", PIN, 10_000, "51", PaymentStatus.DECLINED),
+    ("expired", None, 10_000, "54", PaymentStatus.DECLINED),
+    ("lost", PIN, 10_000, "41", PaymentStatus.DECLINED),
+    ("issuer_unavailable", None, 10_000, "91", PaymentStatus.DECLINED),
+    ("no_answer", PIN, 10_000, "98", PaymentStatus.DECLINED),
+    ("card_closed", PIN, 10_000, "00", PaymentStatus.CAPTURED),
+    ("flaky_refund", None, 10_000, "00", PaymentStatus.CAPTURED),
+    ("open_to_buy", None, 60_000, "00", PaymentStatus.CAPTURED),
+    ("open_to_buy", None, 50_000, "51", PaymentStatus.DECLINED),  # over the ¥1,000 open-to-buy
+]
+
+
+def test_sale_with_every_sandbox_card(gw: Gateway) -> None:
+    terminal = gw.signed_on()
+    for name, pin, amount, code, status in SANDBOX_SALES:
+        reply = terminal.client.sale(card(CARDS[name], pin), amount)
+        assert (name, reply.code) == (name, code)
+        assert reply.mac_ok, name
+        rrn = reply.response.text(37)
+        assert rrn is not None and len(rrn) == 12
+        assert reply.response.has(38) == (code == "00"), name
+        payment = gw.payment(rrn)
+        assert (name, payment.status) == (name, status.value)
+        assert payment.amount == amount and payment.terminal_id == gw.world.terminal_a
+        assert payment.description.endswith(f"STAN {reply.request.text(11)}")
+        if code == "98":
+            assert payment.decline_code == "98"  # timed out upstream, reversed there
+            # the terminal gave up waiting before that answer: its reversal is acknowledged
+            answer = exchange(gw.port, terminal.mac(reversal_of(reply.request)))
+            assert answer is not None and decode(answer[11:]).text(39) == "00"
+            assert mac_ok(terminal, answer)
+            assert gw.payment(rrn).status == PaymentStatus.DECLINED.value
+
+
+def test_wrong_pin_luhn_failure_and_contactless_without_pin(gw: Gateway) -> None:
+    terminal = gw.signed_on()
+    assert terminal.client.sale(card(pin="654321"), 10_000).code == "55"
+    bad_luhn = DEBIT[:-1] + str((int(DEBIT[-1]) + 1) % 10)
+    assert terminal.client.sale(card(bad_luhn), 10_000).code == "14"
+    tap = card(pin=None, mode=EntryMode.CONTACTLESS)
+    assert terminal.client.sale(tap, 5_000).code == "00"  # 小额免密
+    assert terminal.client.sale(card(pin=None), 5_000).code == "55"  # debit chip needs a PIN
+
+
+def test_garbage_pin_block_is_an_incorrect_pin(gw: Gateway) -> None:
+    terminal = gw.signed_on()
+    message = terminal.client.card_message(Kind.SALE, card(), 10_000)
+    message.fields[52] = bytes(8)  # decrypts to no format 0 block
+    reply = decode(exchange(gw.port, terminal.mac(message))[11:])  # type: ignore[index]
+    assert reply.text(39) == "55"
+    assert gw.payments() == []
+
+
+# -- exactly-once --------------------------------------------------------------------------------
+def test_repeat_is_replayed_and_a_different_request_gets_94(gw: Gateway) -> None:
+    terminal = gw.signed_on()
+    message = terminal.client.card_message(Kind.SALE, card(), 10_000)
+    request = terminal.mac(message)
+    first = exchange(gw.port, request)
+    again = exchange(gw.port, request)
+    assert first is not None and first == again  # byte for byte: same 37, 38, 12, 13, MAC
+    assert len(gw.payments()) == 1
+    # another TPDU: the reply follows the new envelope, the message is the stored one
+    other = exchange(gw.port, request, tpdu=bytes.fromhex("6000070005"))
+    assert other is not None and other[:5] == bytes.fromhex("6000050007") and other[5:] == first[5:]
+    # after a new sign-on the replay is MACed with the new key, nothing else changes
+    terminal.client.sign_on(gw.master_key(terminal.state.terminal_id))
+    replay = exchange(gw.port, terminal.mac(message))
+    assert replay is not None and replay[:-8] == first[:-8] and mac_ok(terminal, replay)
+    # same identity (MTI, 41, 42, 60.2, 11), another amount: 94, nothing charged
+    message.fields[4] = "000000020000"
+    duplicate = exchange(gw.port, terminal.mac(message))
+    assert duplicate is not None
+    assert decode(duplicate[11:]).text(39) == "94" and mac_ok(terminal, duplicate)
+    assert len(gw.payments()) == 1
+
+
+def test_concurrent_copies_of_one_request_make_one_payment(gw: Gateway) -> None:
+    terminal = gw.signed_on()
+    request = terminal.mac(terminal.client.card_message(Kind.SALE, card(), 10_000))
+    replies: list[bytes | None] = []
+    threads = [
+        threading.Thread(target=lambda: replies.append(exchange(gw.port, request)))
+        for _ in range(6)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(replies)) == 1 and replies[0] is not None
+    assert decode(replies[0][11:]).text(39) == "00"
+    assert len(gw.payments()) == 1 and journal_count(gw) == 1  # sign-ons are not journaled
+
+
+# -- reversal ------------------------------------------------------------------------------------
+def test_reversal_of_an_applied_sale_undoes_it_once(gw: Gateway) -> None:
+    terminal = gw.signed_on()
+    sale = terminal.client.sale(card(), 10_000)
+    assert sale.code == "00"
+    stan = sale.request.text(11)
+    reversal = terminal.client.reverse(card(), stan)
+    assert reversal.code == "00" and reversal.mac_ok
+    assert reversal.response.text(37) == sale.response.text(37)
+    payment = gw.payment(sale.response.text(37) or "")
+    assert payment.status == PaymentStatus.REVERSED.value
+    again = terminal.client.reverse(card(), stan)  # the terminal resends it
+    assert again.code == "00" and again.response.fields == reversal.response.fields
+    assert gw.payment(payment.rrn).status == PaymentStatus.REVERSED.value
+
+
+def test_reversal_of_an_unknown_original_is_acknowledged_and_blocks_it(gw: Gateway) -> None:
+    terminal = gw.signed_on()
+    original = terminal.client.card_message(Kind.SALE, card(), 10_000)
+    answer = exchange(gw.port, terminal.mac(reversal_of(original)))
+    assert answer is not None and decode(answer[11:]).text(39) == "00"
+    late = exchange(gw.port, terminal.mac(original))  # the original arrives after all
+    assert late is not None and decode(late[11:]).text(39) == "12"
+    assert gw.payments() == []
+
+
+def test_reversal_after_settlement_is_recorded_and_acknowledged(gw: Gateway) -> None:
+    terminal = gw.signed_on()
+    sale = terminal.client.sale(card(), 10_000)
+    payment = gw.payment(sale.response.text(37) or "")
+    gw.settle_payment(payment.id)
+    reversal = terminal.client.reverse(card(), sale.request.text(11))
+    assert reversal.code == "00"
+    assert gw.payment(payment.rrn).status == PaymentStatus.CAPTURED.value  # untouched
+    [case] = gw.cases()
+    assert (case.kind, case.payment_id, case.stan) == (
+        "settled_reversal", payment.id, sale.request.text(11),
+    )  # fmt: skip
+
+
+def test_reversal_of_a_preauth_and_of_a_void(gw: Gateway) -> None:
+    terminal = gw.signed_on()
+    preauth = terminal.client.preauth(card(), 30_000)
+    assert terminal.client.reverse(card(), preauth.request.text(11)).code == "00"
+    assert gw.payment(preauth.response.text(37) or "").status == PaymentStatus.REVERSED.value
+    sale = terminal.client.sale(card(), 10_000)
+    void = terminal.client.void(card(), sale.request.text(11))
+    assert void.code == "00"
+    # a void cannot be undone by the host: acknowledged, left to staff
+    assert terminal.client.reverse(card(), void.request.text(11)).code == "00"
+    assert gw.payment(sale.response.text(37) or "").status == PaymentStatus.VOIDED.value
+    assert [case.kind for case in gw.cases()] == ["void_reversal"]
+
+
+# -- voids ---------------------------------------------------------------------------------------
+def void_of(terminal: Terminal, sale: Reply, **changes: str) -> str:
+    """Send a sale void naming ``sale`` (fields overridden by ``changes``); field 39."""
+    extra = {
+        61: changes.get("f61", f"{terminal.state.batch}{sale.request.text(11)}1123"),
+        37: changes.get("rrn", sale.response.text(37) or ""),
+    }
+    amount = int(changes.get("amount", sale.request.text(4) or "0"))
+    message = terminal.client.card_message(Kind.SALE_VOID, card(), amount, extra)  # type: ignore[arg-type]
+    if "batch" in changes:
+        message.fields[60] = f"23{changes['batch']}000"
+    reply = exchange(terminal.gateway.port, terminal.mac(message))
+    assert reply is not None
+    return decode(reply[11:]).text(39) or ""
+
+
+def test_void_rules(gw: Gateway) -> None:
+    terminal = gw.signed_on()
+    first = terminal.client.sale(card(), 10_000)
+    assert void_of(terminal, first, rrn="269999999999") == "25"  # RRN does not match
+    assert void_of(terminal, first, amount="5000") == "13"  # a void is for the full amount
+    assert void_of(terminal, first, f61=f"{terminal.state.batch}9999991123") == "25"  # unknown
+    void = terminal.client.void(card(), first.request.text(11))
+    assert void.code == "00" and void.mac_ok
+    assert gw.payment(first.response.text(37) or "").status == PaymentStatus.VOIDED.value
+    assert void_of(terminal, first) == "12"  # already voided
+    settled = terminal.client.sale(card(), 20_000)
+    gw.settle_payment(gw.payment(settled.response.text(37) or "").id)
+    assert void_of(terminal, settled) == "12"  # settled: refund instead
+    declined = terminal.client.sale(card(CARDS["insufficient_funds"]), 10_000)
+    assert void_of(terminal, declined) == "12"  # nothing to void
+
+
+def test_void_after_batch_settlement_is_refused(gw: Gateway) -> None:
+    terminal = gw.signed_on()
+    sale = terminal.client.sale(card(), 10_000)
+    old_batch = terminal.state.batch
+    assert terminal.client.settle().code == "00"
+    assert terminal.state.batch != old_batch
+    assert void_of(terminal, sale, f61=f"{old_batch}{sale.request.text(11)}1123") == "12"
+    assert gw.payment(sale.response.text(37) or "").status == PaymentStatus.CAPTURED.value
+    # and a request still numbered in the closed batch is out of step
+    assert void_of(terminal, sale, batch=old_batch) == "22"
+
+
+# -- pre-authorisation ---------------------------------------------------------------------------
+def test_preauth_completion_and_their_voids(gw: Gateway) -> None:
+    terminal = gw.signed_on()
+    preauth = terminal.client.preauth(card(), 50_000)
+    assert preauth.code == "00" and preauth.response.text(38)
+    rrn = preauth.response.text(37) or ""
+    assert gw.payment(rrn).status == PaymentStatus.AUTHORIZED.value
+    too_much = terminal.client.complete(card(), 57_501, preauth.request.text(11))  # > 115 %
+    assert too_much.code == "13"
+    done = terminal.client.complete(card(), 57_500, preauth.request.text(11))
+    assert done.code == "00" and done.response.text(37) == rrn
+    assert gw.payment(rrn).captured_amount == 57_500
+    assert terminal.client.complete(card(), 100, preauth.request.text(11)).code == "12"  # again
+    void = terminal.client.void(card(), done.request.text(11))  # 完成撤销
+    assert void.code == "00" and void.request.text(60).startswith("21")  # type: ignore[union-attr]
+    assert gw.payment(rrn).status == PaymentStatus.VOIDED.value
+    second = terminal.client.preauth(card(CREDIT, None), 20_000)
+    cancel = terminal.client.void(card(CREDIT, None), second.request.text(11))  # 预授权撤销
+    assert cancel.code == "00" and cancel.request.mti == "0100"
+    assert gw.payment(second.response.text(37) or "").status == PaymentStatus.VOIDED.value
+    unknown = terminal.client.card_message(
+        Kind.COMPLETION, card(), 1_000, {61: f"{terminal.state.batch}9999991123"}
+    )
+    reply = exchange(gw.port, terminal.mac(unknown))
+    assert reply is not None and decode(reply[11:]).text(39) == "25"
+
+
+# -- balance, refund -----------------------------------------------------------------------------
+class BalanceChannel:
+    """A channel that answers balance inquiries (the sandbox does not yet)."""
+
+    def balance(self, card_data):
+        if card_data.pin != PIN:
+            return ChannelResult(False, "55", Network.UNIONPAY, "b1", None, "incorrect PIN"), None
+        ok = ChannelResult(True, "00", Network.UNIONPAY, "b1", "000001", "balance")
+        return ok, 12_345_678
+
+
+def test_balance_inquiry(gw: Gateway) -> None:
+    terminal = gw.signed_on()
+    assert terminal.client.balance(card()).code == "12"  # the sandbox has no balance inquiry
+    gw.world.container.gateway.channel = BalanceChannel()  # type: ignore[assignment]
+    reply = terminal.client.balance(card())
+    assert reply.code == "00" and reply.mac_ok
+    assert reply.response.text(54) == "0002156C000012345678"  # available, CNY, credit, ¥123,456.78
+    assert terminal.client.balance(card(pin="000000")).code == "55"
+    assert gw.payments() == []
+
+
+def test_refund_advice_is_not_implemented_yet(gw: Gateway) -> None:
+    terminal = gw.signed_on()
+    sale = terminal.client.sale(card(), 10_000)
+    refund = terminal.client.refund(card(pin=None), 5_000, sale.response.text(37) or "", "1123")
+    assert refund.code == "12" and refund.request.mti == "0220" and refund.response.mti == "0230"
+
+
+# -- MAC, sign-on, terminal and merchant checks --------------------------------------------------
+def test_wrong_or_missing_mac_gets_a0_and_changes_nothing(gw: Gateway) -> None:
+    terminal = gw.signed_on()
+    message = terminal.client.card_message(Kind.SALE, card(), 10_000)
+    request = bytearray(terminal.mac(message))
+    request[-1] ^= 0x01
+    reply = exchange(gw.port, bytes(request))
+    assert reply is not None
+    answer = decode(reply[11:])
+    assert answer.mti == "0210" and answer.text(39) == "A0" and not answer.has(MAC_FIELD)
+    assert answer.text(11) == message.text(11)
+    message.fields.pop(MAC_FIELD)
+    unsigned = exchange(gw.port, encode(message))
+    assert unsigned is not None and decode(unsigned[11:]).text(39) == "A0"
+    tampered = bytearray(terminal.mac(message))
+    tampered[tampered.index(b"\x00\x00\x01\x00\x00")] = 0x01  # amount changed after MACing
+    tampered_reply = exchange(gw.port, bytes(tampered))
+    assert tampered_reply is not None and decode(tampered_reply[11:]).text(39) == "A0"
+    assert gw.payments() == [] and journal_count(gw) == 0
+
+
+def test_sign_on_required_unknown_terminal_and_wrong_merchant(gw: Gateway) -> None:
+    world = gw.world
+    never = gw.terminal(world.terminal_a2)
+    never.state.pik = never.state.mak = "11" * 16  # keys it never received from us
+    assert never.client.sale(card(), 10_000).code == "22"
+    stranger = gw.terminal("TZ999999", world.merchant_a)
+    assert stranger.client.sign_on(bytes(16)).code == "97"
+    wrong_merchant = gw.terminal(world.terminal_a, world.merchant_b)
+    assert wrong_merchant.client.sign_on(gw.master_key(world.terminal_a)).code == "03"
+    signed = gw.signed_on()
+    signed.state.merchant_id = world.merchant_b
+    assert signed.client.sale(card(), 10_000).code == "03"
+    with world.container.database.transaction() as session:
+        set_terminal_status(
+            session, world.terminal_a, "suspended", actor="test", clock=world.clock
+        )
+    assert gw.terminal().client.sign_on(gw.master_key(world.terminal_a)).code == "97"
+    assert gw.payments() == []
+
+
+# -- batch settlement ----------------------------------------------------------------------------
+def test_batch_settlement_balanced_then_unbalanced(gw: Gateway) -> None:
+    terminal = gw.signed_on()
+    client = terminal.client
+    assert client.sale(card(), 10_000).code == "00"
+    assert client.sale(card(CREDIT, None), 20_000).code == "00"
+    voided = client.sale(card(), 5_000)
+    assert client.void(card(), voided.request.text(11)).code == "00"
+    reversed_ = client.sale(card(), 7_000)
+    assert client.reverse(card(), reversed_.request.text(11)).code == "00"
+    assert client.sale(card(CARDS["insufficient_funds"]), 10_000).code == "51"
+    preauth = client.preauth(card(), 30_000)
+    assert client.complete(card(), 25_000, preauth.request.text(11)).code == "00"
+    settlement = client.settle()
+    assert settlement.code == "00" and settlement.mac_ok
+    # ours: 10,000 + 20,000 + 25,000 in 3 sales; no refunds; 1 = balanced
+    assert settlement.response.text(48) == "000000055000003000000000000000" + "1"
+    assert settlement.response.text(60) == "00000001201"  # the settled batch, echoed
+    assert terminal.state.batch == "000002"
+    with gw.world.container.database.read() as session:
+        assert session.get(TerminalSession, gw.world.terminal_a).batch == "000002"  # type: ignore[union-attr]
+    assert gw.cases() == []
+
+    assert client.sale(card(), 1_000).code == "00"
+    claim = client.base_message(BY_KIND[Kind.SETTLEMENT], client.state.next_stan())
+    claim.fields[48] = "000000002000002000000000000000"  # the terminal thinks 2 × ¥10
+    reply = exchange(gw.port, terminal.mac(claim))
+    assert reply is not None
+    answer = decode(reply[11:])
+    assert answer.text(39) == "00" and answer.text(48) == "000000001000001000000000000000" + "2"
+    [case] = gw.cases()
+    assert case.kind == "unbalanced_batch" and case.batch == "000002"
+    with gw.world.container.database.read() as session:
+        assert session.get(TerminalSession, gw.world.terminal_a).batch == "000003"  # type: ignore[union-attr]
+    again = exchange(gw.port, terminal.mac(claim))  # a repeated settlement is replayed
+    assert again == reply
+
+
+# -- bad input -----------------------------------------------------------------------------------
+def raw(port: int, data: bytes, *, half_close: bool = False) -> bytes | None:
+    with connect(port) as sock:
+        sock.sendall(data)
+        if half_close:
+            sock.shutdown(1)
+        return read_reply(sock)
+
+
+def envelope(body: bytes) -> bytes:
+    return TPDU + HEADER + body
+
+
+def answered(port: int, body: bytes, frame: bytes | None = None) -> Message:
+    payload = frame or len(envelope(body)).to_bytes(2, "big") + envelope(body)
+    reply = raw(port, payload)
+    assert reply is not None, "expected an answer"
+    assert reply[:11] == bytes.fromhex("6000000003") + HEADER
+    return decode(reply[11:])
+
+
+def test_bad_input_is_answered_where_possible_and_closed_otherwise(gw: Gateway) -> None:
+    terminal = gw.signed_on()
+    good = terminal.mac(terminal.client.card_message(Kind.SALE, card(), 10_000))
+    # cannot be answered: the connection is closed
+    assert raw(gw.port, b"\x00\x64" + envelope(good)[:50], half_close=True) is None  # truncated
+    assert raw(gw.port, b"\x00\x05" + b"\x60\x00\x03\x00\x00") is None  # no room for an MTI
+    assert raw(gw.port, b"\x00\x00") is None  # empty frame
+    assert raw(gw.port, b"\x00\x0d" + envelope(b"\x0a\x00")) is None  # MTI not BCD
+    assert raw(gw.port, b"\x00\x0d" + envelope(b"\x02\x10")) is None  # a response: nobody to answer
+    # answered 30, without a MAC, echoing what could be read
+    oversized = envelope(good + bytes(2100))
+    assert answered(gw.port, good, len(oversized).to_bytes(2, "big") + oversized).text(39) == "30"
+    cut = (len(envelope(good)) - 3).to_bytes(2, "big") + envelope(good)[:-3]
+    assert answered(gw.port, good, cut).text(39) == "30"  # length does not match the message
+    secondary = good[:2] + bytes([good[2] | 0x80]) + good[3:]
+    assert answered(gw.port, secondary).text(39) == "30"
+    non_bcd = bytearray(good)
+    non_bcd[good.index(b"\x00\x00\x02\x29\x12") + 2] = 0x0A  # STAN 00000A
+    reply = answered(gw.port, bytes(non_bcd))
+    assert reply.mti == "0210" and reply.text(39) == "30" and not reply.has(MAC_FIELD)
+    assert reply.text(41) == gw.world.terminal_a  # read cleanly before the fault, echoed
+    unknown_mti = encode(Message("0300", {11: "000001", 41: gw.world.terminal_a}))
+    assert (answered(gw.port, unknown_mti).mti, answered(gw.port, unknown_mti).text(39)) == (
+        "0310", "30",
+    )  # fmt: skip
+    base = terminal.client.card_message(Kind.SALE, card(), 10_000)
+    odd_code = Message("0200", {**base.fields, 3: "990000"})
+    assert answered(gw.port, terminal.mac(odd_code)).text(39) == "12"
+    no_stan = Message("0200", {n: v for n, v in base.fields.items() if n != 11})
+    assert answered(gw.port, terminal.mac(no_stan)).text(39) == "30"
+    dollars = Message("0200", {**base.fields, 49: "840"})
+    assert answered(gw.port, terminal.mac(dollars)).text(39) == "30"
+    no_card = Message("0200", {n: v for n, v in base.fields.items() if n not in (2, 14, 52, 53)})
+    assert answered(gw.port, terminal.mac(no_card)).text(39) == "30"
+    assert gw.payments() == []
+    assert answered(gw.port, good).text(39) == "00"  # and a good request still goes through
+    assert len(gw.payments()) == 1
+
+
+def test_many_messages_on_one_connection(gw: Gateway) -> None:
+    terminal = gw.signed_on()
+    for amount in (100, 200, 300):
+        assert terminal.client.sale(card(), amount).code == "00"
+    assert len(gw.payments()) == 3
+
+
+# -- the server ----------------------------------------------------------------------------------
+@pytest.fixture
+def world(sqlite_database, tmp_path):
+    return build_world(sqlite_database, tmp_path)
+
+
+def test_idle_connections_are_closed(world) -> None:
+    gateway = start_gateway(world, idle_timeout=0.2)
+    try:
+        with connect(gateway.port) as sock:
+            assert sock.recv(1) == b""  # closed by the host after 0.2 s of silence
+    finally:
+        gateway.background.stop()
+
+
+def test_connections_over_the_maximum_are_closed(world) -> None:
+    gateway = start_gateway(world, max_connections=1)
+    try:
+        terminal = gateway.signed_on()  # holds the one connection allowed
+        with connect(gateway.port) as second:
+            assert second.recv(1) == b""  # closed on arrival
+        assert terminal.client.sale(card(), 1_000).code == "00"  # the first one still works
+    finally:
+        gateway.background.stop()
+
+
+def test_graceful_shutdown_answers_in_flight_requests(world) -> None:
+    gateway = start_gateway(world)
+    terminal = gateway.signed_on()
+    terminal.client.close()
+    payments = world.container.payments
+    inner = payments.channel
+    entered, release = threading.Event(), threading.Event()
+
+    class Gate:  # holds the network call until the test says so
+        def __getattr__(self, name: str):
+            return getattr(inner, name)
+
+        def authorize(self, request):
+            entered.set()
+            release.wait(30)
+            return inner.authorize(request)
+
+    payments.channel = Gate()  # type: ignore[assignment]
+    replies: list[Reply] = []
+    sale = threading.Thread(target=lambda: replies.append(terminal.client.sale(card(), 10_000)))
+    sale.start()
+    assert entered.wait(30)
+    stopper = threading.Thread(target=gateway.background.stop)
+    stopper.start()
+    with pytest.raises(OSError):  # no longer accepting
+        while True:
+            with connect(gateway.port):
+                pass
+    release.set()
+    sale.join(30)
+    stopper.join(30)
+    assert not stopper.is_alive()
+    assert [reply.code for reply in replies] == ["00"]  # answered before the exit
+    assert len(gateway.payments()) == 1
+
+
+def test_metrics_are_exported_by_the_http_app(gw: Gateway) -> None:
+    terminal = gw.signed_on()
+    terminal.client.sale(card(), 10_000)
+    terminal.client.sale(card(CARDS["insufficient_funds"]), 10_000)
+    text = gw.world.client.get("/metrics").text
+    assert 'shoudan_gateway_requests_total{mti="0200"}' in text
+    assert 'shoudan_gateway_responses_total{code="51",mti="0200"}' in text
+    assert 'shoudan_gateway_request_seconds_bucket{le="0.1",mti="0800"}' in text
+
+
+def test_logs_carry_no_card_data(gw: Gateway, caplog) -> None:
+    caplog.set_level("DEBUG")
+    terminal = gw.signed_on()
+    terminal.client.sale(card(), 10_000)
+    terminal.client.sale(Card(pan=DEBIT, pin=PIN, entry_mode=EntryMode.MAGSTRIPE), 10_000)
+    terminal.client.sale(card(pin="999999"), 10_000)
+    text = caplog.text
+    assert "iso8583 mti=0200 kind=sale" in text
+    assert DEBIT not in text and "999999" not in text and PIN not in text
+
+
+# -- the simulator's command line ----------------------------------------------------------------
+def test_terminal_simulator_cli(gw: Gateway, tmp_path: Path) -> None:
+    runner = CliRunner()
+    world = gw.world
+    common = [
+        "--terminal-id", world.terminal_a, "--merchant-id", world.merchant_a,
+        "--host", "127.0.0.1", "--port", str(gw.port), "--state", str(tmp_path / "t.json"),
+    ]  # fmt: skip
+    key = gw.master_key(world.terminal_a).hex().upper()
+    result = runner.invoke(cli, ["terminal", "signon", *common, "--master-key", key])
+    assert result.exit_code == 0, result.output
+    assert "batch 000001" in result.output
+    result = runner.invoke(
+        cli, ["terminal", "sale", *common, "--pan", DEBIT, "--amount", "1280", "--pin", PIN]
+    )
+    assert result.exit_code == 0, result.output
+    assert "622202*********0018" in result.output and DEBIT not in result.output
+    assert "RMB 12.80" in result.output and "签购单" in result.output
+    declined = runner.invoke(
+        cli, ["terminal", "sale", *common, "--pan", CARDS["lost"], "--amount", "100", "--pin", PIN]
+    )
+    assert declined.exit_code == 3 and "41" in declined.output
+    voided = runner.invoke(cli, ["terminal", "void", *common, "--pan", DEBIT, "--pin", PIN])
+    assert voided.exit_code == 0, voided.output
+    settled = runner.invoke(cli, ["terminal", "settle", *common])
+    assert settled.exit_code == 0 and "平 balanced" in settled.output
+    state = json.loads((tmp_path / "t.json").read_text())
+    assert state["batch"] == "000002" and state["journal"] == []
+    assert DEBIT not in (tmp_path / "t.json").read_text()
