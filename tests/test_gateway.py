@@ -5,17 +5,23 @@ checks, batch totals, bad input — and the ledger verified after every scenario
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 import threading
 from importlib import resources
 from pathlib import Path
 
+import httpx
 import pytest
+import uvicorn
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
+from shoudan.api.app import create_app
 from shoudan.channels.domain import ChannelResult, EntryMode, Network
 from shoudan.cli.main import app as cli
+from shoudan.cli.serve import _serve_with_gateway
 from shoudan.gateway import keys
 from shoudan.gateway.codec import MAC_FIELD, Message, decode, encode
 from shoudan.gateway.domain import Kind
@@ -187,6 +193,7 @@ def test_wrong_pin_luhn_failure_and_contactless_without_pin(gw: Gateway) -> None
     tap = card(pin=None, mode=EntryMode.CONTACTLESS)
     assert terminal.client.sale(tap, 5_000).code == "00"  # 小额免密
     assert terminal.client.sale(card(pin=None), 5_000).code == "55"  # debit chip needs a PIN
+    assert terminal.client.sale(card(), 5_000_001).code == "61"  # over ¥50,000 a transaction
 
 
 def test_garbage_pin_block_is_an_incorrect_pin(gw: Gateway) -> None:
@@ -252,6 +259,8 @@ def test_reversal_of_an_applied_sale_undoes_it_once(gw: Gateway) -> None:
     assert payment.status == PaymentStatus.REVERSED.value
     again = terminal.client.reverse(card(), stan)  # the terminal resends it
     assert again.code == "00" and again.response.fields == reversal.response.fields
+    other_reason = terminal.client.reverse(card(), stan, reason="06")  # still acknowledged
+    assert other_reason.code == "00" and other_reason.response.fields == reversal.response.fields
     assert gw.payment(payment.rrn).status == PaymentStatus.REVERSED.value
 
 
@@ -600,6 +609,48 @@ def test_graceful_shutdown_answers_in_flight_requests(world) -> None:
     assert not stopper.is_alive()
     assert [reply.code for reply in replies] == ["00"]  # answered before the exit
     assert len(gateway.payments()) == 1
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_serve_runs_http_and_the_gateway_in_one_process(world) -> None:
+    """`shoudan serve --iso-port`: one event loop, one container; stopping HTTP stops both."""
+    app = create_app(container=world.container)
+    http_port, iso_port = free_port(), free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=http_port, log_level="warning")
+    )
+    job = _serve_with_gateway(server, world.container, "127.0.0.1", iso_port)
+    thread = threading.Thread(target=asyncio.run, args=(job,))
+    thread.start()
+    try:
+        ready = threading.Event()
+        for _ in range(600):  # wait for both listeners (not a timing assertion)
+            if server.started and _accepts(iso_port):
+                ready.set()
+                break
+            ready.wait(0.05)
+        assert ready.is_set()
+        terminal = Gateway(world, iso_port, None).signed_on()  # type: ignore[arg-type]
+        assert terminal.client.sale(card(), 10_000).code == "00"
+        metrics = httpx.get(f"http://127.0.0.1:{http_port}/metrics", timeout=10).text
+        assert 'shoudan_gateway_responses_total{code="00",mti="0200"}' in metrics
+    finally:
+        server.should_exit = True
+        thread.join(30)
+    assert not thread.is_alive() and not _accepts(iso_port)
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def test_metrics_are_exported_by_the_http_app(gw: Gateway) -> None:

@@ -31,7 +31,8 @@ KCV_BYTES: Final = 4
 KEY_DATA_BYTES: Final = 2 * (TMK_BYTES + KCV_BYTES)  # field 62 of the sign-on response
 PIN_BLOCK_FORMAT_0: Final = 0x0
 PIN_LENGTHS: Final = range(4, 13)
-SECURITY_CONTROL: Final = "2600000000000000"  # field 53: format 0 PIN block, double-length key
+# field 53: PIN block format 0 ("2"), double-length key ("6"), then zeros to 16 digits
+SECURITY_CONTROL: Final = "26".ljust(16, "0")
 
 
 class KeyMaterialError(ValueError):

@@ -340,7 +340,7 @@ class GatewayService:
         with self._locks.hold(ctx.identity.lock_key):
             with self.database.read() as session:
                 stored = repository.find_request(session, ctx.identity)
-                reversed_first = kind is not Kind.REVERSAL and (
+                reversed_first = ctx.txn.reversible and (
                     repository.find_request(session, _as_reversal(ctx.identity)) is not None
                 )
             if stored is not None:
@@ -389,7 +389,8 @@ class GatewayService:
         session.flush()
 
     def _replay(self, ctx: _Context, stored: GatewayRequest) -> Outcome:
-        if stored.request_hash != ctx.fingerprint:
+        # a reversal is always acknowledged, even resent with another reason (39)
+        if stored.request_hash != ctx.fingerprint and ctx.txn.kind is not Kind.REVERSAL:
             return self._refuse_after_mac(ctx, DUPLICATE, "identity reused by another request")
         body = stored.response
         if ctx.keys is not None and MAC_FIELD in bitmap_fields(body[2:10]):
