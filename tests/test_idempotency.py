@@ -476,3 +476,17 @@ def test_create_app_installs_the_middleware(
     bad = {"Authorization": "Bearer sk_s_" + "A" * 43, "Idempotency-Key": "echo-1"}
     assert http.post("/v1/echo", json={"a": 1}, headers=bad).status_code == 401
     assert count_rows(database) == 1
+
+
+def test_a_body_over_the_limit_is_refused_without_being_kept(
+    database: Database, counter: Counter, clock: FixedClock
+) -> None:
+    app = tiny_app(database, counter, clock)
+    app.user_middleware[0].kwargs["max_body_bytes"] = 64  # the middleware added last
+    app.middleware_stack = None  # rebuilt with the new limit on the next request
+    small = post(app, "/v1/things", {"amount": 1}, key="small")
+    assert small.status_code == 201
+    large = post(app, "/v1/things", {"note": "x" * 100}, key="large")
+    assert_problem(large, 413, "request_too_large")
+    assert counter.calls == {"things": 1}
+    assert count_rows(database) == 1

@@ -85,7 +85,10 @@ def create_app(
     app.state.container = container
     app.state.public_limiter = RateLimiter(settings.public_rate_limit_per_minute)
     install_error_handlers(app)
-    app.add_middleware(IdempotencyMiddleware, database_getter=lambda: db, clock=container.clock)
+    app.add_middleware(
+        IdempotencyMiddleware, database_getter=lambda: db, clock=container.clock,
+        max_body_bytes=settings.max_upload_bytes + 64 * 1024,  # an upload and its framing
+    )  # fmt: skip
     app.add_middleware(RejectNulMiddleware)  # outermost: before anything touches the database
     for router in (
         merchants.router, terminals.router, payments.router, files.router, webhooks.router,

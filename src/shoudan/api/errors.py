@@ -121,6 +121,7 @@ STATUS_BY_CODE: dict[ErrorCode, int] = {
     ErrorCode.NOT_A_PREPAYMENT: 422,
     ErrorCode.INVALID_BANK_ACCOUNT: 422,
     ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.REQUEST_TOO_LARGE: 413,
     # files
     ErrorCode.FILE_NOT_FOUND: 404,
     ErrorCode.FILE_TOO_LARGE: 413,

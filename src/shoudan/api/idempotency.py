@@ -85,6 +85,12 @@ REPLAYED_HEADER = b"idempotent-replayed"
 MAX_KEY_LENGTH = 255
 DEFAULT_WAIT_SECONDS = 10.0
 DEFAULT_POLL_SECONDS = 0.05
+# the largest upload (10 MiB evidence files) plus its multipart framing
+DEFAULT_MAX_BODY = 10 * 1024 * 1024 + 64 * 1024
+
+
+class _BodyTooLarge(Exception):
+    pass
 # Answers a retry should run again for, rather than replay: every 5xx, and these.
 NOT_STORED = frozenset({401, 408, 429})
 # Headers that belong to one transmission, not to the response: never stored or replayed.
@@ -138,6 +144,7 @@ class IdempotencyMiddleware:
         poll_seconds: float = DEFAULT_POLL_SECONDS,
         lock_for: timedelta = IDEMPOTENCY_LOCK,
         path_prefix: str = "/v1",
+        max_body_bytes: int = DEFAULT_MAX_BODY,
     ) -> None:
         self.app = app
         self.database_getter = database_getter
@@ -146,6 +153,7 @@ class IdempotencyMiddleware:
         self.poll_seconds = poll_seconds
         self.lock_for = lock_for
         self.path_prefix = path_prefix.rstrip("/")
+        self.max_body_bytes = max_body_bytes
 
     def _applies(self, scope: Scope) -> bool:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -170,7 +178,16 @@ class IdempotencyMiddleware:
                 "Idempotency-Key must be one header of 1 to 255 printable ASCII characters",
             )  # fmt: skip
             return
-        body = await _read_body(receive)
+        # The body is held in memory to be hashed (and replayed): never more than the limit.
+        declared = [value for name, value in headers if name == b"content-length"]
+        if declared and declared[0].isdigit() and int(declared[0]) > self.max_body_bytes:
+            await self._too_large(scope, receive, send)
+            return
+        try:
+            body = await _read_body(receive, self.max_body_bytes)
+        except _BodyTooLarge:
+            await self._too_large(scope, receive, send)
+            return
         if body is None:  # the client went away before sending its body
             return
         request_hash = request_fingerprint(
@@ -327,6 +344,12 @@ class IdempotencyMiddleware:
         response = problem(code, status_for(code), detail, instance=scope["path"])
         await response(scope, receive, send)
 
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._problem(
+            scope, receive, send, ErrorCode.REQUEST_TOO_LARGE,
+            f"a request with an Idempotency-Key has at most {self.max_body_bytes} bytes of body",
+        )  # fmt: skip
+
     async def _reused(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._problem(
             scope, receive, send, ErrorCode.IDEMPOTENCY_KEY_REUSED,
@@ -334,13 +357,19 @@ class IdempotencyMiddleware:
         )  # fmt: skip
 
 
-async def _read_body(receive: Receive) -> bytes | None:
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole body; None if the client went away; ``_BodyTooLarge`` past ``limit`` bytes."""
     parts: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             return None
-        parts.append(bytes(message.get("body", b"")))
+        chunk = bytes(message.get("body", b""))
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLarge
+        parts.append(chunk)
         if not message.get("more_body", False):
             return b"".join(parts)
 

@@ -74,6 +74,7 @@ class ErrorCode(StrEnum):
     NOT_A_PREPAYMENT = "not_a_prepayment"
     INVALID_BANK_ACCOUNT = "invalid_bank_account"
     RATE_LIMITED = "rate_limited"
+    REQUEST_TOO_LARGE = "request_too_large"
     # files
     FILE_NOT_FOUND = "file_not_found"
     FILE_TOO_LARGE = "file_too_large"
