@@ -169,3 +169,20 @@ def test_cli_prints_the_inbox_newest_first_masked(
         app, ["sms", "inbox", "--phone", "13700000000", "--database-url", db_url]
     )
     assert nobody.output.strip() == "no messages"
+
+
+def test_a_dedupe_key_is_texted_once(database) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import func, select
+
+    from shoudan.core.clock import FixedClock
+    from shoudan.core.crypto import Vault
+    from shoudan.sms.models import SmsMessage
+    from shoudan.sms.service import DevInboxProvider
+
+    provider = DevInboxProvider(database, Vault.from_master(b"\x07" * 32), FixedClock(NOW))
+    first = provider.send("13800001234", "退款已受理", "refund", dedupe_key="rf_1:sms:created")
+    again = provider.send("13800001234", "退款已受理", "refund", dedupe_key="rf_1:sms:created")
+    other = provider.send("13800001234", "退款已退回", "refund", dedupe_key="rf_1:sms:done")
+    assert first == again != other
+    with database.read() as session:
+        assert session.scalar(select(func.count()).select_from(SmsMessage)) == 2

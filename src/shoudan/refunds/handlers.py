@@ -17,7 +17,9 @@ log = logging.getLogger(__name__)
 
 
 class TextSender(Protocol):
-    def send(self, phone: str, text: str, purpose: str) -> str: ...
+    def send(
+        self, phone: str, text: str, purpose: str, dedupe_key: str | None = None
+    ) -> str: ...
 
 
 def register_handlers(
@@ -41,7 +43,7 @@ def register_handlers(
         if text is None:
             return
         phone = vault.decrypt(refund.consumer_phone_enc, PHONE_CONTEXT)
-        sms.send(phone, text, purpose="refund")
+        sms.send(phone, text, purpose="refund", dedupe_key=event.dedupe_key)
 
     registry.register(EXECUTE_TOPIC, execute)
     registry.register(NOTIFY_TOPIC, notify_consumer)

@@ -20,6 +20,8 @@ class SmsMessage(Base):
     phone_masked: Mapped[str] = mapped_column(String(16))
     text: Mapped[str] = mapped_column(Text)
     purpose: Mapped[str] = mapped_column(String(32))
+    # set by callers that may send twice (outbox retries): one message per key
+    dedupe_key: Mapped[str | None] = mapped_column(String(128), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
     __table_args__ = (

@@ -34,9 +34,13 @@ MAX_INBOX_LIMIT = 1000
 
 
 class SmsProvider(Protocol):
-    def send(self, phone: str, text: str, purpose: str) -> str:
+    def send(
+        self, phone: str, text: str, purpose: str, dedupe_key: str | None = None
+    ) -> str:
         """Send ``text`` to a mainland mobile ``phone``; returns the provider's message id.
-        ``purpose`` (``refund.succeeded``, ``otp``…) is kept for the record."""
+        ``purpose`` (``refund.succeeded``, ``otp``…) is kept for the record. A ``dedupe_key``
+        already sent is not sent again (the outbox delivers at least once): the first
+        message's id is returned."""
         ...
 
 
@@ -57,7 +61,9 @@ class DevInboxProvider:
         self.vault = vault
         self.clock = clock
 
-    def send(self, phone: str, text: str, purpose: str) -> str:
+    def send(
+        self, phone: str, text: str, purpose: str, dedupe_key: str | None = None
+    ) -> str:
         phone = validate_mobile(phone)
         message = SmsMessage(
             id=new_id("sms_"),
@@ -66,9 +72,16 @@ class DevInboxProvider:
             phone_masked=mask_phone(phone),
             text=validate_text(text),
             purpose=validate_purpose(purpose),
+            dedupe_key=dedupe_key,
             created_at=self.clock.now(),
         )
         with self.database.transaction() as session:
+            if dedupe_key is not None:
+                sent = session.scalar(
+                    select(SmsMessage.id).where(SmsMessage.dedupe_key == dedupe_key)
+                )
+                if sent is not None:
+                    return sent
             session.add(message)
         log.info(
             "sms %s (%s) to %s kept in the dev inbox", message.id, purpose, message.phone_masked
