@@ -547,3 +547,24 @@ def test_stats_counts_every_status(database: Database) -> None:
         counts = service.stats(session)
         assert counts == {"pending": 1, "delivered": 1, "dead": 0}
         assert session.execute(select(OutboxEvent.status)).scalars().all()
+
+
+def test_outbox_cli_lists_dead_letters_and_requeues_them(database: Database) -> None:
+    from shoudan.audit.models import AuditRecord
+    from shoudan.cli.main import app as cli
+
+    with database.transaction() as session:
+        stray = service.emit(session, "nobody.listens", {})
+    relay(database, HandlerRegistry(), FixedClock(T0)).run_once()
+    url = ["--database-url", database.url]
+    listed = CliRunner().invoke(cli, ["outbox", "dead", *url])
+    assert stray in listed.output and "no handler" in listed.output
+    assert "dead=1" in CliRunner().invoke(cli, ["outbox", "stats", *url]).output
+    done = CliRunner().invoke(cli, ["outbox", "requeue", stray, "--actor", "ops:li", *url])
+    assert done.exit_code == 0, done.output
+    assert event(database, stray).status == "pending"
+    with database.read() as session:
+        actions = session.scalars(select(AuditRecord.action).where(AuditRecord.actor == "ops:li"))
+        assert list(actions) == ["outbox.requeue"]
+    again = CliRunner().invoke(cli, ["outbox", "requeue", stray, *url])
+    assert again.exit_code != 0  # a pending event is not dead: refused, nothing changed

@@ -12,6 +12,7 @@ from shoudan.cli import (
     demo,
     gateway,
     ledger,
+    outbox,
     refunds,
     serve,
     sms,
@@ -29,6 +30,7 @@ app = typer.Typer(
 )
 app.add_typer(db.app, name="db", help="Database schema: migrations.")
 app.add_typer(ledger.app, name="ledger", help="The double-entry ledger: verify, export.")
+app.add_typer(outbox.app, name="outbox", help="Outbox: stats, dead letters, requeue.")
 app.add_typer(refunds.app, name="refunds", help="Refunds: list, show, approve, reject.")
 app.add_typer(audit.app, name="audit", help="The hash-chained audit log.")
 app.add_typer(apikey.app, name="apikey", help="API keys.")
