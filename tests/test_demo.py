@@ -42,11 +42,21 @@ def container(database, tmp_path) -> Container:
     return Container(settings, database, Vault.from_master(b"\x33" * 32), FixedClock(NOW))
 
 
+def grouped(container: Container, table: str, column: str) -> list[tuple[str, int]]:
+    from sqlalchemy import text
+
+    with container.database.read() as session:
+        query = f"SELECT {column}, COUNT(*) FROM {table} GROUP BY {column}"
+        return [(str(k), int(n)) for k, n in session.execute(text(query))]
+
+
 def test_seed_once_with_real_payments_and_working_keys(container: Container, tmp_path) -> None:
     credentials = demo.seed(container)
     assert credentials is not None
     payments = count(container, "payments")
-    assert 300 <= payments <= 500
+    assert 300 <= payments <= 501  # the day's payments and the banquet
+    refunds = {status: n for status, n in grouped(container, "refunds", "status")}
+    assert refunds["in_review"] == 1 and refunds["succeeded"] >= 10
     assert count(container, "merchants") == 3
     assert count(container, "terminals") == 5
     with container.database.read() as session:

@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from shoudan.core.db import Database
 from shoudan.ledger import chart
+from shoudan.notifications.service import stats as outbox_stats
 from shoudan.refunds.models import Refund
 from shoudan.sms.models import SmsMessage
 from shoudan.webhooks.models import Event
@@ -29,6 +30,9 @@ def rw(database: Database, tmp_path: Path):
     report = world.world.container.ledger.verify()
     assert report.violations == [], report.violations
     check_day_totals(world.world)
+    world.run_worker()
+    with world.world.container.database.read() as session:
+        assert outbox_stats(session)["dead"] == 0  # every event had a handler that took it
 
 
 def card(pan: str) -> dict:
@@ -70,6 +74,15 @@ def test_partial_refund_is_approved_sent_and_booked(rw: RefundWorld) -> None:
     assert event_types(rw, refund["id"]) == [
         "refund.created", "refund.approved", "refund.processing", "refund.succeeded",
     ]  # fmt: skip
+
+
+def test_payment_events_reach_the_merchants_event_log(rw: RefundWorld) -> None:
+    payment = rw.world.pay(amount=2_000)
+    rw.run_worker()
+    rw.run_worker()  # idempotent: a second pass publishes nothing twice
+    listed = rw.client.get("/v1/events?type=payment.captured", headers=rw.headers("a")).json()
+    assert [e["data"]["payment_id"] for e in listed["data"]] == [payment["id"]]
+    assert rw.client.get("/v1/events", headers=rw.headers("b")).json()["data"] == []
 
 
 def test_qr_refund_arrives_the_same_day(rw: RefundWorld) -> None:

@@ -21,10 +21,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from shoudan.audit.service import record
-from shoudan.auth.domain import SYSTEM, Role
+from shoudan.auth.domain import SYSTEM, Principal, Role
 from shoudan.auth.service import create_api_key
 from shoudan.bootstrap import bootstrap
 from shoudan.channels.sandbox import (
@@ -36,13 +36,19 @@ from shoudan.channels.sandbox import (
 )
 from shoudan.container import Container
 from shoudan.core.clock import SHANGHAI, FixedClock
+from shoudan.core.errors import DomainError
 from shoudan.merchants.service import MerchantInput, SettlementAccountInput, create_merchant
 from shoudan.payments.domain import EntryMode, Method, PaymentStatus
+from shoudan.payments.models import Payment
 from shoudan.payments.service import CardInput, PaymentRequest, PaymentService
+from shoudan.refunds.domain import RefundStatus
+from shoudan.refunds.service import RefundRequest, RefundService
 from shoudan.terminals.service import TerminalInput, create_terminal
 
 SEEDED_ACTION = "demo.seeded"
 PAYMENTS = 500
+REFUNDS = 24  # partial and full refunds of earlier payments, a few in review
+REFUND_REASONS = ("customer_request", "product_return", "duplicate", "payment_error")
 DAYS = 30
 DEBIT, CREDIT = PAN_APPROVE_DEBIT, PAN_APPROVE_CREDIT
 DECLINING = (PAN_INSUFFICIENT_FUNDS, PAN_EXPIRED)  # 51 insufficient funds, 54 expired
@@ -132,6 +138,8 @@ def seed(container: Container, now: datetime | None = None) -> dict[str, Any] | 
             session, role=Role.MERCHANT, merchant_id=merchants["stall"], name="demo stall"
         )[1]
     _take_payments(payments, clock, end, terminals)
+    _take_refunds(container, channel, clock, end)
+    _banquet_refund_in_review(container, payments, channel, clock, end, terminals["restaurant"][0])
     with container.database.transaction() as session:
         record(
             session, actor=SYSTEM.id, action=SEEDED_ACTION, subject_type="system",
@@ -182,6 +190,71 @@ def _take_payments(
             payments.void(SYSTEM, payment.id)
         elif payment.status == PaymentStatus.CAPTURED.value and rng.random() < 0.01:
             payments.reverse(SYSTEM, payment.id)
+
+
+def _take_refunds(
+    container: Container, channel: SandboxChannel, clock: FixedClock, end: datetime
+) -> None:
+    """Refunds the shops asked for in the days after their sales: most sent and refunded at
+    once, the large ones waiting in the staff review queue (the worker does the rest)."""
+    assert container.bank is not None
+    refunds = RefundService(
+        container.database, container.ledger, container.vault, channel, container.bank, clock,
+        container.settings,
+    )  # fmt: skip
+    rng = random.Random(20261124)
+    with container.database.read() as session:
+        captured = list(session.scalars(
+            select(Payment)
+            .where(Payment.status == PaymentStatus.CAPTURED.value)
+            .order_by(Payment.created_at, Payment.id)
+        ))  # fmt: skip
+    for payment in sorted(rng.sample(captured, min(REFUNDS, len(captured))),
+                          key=lambda p: p.created_at):  # fmt: skip
+        assert payment.captured_at is not None
+        moment = payment.captured_at + timedelta(days=rng.randint(1, 3), hours=rng.randint(0, 5))
+        if moment >= end:
+            continue
+        clock.set(moment)
+        full = rng.random() < 0.4
+        amount = payment.captured_amount if full else max(1, payment.captured_amount // 2)
+        shop = Principal(f"demo:{payment.merchant_id}", Role.MERCHANT, payment.merchant_id)
+        request = RefundRequest(payment.id, amount, rng.choice(REFUND_REASONS))
+        try:
+            refund = refunds.request(shop, request)
+        except DomainError:
+            continue  # a rule refused it (e.g. the shop's balance): the demo moves on
+        if refund.status == RefundStatus.APPROVED.value:
+            refunds.execute(refund.id)
+
+
+BANQUET = 680_000  # ¥6,800: above the review threshold
+
+
+def _banquet_refund_in_review(
+    container: Container,
+    payments: PaymentService,
+    channel: SandboxChannel,
+    clock: FixedClock,
+    end: datetime,
+    terminal_id: str,
+) -> None:
+    """A canceled banquet, paid by credit card two days ago and refunded in full yesterday:
+    large enough to wait in the staff review queue for an approver."""
+    assert container.bank is not None
+    clock.set(end - timedelta(days=2))
+    card = CardInput(CREDIT, "2812", EntryMode.CHIP)
+    payment = payments.create(SYSTEM, PaymentRequest(terminal_id, BANQUET, Method.CARD, card=card))
+    clock.set(end - timedelta(days=1))
+    refunds = RefundService(
+        container.database, container.ledger, container.vault, channel, container.bank, clock,
+        container.settings,
+    )  # fmt: skip
+    shop = Principal(f"demo:{payment.merchant_id}", Role.MERCHANT, payment.merchant_id)
+    refunds.request(shop, RefundRequest(
+        payment.id, BANQUET, "customer_request", reason_text="宴席取消 banquet canceled",
+        out_refund_no="DEMO-BANQUET-1", consumer_phone="13800138000",
+    ))  # fmt: skip
 
 
 def _request(rng: random.Random, terminal: str, amount: int, shop: str, n: int) -> PaymentRequest:

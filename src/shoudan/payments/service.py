@@ -333,7 +333,8 @@ class PaymentService:
             self.ledger.post(session, _capture_entry(payment))
         elif status is PaymentStatus.AUTHORIZED:
             self.ledger.post(session, _hold_entry(payment))
-        emit(session, f"payment.{status.value}", _event(payment), dedupe_key=f"{payment.id}:new")
+        emit(session, f"payment.{status.value}", _event(payment), dedupe_key=f"{payment.id}:new",
+             clock=self.clock)  # fmt: skip
         return payment
 
     # -- capture (completion) -------------------------------------------------------------
@@ -457,7 +458,7 @@ class PaymentService:
             )  # fmt: skip
         emit(
             session, f"payment.{target.value}", _event(payment),
-            dedupe_key=f"{payment.id}:{target.value}",
+            dedupe_key=f"{payment.id}:{target.value}", clock=self.clock,
         )  # fmt: skip
 
     # -- reads ------------------------------------------------------------------------------

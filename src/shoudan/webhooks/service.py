@@ -46,6 +46,7 @@ from shoudan.notifications.service import DeliveredEvent, HandlerRegistry, emit
 from shoudan.webhooks.domain import (
     ALL_EVENTS,
     EVENT_ID_HEADER,
+    PAYMENT_EVENT_TYPES,
     SIGNATURE_HEADER,
     DeliveryStatus,
     encode_body,
@@ -552,7 +553,18 @@ def _milliseconds_since(started: float) -> int:
 def register_handlers(
     registry: HandlerRegistry, database: Database, vault: Vault, clock: Clock, settings: Settings
 ) -> None:
-    """Wire ``webhook.dispatch`` and ``webhook.deliver`` into the worker's registry."""
+    """Wire ``webhook.dispatch`` and ``webhook.deliver`` into the worker's registry, and turn
+    the payments' internal outbox events (``payment.captured`` …) into public events."""
     sender = WebhookSender(database, vault, clock, settings)
     registry.register(DISPATCH_TOPIC, sender.dispatch)
     registry.register(DELIVER_TOPIC, sender.deliver)
+
+    def make_public(event: DeliveredEvent) -> None:
+        # the payments domain sits beside this one and only writes to the outbox: its
+        # events reach the merchant's event log and webhooks here, once (dedupe on the key)
+        with database.transaction() as session:
+            publish(session, str(event.payload["merchant_id"]), event.topic, event.payload,
+                    dedupe_key=f"outbox:{event.dedupe_key}", clock=clock)  # fmt: skip
+
+    for topic in sorted(PAYMENT_EVENT_TYPES):
+        registry.register(topic, make_public)
