@@ -33,6 +33,8 @@ from shoudan.channels.domain import (
     qr_network,
 )
 from shoudan.channels.sandbox import (
+    BALANCES,
+    DEFAULT_BALANCE,
     PAN_APPROVE_CREDIT,
     PAN_APPROVE_DEBIT,
     PAN_CARD_CLOSED,
@@ -170,6 +172,82 @@ def test_no_answer_card_times_out(channel: SandboxChannel) -> None:
     assert channel.query("LOST-1") is None
     reversal = channel.reverse("LOST-1")
     assert reversal.approved and reversal.network is None
+
+
+# -- balance inquiry (查询) ------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("pan", "pin", "code", "available"),
+    [
+        (PAN_APPROVE_DEBIT, PIN, "00", 100_000_000),  # ¥1,000,000.00: "large balance"
+        (PAN_APPROVE_CREDIT, None, "00", 5_000_000),
+        (PAN_CARD_CLOSED, PIN, "00", BALANCES[PAN_CARD_CLOSED]),
+        (PAN_FLAKY_REFUND, None, "00", 2_000_000),
+        (PAN_OPEN_TO_BUY, None, "00", 100_000),  # nothing spent yet
+        (OTHER_VALID_PAN, None, "00", DEFAULT_BALANCE),
+        (PAN_INSUFFICIENT_FUNDS, PIN, "51", None),
+        (PAN_EXPIRED, None, "54", None),
+        (PAN_LOST, PIN, "41", None),
+        (PAN_ISSUER_UNAVAILABLE, None, "91", None),
+        ("6222020000000000019", PIN, "14", None),  # Luhn fails
+    ],
+)
+def test_balance_of_every_sandbox_card(
+    channel: SandboxChannel, pan: str, pin: str | None, code: str, available: int | None
+) -> None:
+    result, balance = channel.balance(card(pan, pin=pin))
+    assert (result.response_code, result.approved, balance) == (code, code == "00", available)
+    assert result.network is Network.UNIONPAY and len(result.channel_reference) == 12
+    assert (result.auth_code is not None) is (code == "00")
+    assert result.state is None  # nothing happened at the network
+    assert channel.balance(card(pan, pin=pin)) == (result, balance)  # deterministic
+
+
+@pytest.mark.parametrize(
+    ("pin", "entry_mode", "code"),
+    [
+        (PIN, EntryMode.CHIP, "00"),
+        ("654321", EntryMode.CHIP, "55"),
+        (None, EntryMode.CHIP, "55"),  # a debit card needs its PIN …
+        (None, EntryMode.MAGSTRIPE, "55"),
+        (None, EntryMode.CONTACTLESS, "00"),  # … except contactless, as for ¥0.00 paid
+        ("000000", EntryMode.CONTACTLESS, "55"),  # a PIN given must be right
+    ],
+)
+def test_balance_checks_the_pin_like_an_authorisation(
+    channel: SandboxChannel, pin: str | None, entry_mode: EntryMode, code: str
+) -> None:
+    result, balance = channel.balance(card(PAN_APPROVE_DEBIT, pin=pin, entry_mode=entry_mode))
+    assert result.response_code == code
+    assert (balance is not None) is (code == "00")
+    credit, _ = channel.balance(card(PAN_APPROVE_CREDIT, pin="111111", entry_mode=entry_mode))
+    assert credit.response_code == "55"  # a credit card needs none, but a wrong one is wrong
+
+
+def test_balance_of_the_open_to_buy_card_is_what_remains(channel: SandboxChannel) -> None:
+    assert sale(channel, PAN_OPEN_TO_BUY, 60_000, reference="OTB-1").approved
+    assert channel.balance(card(PAN_OPEN_TO_BUY))[1] == 40_000
+    channel.void("OTB-1")
+    assert channel.balance(card(PAN_OPEN_TO_BUY))[1] == 100_000
+    # other cards' balances are fixed: they do not move with sales
+    sale(channel, PAN_APPROVE_DEBIT, 10_000)
+    assert channel.balance(card(PAN_APPROVE_DEBIT))[1] == 100_000_000
+
+
+def test_balance_of_the_expired_card_follows_the_clock(channel: SandboxChannel) -> None:
+    result, balance = channel.balance(card(PAN_APPROVE_CREDIT, expiry="2610"))
+    assert (result.response_code, balance) == ("54", None)
+
+
+def test_balance_of_the_no_answer_card_times_out(channel: SandboxChannel) -> None:
+    with pytest.raises(ChannelTimeout):
+        channel.balance(card(PAN_NO_ANSWER))
+    assert channel.store.records() == []  # nothing recorded
+
+
+def test_balance_needs_card_data(channel: SandboxChannel) -> None:
+    with pytest.raises(DomainError) as err:
+        channel.balance("6222020000000000018")  # type: ignore[arg-type]
+    assert err.value.code is ErrorCode.INVALID_INPUT
 
 
 # -- refunds --------------------------------------------------------------------------------------

@@ -9,17 +9,19 @@ import asyncio
 import json
 import socket
 import threading
+from datetime import timedelta
 from importlib import resources
 from pathlib import Path
 
 import httpx
 import pytest
 import uvicorn
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from typer.testing import CliRunner
 
 from shoudan.api.app import create_app
-from shoudan.channels.domain import ChannelResult, EntryMode, Network
+from shoudan.auth.domain import Principal, Role
+from shoudan.channels.domain import EntryMode
 from shoudan.cli.main import app as cli
 from shoudan.cli.serve import _serve_with_gateway
 from shoudan.gateway import keys
@@ -28,6 +30,7 @@ from shoudan.gateway.domain import Kind
 from shoudan.gateway.models import GatewayRequest, TerminalSession
 from shoudan.gateway.simulator import BY_KIND, Card, Reply
 from shoudan.payments.domain import PaymentStatus
+from shoudan.refunds.models import Refund
 from shoudan.terminals.service import set_terminal_status
 from tests.gateway_world import (
     HEADER,
@@ -274,6 +277,21 @@ def test_reversal_of_an_unknown_original_is_acknowledged_and_blocks_it(gw: Gatew
     assert gw.payments() == []
 
 
+def test_reversal_finds_a_sale_whose_journal_row_was_lost(gw: Gateway) -> None:
+    """A process that dies between a sale's payment and its journal row: the terminal got no
+    answer and reverses; the payment carries the request's identity, so it is undone."""
+    terminal = gw.signed_on()
+    sale = terminal.client.sale(card(), 10_000)
+    with gw.world.container.database.transaction() as session:
+        session.execute(delete(GatewayRequest).where(GatewayRequest.kind == Kind.SALE.value))
+    reversal = terminal.client.reverse(card(), sale.request.text(11))
+    assert reversal.code == "00" and reversal.response.text(37) == sale.response.text(37)
+    assert gw.payment(sale.response.text(37) or "").status == PaymentStatus.REVERSED.value
+    late = exchange(gw.port, encode(sale.request))  # the sale again: it must not come back
+    assert late is not None and decode(late[11:]).text(39) == "12"
+    assert len(gw.payments()) == 1
+
+
 def test_reversal_after_settlement_is_recorded_and_acknowledged(gw: Gateway) -> None:
     terminal = gw.signed_on()
     sale = terminal.client.sale(card(), 10_000)
@@ -374,33 +392,183 @@ def test_preauth_completion_and_their_voids(gw: Gateway) -> None:
     assert reply is not None and decode(reply[11:]).text(39) == "25"
 
 
-# -- balance, refund -----------------------------------------------------------------------------
-class BalanceChannel:
-    """A channel that answers balance inquiries (the sandbox does not yet)."""
-
-    def balance(self, card_data):
-        if card_data.pin != PIN:
-            return ChannelResult(False, "55", Network.UNIONPAY, "b1", None, "incorrect PIN"), None
-        ok = ChannelResult(True, "00", Network.UNIONPAY, "b1", "000001", "balance")
-        return ok, 12_345_678
+# -- balance inquiry (查询) -----------------------------------------------------------------------
+def balance_field(fen: int) -> str:
+    """Field 54 written out: account type 00, amount type 02 (available), 156, C, n12."""
+    return "00" + "02" + "156" + "C" + f"{fen:012d}"
 
 
-def test_balance_inquiry(gw: Gateway) -> None:
+def test_balance_inquiry_through_the_sandbox(gw: Gateway) -> None:
     terminal = gw.signed_on()
-    assert terminal.client.balance(card()).code == "12"  # the sandbox has no balance inquiry
-    gw.world.container.gateway.channel = BalanceChannel()  # type: ignore[assignment]
     reply = terminal.client.balance(card())
-    assert reply.code == "00" and reply.mac_ok
-    assert reply.response.text(54) == "0002156C000012345678"  # available, CNY, credit, ¥123,456.78
+    assert reply.code == "00" and reply.mac_ok and reply.request.mti == "0200"
+    assert reply.response.text(54) == balance_field(100_000_000)  # ¥1,000,000.00 (docs/sandbox.md)
+    credit = terminal.client.balance(card(CREDIT, None))
+    assert credit.response.text(54) == balance_field(5_000_000)
     assert terminal.client.balance(card(pin="000000")).code == "55"
-    assert gw.payments() == []
+    assert terminal.client.balance(card(pin=None)).code == "55"  # a debit chip card needs its PIN
+    for name, pin, code in [
+        ("insufficient_funds", PIN, "51"), ("expired", None, "54"), ("lost", PIN, "41"),
+        ("issuer_unavailable", None, "91"), ("no_answer", PIN, "98"),
+    ]:  # fmt: skip
+        declined = terminal.client.balance(card(CARDS[name], pin))
+        assert (name, declined.code, declined.response.has(54)) == (name, code, False)
+    # the open-to-buy card answers what it can still spend
+    assert terminal.client.sale(card(CARDS["open_to_buy"], None), 60_000).code == "00"
+    remaining = terminal.client.balance(card(CARDS["open_to_buy"], None))
+    assert remaining.response.text(54) == balance_field(40_000)
+    assert len(gw.payments()) == 1  # an inquiry makes no payment
 
 
-def test_refund_advice_is_not_implemented_yet(gw: Gateway) -> None:
+def test_balance_inquiry_through_a_channel_without_one(gw: Gateway) -> None:
+    terminal = gw.signed_on()
+    gw.world.container.gateway.channel = object()  # type: ignore[assignment]
+    assert terminal.client.balance(card()).code == "12"
+
+
+# -- refund advice (退货) -------------------------------------------------------------------------
+def refund_of(terminal: Terminal, sale: Reply, amount: int, pan: str = DEBIT) -> Reply:
+    """The 0220 a terminal sends for ``sale``: its RRN (37) and date (61.3) from the receipt."""
+    rrn, day = sale.response.text(37) or "", sale.response.text(13) or ""
+    return terminal.client.refund(card(pan, None), amount, rrn, day)
+
+
+def refunds_of(gw: Gateway) -> list[Refund]:
+    with gw.world.container.database.read() as session:
+        return list(session.scalars(select(Refund).order_by(Refund.created_at, Refund.id)))
+
+
+def later(gw: Gateway, **delta: float) -> None:
+    """Move the clock on: a refund 10 minutes after its payment is a risk signal."""
+    gw.world.clock.advance(timedelta(**delta))
+
+
+def test_refund_advices_approved_partial_and_repeated(gw: Gateway) -> None:
     terminal = gw.signed_on()
     sale = terminal.client.sale(card(), 10_000)
-    refund = terminal.client.refund(card(pin=None), 5_000, sale.response.text(37) or "", "1123")
-    assert refund.code == "12" and refund.request.mti == "0220" and refund.response.mti == "0230"
+    assert terminal.client.sale(card(CREDIT, None), 20_000).code == "00"
+    later(gw, hours=1)
+    first = refund_of(terminal, sale, 2_000)
+    assert (first.request.mti, first.response.mti, first.code) == ("0220", "0230", "00")
+    assert first.mac_ok and not first.response.has(44)
+    assert first.response.text(37) == sale.response.text(37)  # the original's RRN and auth code
+    assert first.response.text(38) == sale.response.text(38)
+    [refund] = refunds_of(gw)
+    payment = gw.payment(sale.response.text(37) or "")
+    stan = first.request.text(11)
+    assert (refund.payment_id, refund.amount, refund.status) == (payment.id, 2_000, "approved")
+    assert refund.requester_kind == "terminal" and refund.requested_by == "terminal:TA000001"
+    assert refund.out_refund_no == f"iso8583:0220:TA000001:000001:{stan}"
+    assert refund_of(terminal, sale, 3_000).code == "00"  # partial and repeated
+    # the rest is 5,000: more is refused 13 and changes nothing
+    assert refund_of(terminal, sale, 5_001).code == "13"
+    assert [r.amount for r in refunds_of(gw)] == [2_000, 3_000]
+    # a repeated advice gets the stored answer again, byte for byte; no second refund
+    again = exchange(gw.port, encode(first.request))
+    assert again is not None and decode(again[11:]).fields == first.response.fields
+    # the same identity with another amount is a different request: 94
+    other = Message("0220", {**first.request.fields, 4: "000000001000"})
+    duplicate = exchange(gw.port, terminal.mac(other))
+    assert duplicate is not None and decode(duplicate[11:]).text(39) == "94"
+    assert [r.amount for r in refunds_of(gw)] == [2_000, 3_000]
+
+
+def test_repeated_advice_after_a_lost_journal_row_refunds_once(gw: Gateway) -> None:
+    """The refund's out_refund_no is the advice's identity: even if the answer's journal row
+    never committed (a crash), the repeat finds the same refund."""
+    terminal = gw.signed_on()
+    sale = terminal.client.sale(card(), 10_000)
+    later(gw, hours=1)
+    advice = refund_of(terminal, sale, 4_000)
+    assert advice.code == "00"
+    with gw.world.container.database.transaction() as session:
+        session.execute(delete(GatewayRequest).where(GatewayRequest.kind == Kind.REFUND.value))
+    again = exchange(gw.port, encode(advice.request))
+    assert again is not None and decode(again[11:]).text(39) == "00"
+    assert decode(again[11:]).text(37) == sale.response.text(37)
+    assert [r.amount for r in refunds_of(gw)] == [4_000]
+
+
+def test_refund_advices_the_policy_sends_to_review(gw: Gateway) -> None:
+    terminal = gw.signed_on()
+    big = terminal.client.sale(card(), 600_000)  # ¥6,000.00
+    later(gw, hours=1)
+    review = refund_of(terminal, big, 500_000)  # ¥5,000.00: review (REFUND_REVIEW_AMOUNT)
+    assert review.code == "00" and review.mac_ok
+    assert review.response.text(44) == "PENDING REVIEW"
+    assert [(r.amount, r.status) for r in refunds_of(gw)] == [(500_000, "in_review")]
+    # the merchant's balance is short: the refund waits for funds, answered the same way
+    small = terminal.client.sale(card(CREDIT, None), 10_000)
+    later(gw, days=1)  # a full refund on another day is a refund, not a void
+    assert refund_of(terminal, small, 10_000, CREDIT).code == "00"  # funded from the balance
+    short = refund_of(terminal, big, 100_000)
+    assert short.code == "00" and short.response.text(44) == "PENDING REVIEW"
+    assert refunds_of(gw)[-1].status == "pending_funds"
+
+
+def test_refund_advices_refused(gw: Gateway) -> None:
+    terminal = gw.signed_on()
+    sale = terminal.client.sale(card(), 10_000)
+    later(gw, hours=1)
+    rrn = sale.response.text(37) or ""
+    client = terminal.client
+    assert client.refund(card(pin=None), 1_000, "269999999999", "1123").code == "25"  # no such RRN
+    assert client.refund(card(pin=None), 1_000, rrn, "1124").code == "25"  # not that day's
+    assert client.refund(card(CREDIT, None), 1_000, rrn, "1123").code == "25"  # not that card
+    other = gw.terminal(gw.world.terminal_a2)  # same merchant, another terminal
+    other.client.sign_on(gw.master_key(gw.world.terminal_a2))
+    assert other.client.refund(card(pin=None), 1_000, rrn, "1123").code == "25"
+    assert refund_of(terminal, sale, 10_000).code == "12"  # in full on its own day: void it
+    declined = client.sale(card(CARDS["insufficient_funds"]), 10_000)
+    assert refund_of(terminal, declined, 1_000, CARDS["insufficient_funds"]).code == "12"
+    voided = client.sale(card(), 5_000)
+    assert client.void(card(), voided.request.text(11)).code == "00"
+    assert refund_of(terminal, voided, 1_000).code == "12"
+    no_date = client.card_message(Kind.REFUND, card(pin=None), 1_000, {37: rrn, 61: "0" * 12})
+    answer = exchange(gw.port, terminal.mac(no_date))
+    assert answer is not None and decode(answer[11:]).text(39) == "30"  # 61.3 is required
+    assert refunds_of(gw) == []
+
+
+def test_batch_totals_count_refunds(gw: Gateway) -> None:
+    terminal = gw.signed_on()
+    client = terminal.client
+    first = client.sale(card(), 10_000)
+    second = client.sale(card(CREDIT, None), 20_000)
+    later(gw, hours=1)
+    assert refund_of(terminal, first, 2_000).code == "00"
+    assert refund_of(terminal, second, 3_000, CREDIT).code == "00"
+    assert refund_of(terminal, second, 30_000, CREDIT).code == "13"  # counted by neither side
+    settlement = client.settle()
+    assert settlement.code == "00" and settlement.mac_ok
+    # 30,000 in 2 sales, 5,000 in 2 refunds; 1 = balanced
+    assert settlement.response.text(48) == "000000030000002" + "000000005000002" + "1"
+    assert gw.cases() == []
+
+    # batch 2: a refund of a sale of batch 1, which the terminal forgets to count
+    assert terminal.state.batch == "000002"
+    assert refund_of(terminal, first, 1_000).code == "00"
+    claim = client.base_message(BY_KIND[Kind.SETTLEMENT], client.state.next_stan())
+    claim.fields[48] = "0" * 30
+    reply = exchange(gw.port, terminal.mac(claim))
+    assert reply is not None
+    assert decode(reply[11:]).text(48) == "000000000000000" + "000000001000001" + "2"
+    [case] = gw.cases()
+    assert case.kind == "unbalanced_batch" and case.batch == "000002"
+
+
+def test_batch_totals_leave_out_a_refund_rejected_in_review(gw: Gateway) -> None:
+    terminal = gw.signed_on()
+    big = terminal.client.sale(card(), 600_000)
+    later(gw, hours=1)
+    review = refund_of(terminal, big, 500_000)
+    assert review.response.text(44) == "PENDING REVIEW"
+    [refund] = refunds_of(gw)
+    reviewer = Principal("staff:reviewer", Role.REVIEWER)
+    gw.world.container.refunds.reject(reviewer, refund.id, "no goods returned")
+    settlement = terminal.client.settle()  # the terminal counted the refund it printed
+    assert settlement.response.text(48) == "000000600000001" + "000000000000000" + "2"
+    assert [case.kind for case in gw.cases()] == ["unbalanced_batch"]
 
 
 # -- MAC, sign-on, terminal and merchant checks --------------------------------------------------
@@ -703,3 +871,40 @@ def test_terminal_simulator_cli(gw: Gateway, tmp_path: Path) -> None:
     state = json.loads((tmp_path / "t.json").read_text())
     assert state["batch"] == "000002" and state["journal"] == []
     assert DEBIT not in (tmp_path / "t.json").read_text()
+
+
+def test_terminal_simulator_cli_refund(gw: Gateway, tmp_path: Path) -> None:
+    runner = CliRunner()
+    world = gw.world
+    common = [
+        "--terminal-id", world.terminal_a, "--merchant-id", world.merchant_a,
+        "--host", "127.0.0.1", "--port", str(gw.port), "--state", str(tmp_path / "t.json"),
+    ]  # fmt: skip
+    key = gw.master_key(world.terminal_a).hex().upper()
+    assert runner.invoke(cli, ["terminal", "signon", *common, "--master-key", key]).exit_code == 0
+    for amount in ("10000", "600000"):
+        sold = runner.invoke(
+            cli, ["terminal", "sale", *common, "--pan", DEBIT, "--amount", amount, "--pin", PIN]
+        )
+        assert sold.exit_code == 0, sold.output
+    small, big = (p.rrn for p in gw.payments())
+    later(gw, hours=1)
+
+    def refund(rrn: str, amount: str):  # type: ignore[no-untyped-def]
+        args = ["--pan", DEBIT, "--amount", amount, "--rrn", rrn, "--date", "1123"]
+        return runner.invoke(cli, ["terminal", "refund", *common, *args])
+
+    approved = refund(small, "2500")
+    assert approved.exit_code == 0, approved.output
+    assert "退货 REFUND" in approved.output and "RMB 25.00" in approved.output
+    assert f"参考号 REF NO      : {small}" in approved.output and "PENDING" not in approved.output
+    assert "622202*********0018" in approved.output and DEBIT not in approved.output
+    pending = refund(big, "500000")
+    assert pending.exit_code == 0, pending.output
+    assert "备注 NOTE          : PENDING REVIEW" in pending.output
+    assert "退货待审核" in pending.output
+    refused = refund(small, "9000")  # more than the 7,500 left
+    assert refused.exit_code == 3 and "13 invalid amount" in refused.output
+    settled = runner.invoke(cli, ["terminal", "settle", *common])
+    assert settled.exit_code == 0 and "平 balanced" in settled.output
+    assert "退货 REFUNDS       : 2 / RMB 5,025.00" in settled.output

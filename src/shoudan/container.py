@@ -75,7 +75,7 @@ class Container:
         assert self.channel is not None
         return GatewayService(
             self.database, self.vault, self.payments, self.channel, self.clock,
-            self.settings.iso_acquirer_id,
+            self.settings.iso_acquirer_id, refunds=self.refunds,
         )  # fmt: skip
 
     @cached_property

@@ -22,6 +22,12 @@ balance only after the PIN):
    (``card_closed``); 6258070000000785 approves, and the first attempt of each refund fails
    transiently, the retry succeeds.
 
+A balance inquiry (查询, ``balance``) runs steps 1-6 as a ¥0.00 authorisation (so a
+contactless debit card may ask without a PIN, as it may pay up to ¥1,000.00 without one) and
+answers a fixed balance per card (``BALANCES``; any other approving card
+``DEFAULT_BALANCE``), or what is left of the open-to-buy card's ¥1,000.00. It records
+nothing: balances do not move with sales, except the open-to-buy card's.
+
 QR payment codes: a code ending in ``51`` → ``51``; any other valid code approves.
 
 State (authorised references, open-to-buy, refund attempts) lives in a ``SandboxStore``
@@ -61,6 +67,7 @@ from shoudan.channels.domain import (
     ResponseCode,
     TxnState,
     card_funding,
+    card_network,
     luhn_valid,
     positive_amount,
 )
@@ -88,6 +95,15 @@ PAN_NO_ANSWER: Final = _CARDS["no_answer"]
 PAN_CARD_CLOSED: Final = _CARDS["card_closed"]
 PAN_FLAKY_REFUND: Final = _CARDS["flaky_refund"]
 PAN_OPEN_TO_BUY: Final = _CARDS["open_to_buy"]
+
+# Balance inquiries: what each approving sandbox card has available, in fen (fixed).
+BALANCES: Final[dict[str, int]] = {
+    PAN_APPROVE_DEBIT: 100_000_000,  # ¥1,000,000.00: "large balance"
+    PAN_APPROVE_CREDIT: 5_000_000,  # ¥50,000.00 of credit
+    PAN_CARD_CLOSED: 300_000,  # ¥3,000.00
+    PAN_FLAKY_REFUND: 2_000_000,  # ¥20,000.00
+}
+DEFAULT_BALANCE: Final = 1_000_000  # ¥10,000.00 for any other Luhn-valid card
 
 _DECLINES: Final = {
     PAN_ISSUER_UNAVAILABLE: ResponseCode.ISSUER_UNAVAILABLE,
@@ -348,6 +364,12 @@ class SandboxChannel:
             return ResponseCode.INSUFFICIENT_FUNDS
         return None
 
+    def _answer_or_time_out(self, card: CardData, what: str) -> None:
+        """The no-answer card keeps the caller waiting, then ``ChannelTimeout``."""
+        if card.pan == PAN_NO_ANSWER and luhn_valid(card.pan):
+            time.sleep(self.timeout_seconds)
+            raise ChannelTimeout(f"no answer from the issuer for {what!r}")
+
     @staticmethod
     def _hold(books: _Books, txn: _Txn, new_held: int) -> bool:
         """Move ``txn``'s open-to-buy use to ``new_held``; False (no change) if over the limit."""
@@ -368,9 +390,8 @@ class SandboxChannel:
             raise DomainError(ErrorCode.INVALID_INPUT, "authorize needs an AuthorizeRequest")
         network = req.network
         card = req.card
-        if card is not None and card.pan == PAN_NO_ANSWER and luhn_valid(card.pan):
-            time.sleep(self.timeout_seconds)
-            raise ChannelTimeout(f"no answer from the issuer for {req.reference!r}")
+        if card is not None:
+            self._answer_or_time_out(card, req.reference)
         self._delay()
         fingerprint = self._fingerprint(req)
         decision: ResponseCode | None
@@ -535,6 +556,27 @@ class SandboxChannel:
             if txn.state is TxnState.DECLINED:
                 return txn.result
             return self._result(reference, ResponseCode.APPROVED, txn.network, txn.state)
+
+    def balance(self, card: CardData) -> tuple[ChannelResult, int | None]:
+        """查询: the card's available balance in fen (None when declined). The card rules of
+        an authorisation for ¥0.00 apply (Luhn, status, expiry, PIN); nothing is recorded.
+        The answer's references derive from the card's token, so a repeat is identical."""
+        if not isinstance(card, CardData):
+            raise DomainError(ErrorCode.INVALID_INPUT, "balance needs CardData")
+        self._answer_or_time_out(card, "a balance inquiry")
+        self._delay()
+        reference = f"balance:{self._token(card.pan)}"
+        network = card_network(card.pan)
+        if not luhn_valid(card.pan):
+            return self._result(reference, ResponseCode.INVALID_CARD, network, None), None
+        decision = self._card_decision(card, 0)
+        if decision is not None:
+            return self._result(reference, decision, network, None), None
+        if card.pan == PAN_OPEN_TO_BUY:
+            available = self.open_to_buy_remaining(card.pan)
+        else:
+            available = BALANCES.get(card.pan, DEFAULT_BALANCE)
+        return self._result(reference, ResponseCode.APPROVED, network, None), available
 
     # -- introspection for tests and the demo -------------------------------------------------
     def open_to_buy_remaining(self, pan: str = PAN_OPEN_TO_BUY) -> int:

@@ -180,12 +180,15 @@ def void(
 @app.command("refund")
 def refund(
     terminal_id: TerminalId, merchant_id: MerchantId, pan: Pan, amount: Amount,
-    rrn: Annotated[str, typer.Option("--rrn", help="The original's RRN (field 37).")],
-    date: Annotated[str, typer.Option("--date", help="The original's date MMDD (61.3).")],
+    rrn: Annotated[str, typer.Option("--rrn", help="The original's RRN (参考号, field 37).")],
+    date: Annotated[
+        str, typer.Option("--date", help="The original's date MMDD, as on its slip (61.3).")
+    ],
     expiry: Expiry = "2912", entry_mode: Mode = EntryMode.CHIP,
     host: Host = None, port: Port = None, state: StatePath = None, timeout: Timeout = 30.0,
 ) -> None:  # fmt: skip
-    """退货: refund (an advice, 0220), partial or full."""
+    """退货: refund (an advice, 0220), partial or full. A refund the acquirer reviews first
+    is approved with the note PENDING REVIEW (退货待审核) and completes later."""
     with _terminal(host, port, terminal_id, merchant_id, state, timeout) as client:
         _flush(client)
         _print(client.refund(_card(pan, None, expiry, entry_mode), amount, rrn, date))

@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Final
 
 from shoudan.channels.domain import EntryMode
+from shoudan.refunds.domain import LIVE, RefundStatus
 
 
 class Kind(StrEnum):
@@ -87,9 +88,28 @@ CARD_KINDS: Final = frozenset(
     {Kind.BALANCE, Kind.PREAUTH, Kind.SALE, Kind.COMPLETION, Kind.PREAUTH_VOID,
      Kind.SALE_VOID, Kind.COMPLETION_VOID, Kind.REFUND}
 )  # fmt: skip
-# Sign-on issues keys (each one fresh) and the refund stub answers 12 for now: neither is
-# journaled for replay. Everything else is exactly-once.
-NOT_JOURNALED: Final = frozenset({Kind.SIGN_ON, Kind.REFUND})
+# Requests whose payment carries the request's identity as its Idempotency-Key: found even
+# when the process died before the request's journal row.
+IDEMPOTENT_PAYMENT_KINDS: Final = frozenset({Kind.SALE, Kind.PREAUTH})
+
+# Sign-on issues keys (each one fresh): never journaled for replay. Everything else is
+# exactly-once.
+NOT_JOURNALED: Final = frozenset({Kind.SIGN_ON})
+
+# Field 44 of an approved refund advice that the refund policy sent to manual review (spec §3):
+# the terminal prints it; the refund completes later.
+PENDING_REVIEW: Final = "PENDING REVIEW"
+AWAITING_REVIEW: Final = frozenset(
+    {RefundStatus.IN_REVIEW, RefundStatus.NEEDS_INFO, RefundStatus.PENDING_FUNDS}
+)
+
+
+def refund_accepted(status: RefundStatus) -> bool:
+    """Whether a refund answers ``00``: it is live (approved, on its way, or waiting for
+    review or funds). A refund already rejected, canceled or failed — seen only when an
+    advice is repeated after its journal row was lost — answers ``12``: it will not happen,
+    and the terminal must not count it in its batch."""
+    return status in LIVE
 
 
 def classify(

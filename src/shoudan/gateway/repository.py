@@ -1,7 +1,9 @@
 """The gateway's queries: terminal sessions, the request journal, batch totals, cases.
 
-Batch totals join the journal with ``payments`` (read only): payments know nothing of batches
-and STANs, the journal knows which payment each terminal request made or touched.
+Batch totals join the journal with ``payments`` and ``refunds`` (read only): payments and
+refunds know nothing of batches and STANs, the journal knows which payment each terminal
+request made or touched, and a terminal's refund carries the advice's identity as its
+out_refund_no.
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ from shoudan.gateway.models import GatewayCase, GatewayRequest, TerminalSession
 from shoudan.gateway.response_codes import APPROVED
 from shoudan.payments.domain import PaymentStatus
 from shoudan.payments.models import Payment
+from shoudan.refunds.domain import LIVE
+from shoudan.refunds.models import Refund
 
 SALE_KINDS = (Kind.SALE.value, Kind.COMPLETION.value)
+LIVE_REFUNDS = tuple(status.value for status in LIVE)
 
 
 def load_session(
@@ -44,9 +49,25 @@ def find_request(session: Session, identity: Identity) -> GatewayRequest | None:
     ).one_or_none()
 
 
+def find_payment(session: Session, merchant_id: str, idempotency_key: str) -> Payment | None:
+    """The payment a terminal request made, by the Idempotency-Key it carries."""
+    return session.scalars(
+        select(Payment).where(
+            Payment.merchant_id == merchant_id, Payment.idempotency_key == idempotency_key
+        )
+    ).one_or_none()
+
+
 def batch_totals(session: Session, terminal_id: str, batch: str) -> BatchTotals:
     """The host's totals of a terminal's batch: sales and completions approved in it and still
-    captured (voided and reversed ones excluded). Refunds join when 0220 is implemented."""
+    captured (voided and reversed ones excluded); refund advices approved in it whose refund
+    is still live (a refund rejected, canceled or failed since is excluded)."""
+    sales_amount, sales_count = _sales_totals(session, terminal_id, batch)
+    refunds_amount, refunds_count = _refund_totals(session, terminal_id, batch)
+    return BatchTotals(sales_amount, sales_count, refunds_amount, refunds_count)
+
+
+def _sales_totals(session: Session, terminal_id: str, batch: str) -> tuple[int, int]:
     amount, count = session.execute(
         select(func.coalesce(func.sum(Payment.captured_amount), 0), func.count(Payment.id))
         .join(GatewayRequest, GatewayRequest.payment_id == Payment.id)
@@ -58,7 +79,33 @@ def batch_totals(session: Session, terminal_id: str, batch: str) -> BatchTotals:
             Payment.status == PaymentStatus.CAPTURED.value,
         )
     ).one()
-    return BatchTotals(int(amount), int(count), 0, 0)
+    return int(amount), int(count)
+
+
+def _refund_totals(session: Session, terminal_id: str, batch: str) -> tuple[int, int]:
+    advices = session.execute(
+        select(GatewayRequest.mti, GatewayRequest.merchant_id, GatewayRequest.stan).where(
+            GatewayRequest.terminal_id == terminal_id,
+            GatewayRequest.batch == batch,
+            GatewayRequest.kind == Kind.REFUND.value,
+            GatewayRequest.response_code == APPROVED,
+        )
+    ).all()
+    if not advices:
+        return 0, 0
+    keys = {
+        Identity(mti, terminal_id, merchant_id, batch, stan).idempotency_key
+        for mti, merchant_id, stan in advices
+    }
+    merchants = {merchant_id for _mti, merchant_id, _stan in advices}
+    amount, count = session.execute(
+        select(func.coalesce(func.sum(Refund.amount), 0), func.count(Refund.id)).where(
+            Refund.merchant_id.in_(merchants),
+            Refund.out_refund_no.in_(keys),
+            Refund.status.in_(LIVE_REFUNDS),
+        )
+    ).one()
+    return int(amount), int(count)
 
 
 def open_case(

@@ -13,7 +13,8 @@ front of it later. Checks, in this order, each answered without any effect:
    with the same identity; then the open batch (``22`` when 60.2 is not it).
 
 Then one handler per transaction of the spec's section 3, each mapping to ``PaymentService``
-(the HTTP API's use cases); ``DomainError`` codes become field 39 in ``response_codes``.
+or, for a refund advice, ``RefundService`` (the HTTP API's use cases); ``DomainError`` codes
+become field 39 in ``response_codes``.
 Responses to MACed requests that passed the MAC check carry a MAC; refusals before it do not.
 """
 
@@ -59,10 +60,13 @@ from shoudan.gateway.codec import (
     read_mti,
 )
 from shoudan.gateway.domain import (
+    AWAITING_REVIEW,
     CARD_KINDS,
     COMMON_FIELDS,
     ENTRY_MODES,
+    IDEMPOTENT_PAYMENT_KINDS,
     NOT_JOURNALED,
+    PENDING_REVIEW,
     REQUEST_MTIS,
     REQUIRED,
     REVERSAL_MTI,
@@ -72,6 +76,7 @@ from shoudan.gateway.domain import (
     classify,
     next_batch,
     opening_batch,
+    refund_accepted,
     response_mti,
     reversed_kind,
 )
@@ -104,7 +109,9 @@ from shoudan.gateway.response_codes import (
 )
 from shoudan.payments.domain import Method, PaymentStatus
 from shoudan.payments.models import Payment
-from shoudan.payments.service import CardInput, PaymentRequest, PaymentService
+from shoudan.payments.service import CardInput, PaymentFilters, PaymentRequest, PaymentService
+from shoudan.refunds.domain import RefundReason, RefundStatus, RequesterKind
+from shoudan.refunds.service import RefundRequest, RefundService
 from shoudan.terminals.service import load_master_key, payment_point
 
 log = logging.getLogger(__name__)
@@ -119,12 +126,14 @@ SETTLED_REVERSAL, VOID_REVERSAL, REVERSAL_MISMATCH, UNBALANCED_BATCH = (
 )  # fmt: skip
 # field 54: account type, amount type (02 available), currency, sign, amount n12
 BALANCE_PREFIX: Final = "0002156"
+# a refund advice's original: payments with its RRN made by the terminal (one per day at most)
+ORIGINAL_CANDIDATES: Final = 10
 
 
 @runtime_checkable
 class BalanceInquiry(Protocol):
-    """A channel that can ask the issuer for a card's available balance (查询). The sandbox
-    does not yet: until it does, balance inquiries are answered ``12``."""
+    """A channel that can ask the issuer for a card's available balance (查询), as the
+    sandbox does. Balance inquiries through a channel without it are answered ``12``."""
 
     def balance(self, card: CardData) -> tuple[ChannelResult, int | None]: ...
 
@@ -216,6 +225,7 @@ class GatewayService:
         channel: Channel,
         clock: Clock,
         acquirer_id: str = "898",
+        refunds: RefundService | None = None,
     ) -> None:
         self.database = database
         self.vault = vault
@@ -223,6 +233,7 @@ class GatewayService:
         self.channel = channel
         self.clock = clock
         self.acquirer_id = acquirer_id
+        self.refunds = refunds  # None: refund advices are answered 12
         self._locks = _KeyedLocks()
         self._handlers: dict[Kind, Callable[[_Context], _Result]] = {
             Kind.BALANCE: self._balance,
@@ -232,6 +243,7 @@ class GatewayService:
             Kind.SALE_VOID: lambda ctx: self._void(ctx, "0200", Kind.SALE),
             Kind.COMPLETION_VOID: lambda ctx: self._void(ctx, "0200", Kind.COMPLETION),
             Kind.PREAUTH_VOID: lambda ctx: self._void(ctx, "0100", Kind.PREAUTH),
+            Kind.REFUND: self._refund,
             Kind.REVERSAL: self._reversal,
         }
 
@@ -335,8 +347,6 @@ class GatewayService:
         kind = ctx.txn.kind
         if kind is Kind.SIGN_ON:
             return self._respond(ctx, self._sign_on(ctx))
-        if kind is Kind.REFUND:
-            return self._respond(ctx, self._refund(ctx))
         with self._locks.hold(ctx.identity.lock_key):
             with self.database.read() as session:
                 stored = repository.find_request(session, ctx.identity)
@@ -563,8 +573,42 @@ class GatewayService:
         return _payment_result(payment, original.amount, approved=True)
 
     def _refund(self, ctx: _Context) -> _Result:
-        # TODO(refunds over 0220): the lead wires RefundService here; until then ``12``.
-        return _Result(INVALID_TRANSACTION, journal=False)
+        """退货, an advice (0220): ``RefundService.request`` — the HTTP API's use case — for
+        the payment that 37 and 61.3 name. Its out_refund_no is the advice's identity, so a
+        repeated advice never refunds twice, even one that slipped past the journal. A refund
+        the policy sends to review (or that waits for the merchant's funds) answers ``00``
+        with 44 ``PENDING REVIEW``."""
+        if self.refunds is None:
+            raise _Answer(INVALID_TRANSACTION, "no refund service")
+        original = self._refunded_payment(ctx)
+        request = RefundRequest(
+            payment_id=original.id, amount=_amount(ctx),
+            reason=RefundReason.CUSTOMER_REQUEST.value,
+            out_refund_no=ctx.identity.idempotency_key, requester_kind=RequesterKind.TERMINAL,
+        )  # fmt: skip
+        refund = self.refunds.request(ctx.principal, request)
+        status = RefundStatus(refund.status)
+        fields: dict[int, FieldValue] = {37: original.rrn}
+        if not refund_accepted(status):
+            return _Result(INVALID_TRANSACTION, fields, original.id, refund.amount, original.rrn)
+        if original.auth_code:
+            fields[38] = original.auth_code
+        if status in AWAITING_REVIEW:
+            fields[44] = PENDING_REVIEW
+        return _Result(APPROVED, fields, original.id, refund.amount, original.rrn)
+
+    def _refunded_payment(self, ctx: _Context) -> Payment:
+        """The original of a refund: the payment with RRN 37 made on day 61.3 (MMDD, the
+        business date) by this terminal for this merchant, with the card the terminal read
+        (BIN, last four, length); ``25`` when there is none."""
+        rrn = _text(ctx.message, 37)
+        day = _sub_field(parse_61, _text(ctx.message, 61)).date
+        pan = self._card(ctx).pan
+        filters = PaymentFilters(rrn=rrn, terminal_id=ctx.identity.terminal_id)
+        for payment in self.payments.list(ctx.principal, filters, ORIGINAL_CANDIDATES, None):
+            if _month_day(payment.business_date) == day and _same_card(payment, pan):
+                return payment
+        raise _Answer(ORIGINAL_NOT_FOUND, "no such original", journal=True)
 
     # -- reversal ---------------------------------------------------------------------------------
     def _reversal(self, ctx: _Context) -> _Result:
@@ -579,8 +623,10 @@ class GatewayService:
         )
         with self.database.read() as session:
             original = repository.find_request(session, original_identity)
-        if original is None or original.payment_id is None or original.response_code != APPROVED:
-            return _Result(APPROVED)  # never applied (or unknown): nothing to undo
+        if original is None:
+            return self._reverse_unjournaled(ctx, txn, original_identity)
+        if original.payment_id is None or original.response_code != APPROVED:
+            return _Result(APPROVED)  # never applied: nothing to undo
         if original.kind != txn.kind.value or (
             message.has(4) and _amount(ctx) != original.amount
         ):
@@ -591,6 +637,26 @@ class GatewayService:
         else:
             self._undo(ctx, original.payment_id)
         return _Result(APPROVED, {37: original.rrn} if original.rrn else {}, original.payment_id)
+
+    def _reverse_unjournaled(
+        self, ctx: _Context, txn: Transaction, original: Identity
+    ) -> _Result:
+        """An original we never answered: unknown, refused before taking effect — or its
+        process died between its payment and its journal row. A sale or pre-auth carries its
+        identity as the payment's Idempotency-Key, so such a payment is found and undone."""
+        if txn.kind not in IDEMPOTENT_PAYMENT_KINDS:
+            return _Result(APPROVED)
+        with self.database.read() as session:
+            payment = repository.find_payment(
+                session, original.merchant_id, original.idempotency_key
+            )
+        if payment is None:
+            return _Result(APPROVED)  # unknown: nothing to undo
+        if ctx.message.has(4) and _amount(ctx) != payment.amount:
+            self._case(ctx, REVERSAL_MISMATCH, "does not match its original", payment.id)
+        else:
+            self._undo(ctx, payment.id)  # a declined payment is left as it is
+        return _Result(APPROVED, {37: payment.rrn}, payment.id)
 
     def _undo(self, ctx: _Context, payment_id: str) -> None:
         payment = self.payments.get(ctx.principal, payment_id)
@@ -687,6 +753,8 @@ def _check_fields(txn: Transaction, message: Message) -> None:
             parse_61(_text(message, 61))
         if txn.kind is Kind.SETTLEMENT:
             parse_48(_text(message, 48))
+        if txn.kind is Kind.REFUND and parse_61(_text(message, 61)).date is None:
+            raise FieldError("a refund names its original's date in 61.3")
     except FieldError as error:
         raise _Answer(FORMAT_ERROR, str(error)) from None
 
@@ -695,6 +763,17 @@ def _as_reversal(identity: Identity) -> Identity:
     return Identity(
         REVERSAL_MTI, identity.terminal_id, identity.merchant_id, identity.batch, identity.stan
     )
+
+
+def _month_day(business_date: str) -> str:
+    """``2026-11-23`` → ``1123`` (61.3)."""
+    return business_date[5:7] + business_date[8:10]
+
+
+def _same_card(payment: Payment, pan: str) -> bool:
+    return (payment.card_bin, payment.card_last4, payment.card_length) == (
+        pan[:6], pan[-4:], len(pan),
+    )  # fmt: skip
 
 
 def _payment_result(payment: Payment, amount: int, *, approved: bool | None = None) -> _Result:

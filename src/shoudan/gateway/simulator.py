@@ -39,6 +39,7 @@ from shoudan.gateway.codec import (
 from shoudan.gateway.domain import (
     ENTRY_MODE_CODES,
     FIRST_BATCH,
+    PENDING_REVIEW,
     REVERSAL_MTI,
     TRANSACTIONS,
     Kind,
@@ -367,7 +368,9 @@ class TerminalClient:
         return reply
 
     def refund(self, card: Card, amount: int, rrn: str, date: str) -> Reply:
-        extra: dict[int, FieldValue] = {61: f"{self.state.batch}000000{date}", 37: rrn}
+        """退货 (an advice, 0220) of the payment with RRN ``rrn`` made on ``date`` (MMDD):
+        61.1/61.2 are unknown to the terminal for an earlier batch, so zeros."""
+        extra: dict[int, FieldValue] = {61: Field61("000000", "000000", date).encode(), 37: rrn}
         return self._financial(
             Kind.REFUND, self.card_message(Kind.REFUND, card, amount, extra), card
         )
@@ -428,7 +431,7 @@ class TerminalClient:
 
 def batch_totals(journal: list[JournalEntry]) -> BatchTotals:
     """Field 48 as the terminal counts it: approved sales and completions not voided or
-    reversed; refunds (none are approved yet)."""
+    reversed; approved refunds (``PENDING REVIEW`` ones included: the host answered ``00``)."""
     sales = [e for e in journal if e.kind in SALE_KINDS and e.status == "approved"]
     refunds = [e for e in journal if e.kind == Kind.REFUND.value and e.status == "approved"]
     return BatchTotals(
@@ -478,6 +481,8 @@ def receipt(reply: Reply, now: datetime) -> str:
         ]
     if response.has(44):
         lines.append(f"备注 NOTE          : {response.text(44)}")
+    if response.text(44) == PENDING_REVIEW:
+        lines.append("退货待审核: the refund completes after the acquirer's review")
     lines += [
         f"应答码 RESPONSE    : {reply.code} {MEANINGS.get(reply.code, '')}",
         *(["MAC 校验失败: reversal pending"] if reply.mac_ok is False else []),
