@@ -52,7 +52,7 @@ class Gateway:
 
     def payments(self) -> list[Payment]:
         with self.world.container.database.read() as session:
-            return list(session.scalars(select(Payment).order_by(Payment.created_at, Payment.id)))
+            return list(session.scalars(select(Payment).order_by(Payment.created_at, Payment.rrn)))
 
     def payment(self, rrn: str) -> Payment:
         [found] = [p for p in self.payments() if p.rrn == rrn]

@@ -651,7 +651,10 @@ class GatewayService:
                 session, original.merchant_id, original.idempotency_key
             )
         if payment is None:
-            return _Result(APPROVED)  # unknown: nothing to undo
+            # never recorded — but the network may have approved it before a crash: its
+            # reference derives from the identity, so undo it there (a no-op if unknown)
+            self.payments.reverse_unrecorded(original.merchant_id, original.idempotency_key)
+            return _Result(APPROVED)
         if ctx.message.has(4) and _amount(ctx) != payment.amount:
             self._case(ctx, REVERSAL_MISMATCH, "does not match its original", payment.id)
         else:

@@ -39,7 +39,7 @@ from shoudan.core.clock import Clock
 from shoudan.core.crypto import Vault
 from shoudan.core.db import Database, is_sqlite
 from shoudan.core.errors import DomainError, ErrorCode
-from shoudan.core.ids import new_id
+from shoudan.core.ids import derived_id, new_id
 from shoudan.ledger import chart
 from shoudan.ledger.domain import Hold, Linked, Posting, Transfer, VoidHold
 from shoudan.ledger.service import Ledger
@@ -150,7 +150,7 @@ class PaymentService:
                 if existing is not None:
                     return _same_request(existing, fingerprint)
             prepared = self._prepare(session, principal, request)
-        payment_id = new_id("pay_")
+        payment_id = payment_id_for(prepared.merchant_id, request.idempotency_key)
         result = self._authorize(payment_id, request)
         try:
             with self.database.transaction() as session:
@@ -175,12 +175,14 @@ class PaymentService:
                 self.channel.reverse(payment_id)  # nothing recorded: nothing may stay charged
             raise
         except IntegrityError:
-            if result.approved:
-                self.channel.reverse(payment_id)
             if request.idempotency_key is None:
+                if result.approved:
+                    self.channel.reverse(payment_id)
                 raise
             # Another request with this Idempotency-Key recorded its payment first (they raced
-            # past the middleware, e.g. after a lock takeover): ours is undone, answer theirs.
+            # past the middleware, e.g. after a lock takeover). Same key, same payment id and
+            # upstream reference: the network answered both as one, so nothing is reversed
+            # (that would undo theirs); answer the recorded one.
             with self.database.read() as session:
                 winner = _by_idempotency_key(session, prepared.merchant_id, request.idempotency_key)
             if winner is None:
@@ -336,6 +338,12 @@ class PaymentService:
         emit(session, f"payment.{status.value}", _event(payment), dedupe_key=f"{payment.id}:new",
              clock=self.clock)  # fmt: skip
         return payment
+
+    def reverse_unrecorded(self, merchant_id: str, idempotency_key: str) -> None:
+        """Undo at the network a payment we may have sent but never recorded (the process
+        died between the network's answer and the commit): its reference is derived from the
+        Idempotency-Key, so it can be named again. Idempotent; a no-op if it never arrived."""
+        self.channel.reverse(payment_id_for(merchant_id, idempotency_key))
 
     # -- capture (completion) -------------------------------------------------------------
     def capture(self, principal: Principal, payment_id: str, amount: int) -> Payment:
@@ -508,6 +516,15 @@ class PaymentService:
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+
+def payment_id_for(merchant_id: str, idempotency_key: str | None) -> str:
+    """A payment with an Idempotency-Key has an id derived from it (and the merchant): a retry
+    after a crash sends the network the same reference, and a reversal can name it before
+    anything was recorded. Without a key: a fresh ULID."""
+    if idempotency_key is None:
+        return new_id("pay_")
+    return derived_id("pay_", merchant_id, idempotency_key)
 
 
 def _check_shape(request: PaymentRequest) -> None:
