@@ -32,6 +32,7 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/shoudan bench ledger
 	$(BIN)/shoudan bench api
+	$(BIN)/shoudan bench gateway
 
 # migrate + seed once (prints the demo API keys), then serve on 127.0.0.1:8000 with the
 # worker beside it (it sends approved refunds, webhooks and SMS); Ctrl-C stops both

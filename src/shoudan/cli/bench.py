@@ -7,6 +7,7 @@ import json
 import typer
 
 from shoudan.benchmarks import api as api_bench
+from shoudan.benchmarks import gateway as gateway_bench
 from shoudan.benchmarks import ledger as ledger_bench
 
 app = typer.Typer(no_args_is_help=True)
@@ -41,4 +42,15 @@ def api(
 ) -> None:
     """Payments/s over HTTP (uvicorn, 32 clients on loopback), p50/p99, against GET /livez."""
     for line in api_bench.run(seconds):
+        typer.echo(json.dumps(line, ensure_ascii=False))
+
+
+@app.command("gateway")
+def gateway(
+    connections: int = typer.Option(50, min=1, help="Concurrent terminals, one connection each."),
+    seconds: float = typer.Option(20.0, help="Duration of each load phase."),
+) -> None:
+    """Approved ISO 8583 sales/s (MACed, PIN), p50/p99 and peak RSS of `shoudan gateway`,
+    against an echo server on the same framing and codec; then the ledger is verified."""
+    for line in gateway_bench.run(connections, seconds):
         typer.echo(json.dumps(line, ensure_ascii=False))

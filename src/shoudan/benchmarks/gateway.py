@@ -1,0 +1,438 @@
+"""``shoudan bench gateway``: approved ISO 8583 sales per second, against an echo server.
+
+The gateway is the real ``shoudan gateway`` in its own process, on a fresh SQLite file database
+(migrated, ``synchronous=FULL`` as always) in a temporary directory under the data directory,
+with the sandbox network's state file beside it and no sandbox latency. One merchant has one
+terminal per connection, each with a master key we know.
+
+The load client is one asyncio process. Each connection is its own terminal (its own 41, so
+batches and STANs never collide): it signs on once, then sends MACed sales (0200, sandbox debit
+card that approves, PIN block, ¥1.00) back to back, each waiting for its answer. Messages are
+built by the terminal simulator and the gateway's own codec and keys. The first ``warmup``
+seconds are not counted; then ``seconds`` are: approved sales/s (39 = ``00`` and the answer's
+MAC checks), p50/p99 latency from the request written to the answer read, failures by code,
+and the peak RSS of the server process (``VmHWM``).
+
+The baseline, in the same run, with the same client code, connections and duration: the
+gateway's own TCP server whose handler decodes and re-encodes and does nothing else
+(``gateway_echo.py``). Its answers carry no MAC of ours, so the client checks the MAC (same
+work) without counting it. Afterwards the ledger is verified.
+
+Profiling: with ``SHOUDAN_BENCH_GATEWAY_PROFILE=/path/out.prof`` the gateway runs under
+cProfile (every ``GatewayService.handle`` call, on its worker threads, wall-clock time); the
+stats are written there and the ten largest own-time costs printed as one more line. Run it
+with ``--connections 1`` for a clean per-sale breakdown: with more, time spent waiting for the
+SQLite writer lock and the GIL is counted in. Profiled figures are slower.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pstats
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from shoudan import migrations
+from shoudan.benchmarks.api import SECRET, _free_port
+from shoudan.bootstrap import bootstrap
+from shoudan.channels.sandbox import PAN_APPROVE_DEBIT, SANDBOX_PIN
+from shoudan.core.clock import SystemClock
+from shoudan.core.config import Settings, get_settings
+from shoudan.core.crypto import Vault
+from shoudan.core.db import Database
+from shoudan.gateway.codec import MAC_BYTES, MAC_FIELD, Message, decode, encode, mac_input
+from shoudan.gateway.domain import Kind
+from shoudan.gateway.framing import LENGTH_BYTES, frame_bytes, payload_length, split
+from shoudan.gateway.keys import issue_working_keys, mac_matches, retail_mac
+from shoudan.gateway.service import GatewayService
+from shoudan.gateway.simulator import (
+    DEFAULT_HEADER,
+    DEFAULT_TPDU,
+    Card,
+    TerminalClient,
+    TerminalState,
+)
+from shoudan.ledger.service import Ledger
+from shoudan.merchants.service import MerchantInput, create_merchant
+from shoudan.terminals.keys import generate_master_key
+from shoudan.terminals.service import TerminalInput, create_terminal
+
+AMOUNT: Final = 100  # fen
+WARMUP_SECONDS: Final = 1.0
+START_TIMEOUT: Final = 60.0
+PROFILE_ENV: Final = "SHOUDAN_BENCH_GATEWAY_PROFILE"
+PROFILE_FLAG: Final = "--profile-to"
+CARD: Final = Card(pan=PAN_APPROVE_DEBIT, pin=SANDBOX_PIN)
+
+
+@dataclass(frozen=True)
+class BenchTerminal:
+    terminal_id: str
+    merchant_id: str
+    master_key: bytes = field(repr=False)
+
+
+@dataclass
+class Tally:
+    """What the connections measured after the warm-up."""
+
+    latencies: list[float] = field(default_factory=list)
+    approved: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
+    server_cpu_seconds: float | None = None  # the server process's, over the counted window
+
+    def record(self, seconds: float, code: str, mac_ok: bool, mac_expected: bool) -> None:
+        self.latencies.append(seconds)
+        if code != "00":
+            self.failures[code] += 1
+        elif mac_expected and not mac_ok:
+            self.failures["mac"] += 1
+        else:
+            self.approved += 1
+
+
+# -- the database and the servers ----------------------------------------------------------------
+def _prepare(url: str, count: int) -> list[BenchTerminal]:
+    """A migrated database with one merchant and ``count`` terminals with known master keys."""
+    migrations.upgrade(url)
+    database = Database(url)
+    try:
+        bootstrap(database)
+        clock = SystemClock()
+        vault = Vault.from_master(bytes.fromhex(SECRET))
+        terminals = []
+        with database.transaction() as session:
+            merchant = create_merchant(
+                session, vault, Ledger(database, clock),
+                MerchantInput("网关压测商户", "small_business", "5411", "3100", "13800000000",
+                              daily_limit=10**12),
+                actor="bench", clock=clock,
+            )  # fmt: skip
+            for number in range(1, count + 1):
+                key = generate_master_key()
+                view = create_terminal(
+                    session, vault,
+                    TerminalInput(f"BENCH-GW-{number:05d}", f"BG{number:06d}", "epos",
+                                  merchant.merchant_id, key),
+                    actor="bench", clock=clock,
+                )[0]  # fmt: skip
+                terminals.append(
+                    BenchTerminal(view.terminal_id, merchant.merchant_id, bytes.fromhex(key))
+                )
+        return terminals
+    finally:
+        database.dispose()
+
+
+def _environment(tmp: Path, url: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "SHOUDAN_DATABASE_URL": url,
+        "SHOUDAN_DATA_DIR": str(tmp),
+        "SHOUDAN_SECRET_KEY": SECRET,
+        "SHOUDAN_SANDBOX_STATE_PATH": str(tmp / "sandbox-network.sqlite3"),
+        "SHOUDAN_SANDBOX_LATENCY_SECONDS": "0",
+    }
+
+
+def _gateway_command(port: int, profile: str | None) -> list[str]:
+    arguments = ["gateway", "--host", "127.0.0.1", "--iso-port", str(port)]
+    if profile:
+        return [sys.executable, "-m", "shoudan.benchmarks.gateway", PROFILE_FLAG, profile,
+                *arguments]  # fmt: skip
+    return [sys.executable, "-m", "shoudan.cli.main", *arguments]
+
+
+def _echo_command(port: int) -> list[str]:
+    return [sys.executable, "-m", "shoudan.benchmarks.gateway_echo", str(port)]
+
+
+def _start(
+    command: list[str], env: dict[str, str], port: int, log: Path
+) -> subprocess.Popen[bytes]:
+    """Start a server (output to ``log``) and wait until it accepts connections."""
+    with log.open("ab") as output:
+        # our own interpreter and modules
+        server = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)  # noqa: S603
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            asyncio.run(_probe(port))
+            return server
+        except OSError:
+            time.sleep(0.1)
+    _stop(server)
+    tail = log.read_text(errors="replace")[-2000:]
+    raise RuntimeError(f"{' '.join(command[1:3])} did not start on port {port}:\n{tail}")
+
+
+async def _probe(port: int) -> None:
+    _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.close()
+    await writer.wait_closed()
+
+
+def _stop(server: subprocess.Popen[bytes]) -> None:
+    server.terminate()
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU the process has used so far (Linux /proc), or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _peak_rss_mb(pid: int) -> float | None:
+    """The process's peak resident set (Linux ``VmHWM``), or None where /proc has none."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return None
+
+
+# -- terminals -----------------------------------------------------------------------------------
+def _signed_on(port: int, terminal: BenchTerminal) -> TerminalState:
+    """A terminal that signed on to the gateway: its working keys and open batch."""
+    state = TerminalState(terminal.terminal_id, terminal.merchant_id)
+    with TerminalClient("127.0.0.1", port, state) as client:
+        reply = client.sign_on(terminal.master_key)
+    if reply.code != "00":
+        raise RuntimeError(f"sign-on of {terminal.terminal_id} answered {reply.code}")
+    return state
+
+
+def _with_own_keys(terminal: BenchTerminal) -> TerminalState:
+    """A terminal for the echo server, which issues no keys: working keys of its own."""
+    keys = issue_working_keys()
+    return TerminalState(terminal.terminal_id, terminal.merchant_id, pik=keys.pik.hex(),
+                         mak=keys.mak.hex())  # fmt: skip
+
+
+def _maced(mak: bytes, message: Message) -> bytes:
+    """The body as a terminal sends it: field 64 is the X9.19 MAC of everything before it."""
+    message.fields[MAC_FIELD] = bytes(MAC_BYTES)
+    body = encode(message)
+    return mac_input(body) + retail_mac(mak, mac_input(body))
+
+
+# -- the load ------------------------------------------------------------------------------------
+async def _sales(
+    port: int, state: TerminalState, window: tuple[float, float], tally: Tally, mac_expected: bool
+) -> None:
+    """One connection: sales back to back until the window closes; counted once it opens."""
+    counted_from, stop_at = window
+    factory = TerminalClient("127.0.0.1", port, state)  # builds messages; never connects
+    mak = state.keys.mak
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while time.perf_counter() < stop_at:
+            body = _maced(mak, factory.card_message(Kind.SALE, CARD, AMOUNT))
+            frame = frame_bytes(DEFAULT_TPDU, DEFAULT_HEADER, body)
+            started = time.perf_counter()
+            writer.write(frame)
+            await writer.drain()
+            length = payload_length(await reader.readexactly(LENGTH_BYTES))
+            answer_body = split(await reader.readexactly(length)).body
+            elapsed = time.perf_counter() - started
+            answer = decode(answer_body)
+            mac_ok = mac_matches(mak, mac_input(answer_body), answer.binary(MAC_FIELD))
+            if started >= counted_from:
+                tally.record(elapsed, answer.text(39) or "??", mac_ok, mac_expected)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        tally.failures["closed"] += 1
+    finally:
+        writer.close()
+
+
+async def _load(
+    port: int, states: list[TerminalState], seconds: float, warmup: float, mac_expected: bool,
+    server_pid: int,
+) -> Tally:
+    tally = Tally()
+    start = time.perf_counter()
+    window = (start + warmup, start + warmup + seconds)
+    clients = asyncio.gather(*(_sales(port, s, window, tally, mac_expected) for s in states))
+    await asyncio.sleep(warmup)
+    cpu_before = _cpu_seconds(server_pid)
+    await clients
+    cpu_after = _cpu_seconds(server_pid)
+    if cpu_before is not None and cpu_after is not None:
+        tally.server_cpu_seconds = cpu_after - cpu_before
+    return tally
+
+
+def _line(server: str, tally: Tally, connections: int, seconds: float) -> dict[str, Any]:
+    latencies, cpu = tally.latencies, tally.server_cpu_seconds
+    cuts = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
+    return {
+        "bench": "gateway",
+        "server": server,
+        "connections": connections,
+        "seconds": seconds,
+        "requests": len(latencies),
+        "approved": tally.approved,
+        "approved_per_s": round(tally.approved / seconds, 1),
+        "p50_ms": round(cuts[49] * 1000, 2),
+        "p99_ms": round(cuts[98] * 1000, 2),
+        "failures": dict(sorted(tally.failures.items())),
+        "server_cpu_ms_per_approved": round(cpu * 1000 / tally.approved, 3)
+        if cpu is not None and tally.approved
+        else None,
+    }
+
+
+@dataclass(frozen=True)
+class _Phase:
+    server: str
+    command: Callable[[int], list[str]]
+    states: Callable[[int], list[TerminalState]]  # port → one terminal per connection
+    mac_expected: bool
+
+
+def _measure(
+    phase: _Phase, env: dict[str, str], log: Path, seconds: float, warmup: float
+) -> dict[str, Any]:
+    port = _free_port()
+    server = _start(phase.command(port), env, port, log)
+    try:
+        states = phase.states(port)
+        tally = asyncio.run(
+            _load(port, states, seconds, warmup, phase.mac_expected, server.pid)
+        )
+        rss = _peak_rss_mb(server.pid)
+    finally:
+        _stop(server)
+    return _line(phase.server, tally, len(states), seconds) | {"peak_rss_mb": rss}
+
+
+def run(
+    connections: int = 50,
+    seconds: float = 20.0,
+    settings: Settings | None = None,
+    warmup: float = WARMUP_SECONDS,
+) -> Iterator[dict[str, Any]]:
+    data_dir = (settings or get_settings()).data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    profile = os.environ.get(PROFILE_ENV) or None
+    with tempfile.TemporaryDirectory(prefix="bench-gateway-", dir=data_dir) as name:
+        tmp = Path(name)
+        url = f"sqlite:///{tmp / 'gateway.db'}"
+        terminals = _prepare(url, connections)
+        env = _environment(tmp, url)
+        echo = _Phase(
+            "echo (baseline)", _echo_command,
+            lambda _port: [_with_own_keys(t) for t in terminals], mac_expected=False,
+        )  # fmt: skip
+        gateway = _Phase(
+            "gateway", lambda port: _gateway_command(port, profile),
+            lambda port: [_signed_on(port, t) for t in terminals], mac_expected=True,
+        )  # fmt: skip
+        baseline = _measure(echo, env, tmp / "echo.log", seconds, warmup)
+        yield baseline
+        line = _measure(gateway, env, tmp / "gateway.log", seconds, warmup)
+        line["baseline_per_s"] = baseline["approved_per_s"]
+        ratio = line["approved_per_s"] / baseline["approved_per_s"] if baseline["approved"] else 0
+        line["ratio"] = round(ratio, 3)
+        yield line
+        if profile:
+            yield {"bench": "gateway", "profile": profile, "profiled": True,
+                   "top_own_time": top_costs(profile)}  # fmt: skip
+        database = Database(url)
+        try:
+            report = Ledger(database).verify()
+            yield {"bench": "gateway", "ledger_verified": report.ok, "entries": report.entries}
+        finally:
+            database.dispose()
+
+
+def main(connections: int = 50, seconds: float = 20.0) -> None:
+    for line in run(connections, seconds):
+        print(json.dumps(line, ensure_ascii=False), flush=True)
+
+
+# -- profiling -----------------------------------------------------------------------------------
+def top_costs(path: str, count: int = 10) -> list[dict[str, Any]]:
+    """The ``count`` functions with the most own time in a cProfile dump of the gateway, with
+    µs per request handled (``GatewayService.handle`` calls: the sales and the sign-ons)."""
+    stats: dict[tuple[str, int, str], tuple[int, int, float, float, Any]]
+    stats = pstats.Stats(path).stats  # type: ignore[attr-defined]
+    requests = sum(
+        calls
+        for (file, _line, name), (_primitive, calls, *_rest) in stats.items()
+        if name == "handle" and file.endswith(str(Path("gateway", "service.py")))
+    )
+    ranked = sorted(stats.items(), key=lambda item: item[1][2], reverse=True)[:count]
+    return [
+        {
+            "function": f"{Path(file).name}:{line}({name})",
+            "calls": calls,
+            "own_s": round(own, 3),
+            "cumulative_s": round(cumulative, 3),
+            **({"own_us_per_request": round(own / requests * 1e6, 1)} if requests else {}),
+        }
+        for (file, line, name), (_primitive, calls, own, cumulative, _callers) in ranked
+    ]
+
+
+def _profiled_gateway(out: str, argv: list[str]) -> None:
+    """``shoudan gateway`` with cProfile around every ``GatewayService.handle`` call (each
+    worker thread has its own profiler; wall-clock time, so with more than one connection the
+    waits for the SQLite writer lock and for the GIL count too); the merged stats go to
+    ``out`` on exit."""
+    import cProfile
+
+    from shoudan.cli.main import main as cli_main
+
+    profiles: list[cProfile.Profile] = []
+    local = threading.local()
+    handle = GatewayService.handle
+
+    def profiled(self: GatewayService, payload: bytes) -> Any:
+        profile = getattr(local, "profile", None)
+        if profile is None:
+            profile = local.profile = cProfile.Profile()
+            profiles.append(profile)
+        profile.enable()
+        try:
+            return handle(self, payload)
+        finally:
+            profile.disable()
+
+    GatewayService.handle = profiled  # type: ignore[method-assign]
+    sys.argv = ["shoudan", *argv]
+    try:
+        cli_main()
+    finally:
+        if profiles:
+            pstats.Stats(*profiles).dump_stats(out)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == [PROFILE_FLAG]:
+        _profiled_gateway(sys.argv[2], sys.argv[3:])
+    else:
+        main()

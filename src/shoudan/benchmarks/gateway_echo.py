@@ -1,0 +1,45 @@
+"""The baseline of ``shoudan bench gateway``: the gateway's own TCP server (``GatewayServer``:
+same framing, same hop to a worker thread, same metrics) with a handler that decodes the
+request and re-encodes an answer with the same codec — TPDU swapped, header echoed, the fields
+the gateway echoes, ``39=00`` and the request's field 64 (so the answer is as long as a MACed
+one) — and does nothing else: no database, no keys, no payment.
+
+Run by the benchmark as ``python -m shoudan.benchmarks.gateway_echo PORT``; SIGTERM stops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from shoudan.gateway.codec import MAC_FIELD, CodecError, Message, decode, encode
+from shoudan.gateway.domain import response_mti
+from shoudan.gateway.framing import reply_payload, split
+from shoudan.gateway.response_codes import APPROVED
+from shoudan.gateway.server import GatewayServer, serve_until_signalled
+from shoudan.gateway.service import ECHOED, Outcome
+
+KEPT = frozenset(ECHOED) | {MAC_FIELD}
+
+
+def echo(payload: bytes) -> Outcome:
+    """Decode, re-encode as an approved answer; close on anything that does not decode."""
+    try:
+        frame = split(payload)
+        request = decode(frame.body)
+        answer_mti = response_mti(request.mti)
+        if answer_mti is None:
+            return Outcome(None, request.mti)
+        fields = {n: v for n, v in request.fields.items() if n in KEPT} | {39: APPROVED}
+        body = encode(Message(answer_mti, fields))
+    except CodecError:
+        return Outcome(None)
+    return Outcome(reply_payload(frame, body), request.mti, APPROVED)
+
+
+def main(port: int) -> None:
+    asyncio.run(serve_until_signalled(GatewayServer(echo, "127.0.0.1", port)))
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]))

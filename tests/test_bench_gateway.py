@@ -1,0 +1,70 @@
+"""``shoudan bench gateway`` runs end to end (two terminals, about a second per phase) and prints
+its lines: the echo baseline, the gateway with its ratio, the ledger verified. No timing is
+asserted: the figures belong to docs/benchmarks.md, not to a test."""
+
+from __future__ import annotations
+
+import cProfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shoudan.benchmarks import gateway as bench
+from shoudan.benchmarks.gateway_echo import echo
+from shoudan.core.config import Settings
+from shoudan.gateway.codec import Message, decode, encode
+from shoudan.gateway.framing import split
+
+LOAD_KEYS = {
+    "bench", "server", "connections", "seconds", "requests", "approved", "approved_per_s",
+    "p50_ms", "p99_ms", "failures", "peak_rss_mb", "server_cpu_ms_per_approved",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def lines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[dict[str, Any]]]:
+    data_dir = tmp_path_factory.mktemp("bench-data")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv(bench.PROFILE_ENV, raising=False)
+        yield list(bench.run(2, 1.0, Settings(data_dir=data_dir), warmup=0.2))
+
+
+def test_prints_the_baseline_the_gateway_and_the_ledger(lines: list[dict[str, Any]]) -> None:
+    baseline, gateway, ledger = lines
+    assert baseline.keys() >= LOAD_KEYS and baseline["server"] == "echo (baseline)"
+    assert gateway.keys() >= LOAD_KEYS | {"baseline_per_s", "ratio"}
+    assert gateway["server"] == "gateway" and gateway["connections"] == 2
+    for line in (baseline, gateway):
+        assert line["approved"] > 0 and line["failures"] == {}
+        assert line["approved"] <= line["requests"]
+        assert line["peak_rss_mb"] is None or line["peak_rss_mb"] > 0
+    assert gateway["baseline_per_s"] == baseline["approved_per_s"]
+    assert ledger == {"bench": "gateway", "ledger_verified": True, "entries": ledger["entries"]}
+    assert ledger["entries"] >= gateway["approved"]  # one ledger entry per captured sale at least
+
+
+def test_the_echo_answers_approved_with_the_envelope_swapped() -> None:
+    fields = {3: "000000", 4: "000000000100", 11: "000007", 41: "BG000001",
+              42: "898310054110001", 60: "22000001000", 64: bytes(8)}  # fmt: skip
+    body = encode(Message("0200", dict(fields)))
+    payload = bytes.fromhex("6000030000") + bytes.fromhex("603100000000") + body
+    outcome = echo(payload)
+    assert outcome.reply is not None and outcome.code == "00"
+    reply = split(outcome.reply)
+    assert reply.tpdu == bytes.fromhex("6000000003") and reply.header.hex() == "603100000000"
+    answer = decode(reply.body)
+    assert answer.mti == "0210" and answer.fields[39] == "00" and answer.fields[11] == "000007"
+    assert echo(b"\x60\x00\x03\x00\x00" + bytes(6) + b"\x02\x00\xff").reply is None
+
+
+def test_top_costs_reads_a_profile(tmp_path: Path) -> None:
+    profile = cProfile.Profile()
+    profile.runcall(sorted, list(range(1000)))
+    path = tmp_path / "run.prof"
+    profile.dump_stats(path)
+    costs = bench.top_costs(str(path), count=3)
+    assert 1 <= len(costs) <= 3
+    assert costs[0].keys() == {"function", "calls", "own_s", "cumulative_s"}
+    assert costs[0]["own_s"] >= costs[-1]["own_s"]
