@@ -300,6 +300,7 @@ def test_closed_card_goes_abnormal_and_completes_after_reroute(rw: RefundWorld) 
     assert rerouted["reroute_account"] == "****0018"
     rw.run_worker()
     assert rw.get(refund["id"])["status"] == "succeeded"
+    assert event_types(rw, refund["id"]).count("refund.processing") == 2  # sent, then re-routed
     assert rw.world.container.ledger.account(chart.BANK_SETTLEMENT).balance == bank_before - 8_000
     channel = chart.channel_payable("unionpay")
     assert rw.world.container.ledger.account(channel).debits_pending == 0

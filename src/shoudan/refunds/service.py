@@ -321,7 +321,7 @@ class RefundService:
                 created_at=now,
             ))  # fmt: skip
         self._history(session, refund, None, RefundStatus.REQUESTED, principal.id, text, now)
-        self._publish(session, refund, "refund.created")
+        self._publish(session, refund, "refund.created", "new")
         if principal.is_staff:
             self._audit(session, principal, refund, "refund.request", None, now)
         if self._fund(session, refund, now):
@@ -911,7 +911,7 @@ class RefundService:
         self._history(session, refund, current, target, actor, note, now)
         event_type = NOTIFIED.get(target)
         if event_type is not None:
-            self._publish(session, refund, event_type)
+            self._publish(session, refund, event_type, current.value)
 
     def _history(
         self,
@@ -928,11 +928,13 @@ class RefundService:
             to_status=to_status.value, actor=actor, note=note[:500], created_at=now,
         ))  # fmt: skip
 
-    def _publish(self, session: Session, refund: Refund, event_type: str) -> None:
-        """The merchant's webhooks (and event log) and, if given, the consumer's phone."""
+    def _publish(self, session: Session, refund: Refund, event_type: str, came_from: str) -> None:
+        """The merchant's webhooks (and event log) and, if given, the consumer's phone. The
+        key names the step (from where, when): a retried use case publishes nothing twice,
+        a refund that passes a status twice (re-routed) publishes both."""
+        step = f"{came_from}:{refund.updated_at.isoformat()}"
         publish(session, refund.merchant_id, event_type, event_data(refund),
-                dedupe_key=f"{refund.id}:{event_type}:{refund.updated_at.isoformat()}",
-                clock=self.clock)  # fmt: skip
+                dedupe_key=f"{refund.id}:{event_type}:{step}", clock=self.clock)  # fmt: skip
         if refund.consumer_phone_enc is not None and event_type in CONSUMER_EVENTS:
             emit(session, NOTIFY_TOPIC, {"refund_id": refund.id, "event": event_type},
                  dedupe_key=f"{refund.id}:sms:{event_type}", clock=self.clock)  # fmt: skip
