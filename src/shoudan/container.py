@@ -119,6 +119,8 @@ def build_container(
     clock: Clock | None = None,
 ) -> Container:
     settings = settings or get_settings()
-    database = database or Database(settings.resolved_database_url())
+    database = database or Database(
+        settings.resolved_database_url(), group_commit=settings.sqlite_group_commit
+    )
     vault = Vault.from_master(load_secret_key(settings))
     return Container(settings, database, vault, clock or SystemClock())

@@ -55,7 +55,9 @@ def create_app(
         settings, database = container.settings, container.database
     settings = settings or get_settings()
     owned = database is None
-    db = database if database is not None else Database(settings.resolved_database_url())
+    db = database if database is not None else Database(
+        settings.resolved_database_url(), group_commit=settings.sqlite_group_commit
+    )
     container = container or build_container(settings, db)
 
     @asynccontextmanager

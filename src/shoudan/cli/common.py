@@ -20,7 +20,8 @@ def settings(database_url: str | None = None) -> Settings:
 
 
 def open_database(database_url: str | None = None) -> Database:
-    return Database(settings(database_url).resolved_database_url())
+    config = settings(database_url)
+    return Database(config.resolved_database_url(), group_commit=config.sqlite_group_commit)
 
 
 def fail(error: DomainError | str, exit_code: int = 1) -> NoReturn:

@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     # evidence files
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
 
+    # SQLite: how many concurrent write transactions may share one commit (0 or 1: off)
+    sqlite_group_commit: int = Field(default=64, ge=0, le=4096)
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url

@@ -106,7 +106,7 @@ class Database:
     the block ends normally and rolls back on any exception.
     """
 
-    def __init__(self, url: str, **engine_kwargs: Any) -> None:
+    def __init__(self, url: str, *, group_commit: int = 0, **engine_kwargs: Any) -> None:
         self.url = normalize_url(url)
         self.engine = create_engine(self.url, **engine_kwargs)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -115,6 +115,13 @@ class Database:
         # under load that turns into multi-second tail latencies. Other processes still
         # meet the busy timeout. Re-entrant, so a use case may nest a ledger call.
         self._writer = threading.RLock() if self.engine.dialect.name == "sqlite" else None
+        # SQLite: concurrent write transactions of this process share one commit (see
+        # GroupCommit); ``group_commit`` is the most transactions one commit may hold.
+        self._group = (
+            GroupCommit(self._sessions, self._writer, group_commit)
+            if group_commit > 1 and self._writer is not None
+            else None
+        )
 
     @property
     def dialect(self) -> str:
@@ -122,6 +129,10 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
+        if self._group is not None:
+            with self._group.member() as session:
+                yield session
+            return
         with self._write_turn(), self._sessions() as session, session.begin():
             yield session
 
@@ -131,6 +142,8 @@ class Database:
             yield
             return
         with self._writer:
+            if self._group is not None and not self._group.inside():
+                self._group.commit_open()  # a raw writer must not find a batch in the way
             yield
 
     @contextmanager
@@ -178,4 +191,109 @@ class Database:
         )
 
     def dispose(self) -> None:
+        if self._group is not None:
+            with self._writer or threading.RLock():
+                self._group.commit_open()
         self.engine.dispose()
+
+
+class _Batch:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.members = 0
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
+class GroupCommit:
+    """Group commit for SQLite: the write transactions of concurrent threads run one after
+    another inside ONE database transaction, each in its own savepoint, and are committed
+    together — one fsync for the group instead of one each. Nobody's call returns before the
+    commit that contains its work (``synchronous=FULL`` still holds), and each keeps its own
+    result: a transaction that raises is rolled back to its savepoint and its caller gets the
+    error, while its neighbours commit.
+
+    No timer: a member that finishes commits at once when nobody is queued behind it (so a
+    lone request pays no wait), and otherwise leaves the transaction open for the next one,
+    up to ``limit`` members. Under load the queue itself forms the groups.
+    """
+
+    def __init__(
+        self, sessions: sessionmaker[Session], writer: threading.RLock, limit: int
+    ) -> None:
+        self._sessions = sessions
+        self._writer = writer
+        self._limit = limit
+        self._queued = 0
+        self._count_lock = threading.Lock()
+        self._batch: _Batch | None = None
+        self._local = threading.local()
+
+    @contextmanager
+    def member(self) -> Iterator[Session]:
+        if getattr(self._local, "inside", False):
+            # a use case nesting a transaction (a ledger call): part of the caller's savepoint
+            yield self._local.session
+            return
+        with self._count_lock:
+            self._queued += 1
+        with self._writer:
+            with self._count_lock:
+                self._queued -= 1
+            try:
+                batch = self._open()
+                savepoint = batch.session.begin_nested()
+                self._local.inside, self._local.session = True, batch.session
+                try:
+                    yield batch.session
+                    batch.session.flush()
+                    savepoint.commit()
+                except BaseException:
+                    # deactivated by a failed flush, or still open: undo this member only
+                    savepoint.rollback()
+                    raise  # nothing of it is in the group: its caller need not wait
+            finally:
+                self._local.inside = False
+                self._local.session = None
+                # always: a member that failed may be the last, and the others wait on it
+                self._after_member()
+        batch.done.wait()
+        if batch.error is not None:
+            raise batch.error
+
+    def inside(self) -> bool:
+        """Is this thread running a member's transaction now?"""
+        return bool(getattr(self._local, "inside", False))
+
+    def _open(self) -> _Batch:
+        if self._batch is None:
+            session = self._sessions()
+            session.begin()
+            self._batch = _Batch(session)
+        return self._batch
+
+    def _after_member(self) -> None:
+        """Holding the writer lock: count the member, commit if the group is full or nobody
+        waits to join it."""
+        batch = self._batch
+        if batch is None:
+            return
+        batch.members += 1
+        with self._count_lock:
+            nobody_waiting = self._queued == 0
+        if nobody_waiting or batch.members >= self._limit:
+            self.commit_open()
+
+    def commit_open(self) -> None:
+        """Commit the open group, if any (the writer lock must be held)."""
+        batch, self._batch = self._batch, None
+        if batch is None:
+            return
+        try:
+            batch.session.commit()
+        except BaseException as error:
+            batch.error = error
+            batch.session.rollback()
+        finally:
+            batch.session.close()
+            batch.done.set()

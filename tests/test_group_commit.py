@@ -1,0 +1,124 @@
+"""Group commit on SQLite (core/db.py GroupCommit): concurrent write transactions of one
+process share a commit, each keeps its own result, nobody returns before the commit."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import event, func, select
+
+from shoudan.core.db import Database
+from shoudan.notifications.models import OutboxEvent
+from shoudan.notifications.service import emit
+
+
+NOW = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def grouped(sqlite_database: Database):  # type: ignore[no-untyped-def]
+    database = Database(sqlite_database.url, group_commit=32)
+    commits: list[int] = []
+    event.listen(database.engine, "commit", lambda _conn: commits.append(1))
+    database.commits = commits  # type: ignore[attr-defined]
+    yield database
+    database.dispose()
+
+
+def count(database: Database, topic: str | None = None) -> int:
+    query = select(func.count()).select_from(OutboxEvent)
+    if topic:
+        query = query.where(OutboxEvent.topic == topic)
+    with database.read() as session:
+        return int(session.scalar(query) or 0)
+
+
+def test_a_lone_transaction_is_committed_before_it_returns(grouped: Database) -> None:
+    with grouped.transaction() as session:
+        emit(session, "system.ping", {"n": 1})
+    other = Database(grouped.url)  # another connection sees it at once
+    try:
+        assert count(other) == 1
+    finally:
+        other.dispose()
+
+
+def test_concurrent_transactions_share_commits_and_keep_their_own_results(
+    grouped: Database,
+) -> None:
+    barrier = threading.Barrier(8)
+
+    def work(n: int) -> str:
+        if n < 8:
+            barrier.wait()
+        try:
+            with grouped.transaction() as session:
+                emit(session, "system.ping" if n % 5 else "doomed.work", {"n": n})
+                if n % 5 == 0:
+                    raise ValueError(f"refused {n}")
+        except ValueError:
+            return "refused"
+        # returned: committed, visible to anyone
+        return "committed" if count(grouped, "system.ping") > 0 else "lost"
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        outcomes = list(pool.map(work, range(200)))
+    assert outcomes.count("refused") == 40
+    assert outcomes.count("committed") == 160
+    assert count(grouped, "system.ping") == 160
+    assert count(grouped, "doomed.work") == 0  # rolled back to their savepoints
+    assert len(grouped.commits) < 160  # type: ignore[attr-defined]
+
+
+def test_an_integrity_error_fails_only_its_own_transaction(grouped: Database) -> None:
+    with grouped.transaction() as session:
+        emit(session, "system.ping", {}, dedupe_key="k")
+        first = session.scalar(select(OutboxEvent.id))
+
+    def work(n: int) -> str:
+        try:
+            with grouped.transaction() as session:
+                if n == 3:
+                    session.add(OutboxEvent(
+                        id=first, topic="dup", payload="{}", dedupe_key="x", status="pending",
+                        attempts=0, next_attempt_at=NOW, created_at=NOW,
+                    ))  # fmt: skip
+                else:
+                    emit(session, "system.ping", {"n": n})
+        except Exception as error:
+            return type(error).__name__
+        return "ok"
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        outcomes = list(pool.map(work, range(12)))
+    assert outcomes.count("ok") == 11
+    assert outcomes[3] == "IntegrityError"
+    assert count(grouped, "system.ping") == 12
+
+
+def test_payments_through_group_commit_keep_the_books(
+    sqlite_database: Database, tmp_path: Path
+) -> None:
+    from shoudan.auth.domain import Principal, Role
+    from shoudan.payments.domain import EntryMode, Method
+    from shoudan.payments.service import CardInput, PaymentRequest
+    from tests.payments_world import DEBIT, PIN, build_world, check_day_totals
+
+    world = build_world(Database(sqlite_database.url, group_commit=16), tmp_path)
+    merchant = Principal("m", Role.MERCHANT, world.merchant_a)
+    card = CardInput(DEBIT, "2912", EntryMode.CHIP, PIN)
+
+    def pay(n: int) -> str:
+        request = PaymentRequest(world.terminal_a, 100 + n, Method.CARD, card=card)
+        return world.container.payments.create(merchant, request).status
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = list(pool.map(pay, range(120)))
+    assert statuses == ["captured"] * 120
+    assert world.container.ledger.verify().violations == []
+    check_day_totals(world)
+    world.container.database.dispose()
