@@ -102,6 +102,21 @@ def test_same_day_full_refund_must_be_a_void(rw: RefundWorld) -> None:
     assert rw.refund(payment_id=payment["id"], amount=2_000)["status"] == "approved"
 
 
+def test_a_refunded_payment_can_no_longer_be_voided_or_reversed(rw: RefundWorld) -> None:
+    payment = rw.world.pay(amount=8_000)
+    rw.refund(payment_id=payment["id"], amount=2_000)
+    void = rw.client.post(f"/v1/payments/{payment['id']}/void", headers=rw.headers("a"))
+    assert (void.status_code, void.json()["code"]) == (409, "void_not_allowed")
+    reverse = rw.client.post(f"/v1/payments/{payment['id']}/reverse", headers=rw.headers("a"))
+    assert (reverse.status_code, reverse.json()["code"]) == (409, "invalid_transition")
+    # a rejected or canceled refund gives the payment back its whole capacity
+    other = rw.world.pay(amount=8_000)
+    refund = rw.refund(payment_id=other["id"], amount=2_000)
+    rw.act(refund["id"], "cancel", "a")
+    voided = rw.client.post(f"/v1/payments/{other['id']}/void", headers=rw.headers("a"))
+    assert voided.json()["status"] == "voided"
+
+
 @pytest.mark.parametrize(
     ("amount", "code"),
     [(10_001, "refund_exceeds_refundable"), (0, "invalid_amount"), (-5, "invalid_amount")],

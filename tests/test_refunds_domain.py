@@ -208,7 +208,7 @@ def test_same_day_full_request_of_a_redeemed_prepayment_exceeds_the_refundable()
         check_request(payment(redeemed=3_000), 10_000, PAID, PAID_DAY, Policy())
 
 
-def test_refusals_come_in_order_status_window_count_void_amount() -> None:
+def test_refusals_come_in_order_status_window_count_amount_void() -> None:
     late = PAID + timedelta(days=181)
     with refused(ErrorCode.REFUND_NOT_ALLOWED):
         check_request(payment(status="voided", live_count=50), 99_999, late, late.date(), Policy())
@@ -216,6 +216,8 @@ def test_refusals_come_in_order_status_window_count_void_amount() -> None:
         check_request(payment(live_count=50), 99_999, late, late.date(), Policy())
     with refused(ErrorCode.REFUND_COUNT_EXCEEDED):
         request(payment(live_count=50), 99_999)
+    with refused(ErrorCode.REFUND_EXCEEDS_REFUNDABLE):  # not use_void: part is redeemed
+        check_request(payment(redeemed=1), 10_000, PAID, PAID_DAY, Policy())
 
 
 # -- fee_returned ------------------------------------------------------------------------------
@@ -577,3 +579,18 @@ def test_every_consumer_event_has_a_signed_message(event: str) -> None:
 )
 def test_events_that_do_not_concern_the_consumer_send_nothing(event: str) -> None:
     assert consumer_message(event, 10_000, "2026-10-10", "rf_9") is None
+
+
+def test_business_hours_may_run_past_midnight() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from shoudan.refunds.domain import RiskFacts, RiskRules, assess, parse_business_hours
+
+    rules = RiskRules(business_hours=parse_business_hours("18:00-02:00"))
+
+    def fired(local_hour: int) -> bool:
+        paid = datetime(2026, 11, 20, local_hour, 30, tzinfo=UTC) - timedelta(hours=8)
+        facts = RiskFacts(100, paid, paid + timedelta(days=2), 100, 10_000, None, None)
+        return any(r.rule == "off_hours" for r in assess(facts, rules).reasons)
+
+    assert [fired(h) for h in (19, 23, 1, 3, 12)] == [False, False, False, True, True]

@@ -395,6 +395,7 @@ class PaymentService:
             payment = _locked(session, payment_id)
             now = self.clock.now()
             check_void(_facts(payment), now)
+            self._refuse_if_refunded(session, payment, ErrorCode.VOID_NOT_ALLOWED)
             self._undo(session, payment, PaymentStatus.VOIDED, principal, now)
             return payment
 
@@ -411,13 +412,32 @@ class PaymentService:
                     ErrorCode.INVALID_TRANSITION,
                     "the payment is settled: a reversal needs manual handling, refund instead",
                 )
+        with self.database.read() as session:
+            self._refuse_if_refunded(session, payment, ErrorCode.INVALID_TRANSITION)
         self.channel.reverse(payment_id)  # idempotent upstream, succeeds for the unknown
         with self.database.transaction() as session:
             payment = _locked(session, payment_id)
+            self._refuse_if_refunded(session, payment, ErrorCode.INVALID_TRANSITION)
             if payment.status not in (PaymentStatus.CAPTURED, PaymentStatus.AUTHORIZED):
                 return payment
             self._undo(session, payment, PaymentStatus.REVERSED, principal, self.clock.now())
             return payment
+
+    def _refuse_if_refunded(self, session: Session, payment: Payment, code: ErrorCode) -> None:
+        """A payment with refunds or prepayment redemptions (live or done) was seen and used:
+        undoing it whole would give the money back twice. Its refund-capacity memo account
+        says so (debited by every refund and redemption); the caller holds the payment's
+        lock, which refunds take too, so none can slip in meanwhile."""
+        try:
+            capacity = self.ledger.get_account(session, chart.refund_capacity(payment.id))
+        except DomainError as error:
+            if error.code is ErrorCode.ACCOUNT_NOT_FOUND:
+                return  # never refunded nor redeemed
+            raise
+        if capacity.debits_posted + capacity.debits_pending - capacity.credits_posted > 0:
+            raise DomainError(
+                code, "the payment has refunds or redemptions: it can only be refunded further"
+            )
 
     def _undo(
         self,

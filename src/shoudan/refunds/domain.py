@@ -259,7 +259,9 @@ def assess(facts: RiskFacts, rules: RiskRules) -> RiskAssessment:
              f"(>= {rules.card_velocity_count})")  # fmt: skip
     local = facts.payment_captured_at.astimezone(SHANGHAI).time()
     opens, closes = rules.business_hours
-    if not opens <= local < closes:
+    # hours may run past midnight (22:00-02:00): then "open" is outside the closed span
+    open_now = opens <= local < closes if opens <= closes else not closes <= local < opens
+    if not open_now:
         fact = f"paid at {local:%H:%M}, outside business hours {opens:%H:%M}-{closes:%H:%M}"
         fire("off_hours", rules.off_hours_weight, fact)
     if facts.amount >= rules.round_amount_min and facts.amount % rules.round_amount_unit == 0:

@@ -425,7 +425,9 @@ class RefundService:
         with self.database.transaction() as session:
             now = self.clock.now()
             refund = self._locked(session, principal, refund_id)
-            transition(RefundStatus(refund.status), RefundStatus.APPROVED)
+            # staff approve what is in review; a refund waiting for funds is approved by the
+            # funding worker once the money is held, never by hand without it
+            _require_status(refund, RefundStatus.IN_REVIEW, "approved")
             approved_by = tuple(
                 session.scalars(
                     select(RefundApproval.approver).where(RefundApproval.refund_id == refund.id)
@@ -684,6 +686,15 @@ class RefundService:
         with self.database.transaction() as session:
             now = self.clock.now()
             refund = self._locked(session, principal, refund_id)
+            _require_status(refund, RefundStatus.ABNORMAL, "re-routed")
+            if refund.outcome_unknown:
+                # the network may have refunded the card after all: paying again by bank
+                # transfer could pay twice — ask it first (sync)
+                raise DomainError(
+                    ErrorCode.INVALID_TRANSITION,
+                    "the network's answer to this refund is unknown: sync it before re-routing",
+                    status=refund.status,
+                )
             transition(RefundStatus(refund.status), RefundStatus.PROCESSING)
             refund.route = Route.BANK_TRANSFER.value
             refund.reroute_account_enc = self.vault.encrypt(account.account_number,
@@ -1018,6 +1029,15 @@ def _by_out_refund_no(session: Session, merchant_id: str, out_refund_no: str) ->
 
 def _kind_of(principal: Principal) -> RequesterKind:
     return RequesterKind.STAFF if principal.is_staff else RequesterKind.MERCHANT
+
+
+def _require_status(refund: Refund, status: RefundStatus, verb: str) -> None:
+    if refund.status != status.value:
+        raise DomainError(
+            ErrorCode.INVALID_TRANSITION,
+            f"only a refund that is {status.value} can be {verb}; this one is {refund.status}",
+            status=refund.status,
+        )
 
 
 def _required_text(value: str, message: str) -> str:
