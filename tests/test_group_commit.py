@@ -15,7 +15,6 @@ from shoudan.core.db import Database
 from shoudan.notifications.models import OutboxEvent
 from shoudan.notifications.service import emit
 
-
 NOW = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)
 
 
