@@ -11,10 +11,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import MetaData, event, select
+from sqlalchemy import MetaData, Select, event, select
 from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError
@@ -92,6 +93,20 @@ def load_row(
     if for_update:
         query = query.with_for_update().execution_options(populate_existing=True)
     return session.scalars(query).one_or_none()
+
+
+Keyset = tuple[datetime, str]  # (created_at, id) of the last row of the previous page
+
+
+def newest_first(query: Select[Any], model: Any, limit: int, after: Keyset | None) -> Select[Any]:
+    """Keyset pagination on ``model``'s (created_at, id), newest first: the rows after the
+    previous page's last one, at most ``limit``. Correct while rows are being added."""
+    if after is not None:
+        created, last_id = after
+        query = query.where(
+            (model.created_at < created) | ((model.created_at == created) & (model.id < last_id))
+        )
+    return query.order_by(model.created_at.desc(), model.id.desc()).limit(limit)
 
 
 def is_sqlite(bind: Engine | Connection | Session) -> bool:

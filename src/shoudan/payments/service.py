@@ -37,7 +37,7 @@ from shoudan.channels.domain import (
 )
 from shoudan.core.clock import Clock
 from shoudan.core.crypto import Vault
-from shoudan.core.db import Database, is_sqlite
+from shoudan.core.db import Database, is_sqlite, newest_first
 from shoudan.core.errors import DomainError, ErrorCode
 from shoudan.core.ids import derived_id, new_id
 from shoudan.ledger import chart
@@ -518,15 +518,8 @@ class PaymentService:
             query = query.where(Payment.created_at >= filters.created_from)
         if filters.created_to:
             query = query.where(Payment.created_at < filters.created_to)
-        if after is not None:
-            created, last_id = after
-            query = query.where(
-                (Payment.created_at < created)
-                | ((Payment.created_at == created) & (Payment.id < last_id))
-            )
-        query = query.order_by(Payment.created_at.desc(), Payment.id.desc()).limit(limit)
         with self.database.read() as session:
-            return list(session.scalars(query))
+            return list(session.scalars(newest_first(query, Payment, limit, after)))
 
     def _visible(self, session: Session, principal: Principal, payment_id: str) -> Payment:
         payment = session.get(Payment, payment_id)

@@ -43,7 +43,7 @@ from shoudan.channels.domain import (
 from shoudan.core.clock import Clock
 from shoudan.core.config import Settings
 from shoudan.core.crypto import Vault, mask_phone
-from shoudan.core.db import Database
+from shoudan.core.db import Database, newest_first
 from shoudan.core.errors import DomainError, ErrorCode
 from shoudan.core.identifiers import luhn_valid
 from shoudan.core.ids import new_id
@@ -854,15 +854,8 @@ class RefundService:
             query = query.where(Refund.payment_id == filters.payment_id)
         if filters.status:
             query = query.where(Refund.status == filters.status.value)
-        if after is not None:
-            created, last_id = after
-            query = query.where(
-                (Refund.created_at < created)
-                | ((Refund.created_at == created) & (Refund.id < last_id))
-            )
-        query = query.order_by(Refund.created_at.desc(), Refund.id.desc()).limit(limit)
         with self.database.read() as session:
-            return list(session.scalars(query))
+            return list(session.scalars(newest_first(query, Refund, limit, after)))
 
     def track(self, rrn: str, last4: str, amount: int) -> Tracking:
         """Consumer tracking without login: the payment's RRN, the last four digits of the

@@ -30,7 +30,6 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
-from sqlalchemy.sql import Select
 
 from shoudan import __version__
 from shoudan.audit.service import record
@@ -38,7 +37,7 @@ from shoudan.auth.domain import Principal, Role
 from shoudan.core.clock import Clock, SystemClock
 from shoudan.core.config import Settings
 from shoudan.core.crypto import Vault
-from shoudan.core.db import Database, is_sqlite, load_row
+from shoudan.core.db import Database, Keyset, is_sqlite, load_row, newest_first
 from shoudan.core.errors import DomainError, ErrorCode
 from shoudan.core.ids import new_id
 from shoudan.notifications.domain import MAX_DEDUPE_KEY, encode_payload, error_text
@@ -74,7 +73,6 @@ MAX_ENABLED_ENDPOINTS = 16  # per merchant: each one multiplies the deliveries o
 EXCERPT_READ_BYTES = 2048  # read no more of an answer than the excerpt can show
 ENDPOINT_ADMINS = (Role.CS_AGENT,)  # staff who may manage a merchant's endpoints (and admin)
 
-Keyset = tuple[datetime, str]
 
 
 # -- views --------------------------------------------------------------------------------------
@@ -217,21 +215,6 @@ def publish(
 # -- endpoints, events and deliveries: the use cases ---------------------------------------------
 
 
-def _newest_first(
-    query: Select[Any],
-    model: type[WebhookEndpoint] | type[Event] | type[WebhookDelivery],
-    limit: int,
-    after: Keyset | None,
-) -> Select[Any]:
-    """Keyset pagination on (created_at, id), newest first (as payments)."""
-    if after is not None:
-        created, last_id = after
-        query = query.where(
-            (model.created_at < created) | ((model.created_at == created) & (model.id < last_id))
-        )
-    return query.order_by(model.created_at.desc(), model.id.desc()).limit(limit)
-
-
 def _endpoint_not_found() -> DomainError:
     return DomainError(ErrorCode.WEBHOOK_ENDPOINT_NOT_FOUND, "webhook endpoint not found")
 
@@ -300,7 +283,7 @@ class WebhookService:
         """Newest first; a merchant's own only, staff may filter by merchant."""
         query = select(WebhookEndpoint).where(*self._scope(principal, WebhookEndpoint, merchant_id))
         with self.database.read() as session:
-            rows = session.scalars(_newest_first(query, WebhookEndpoint, limit, after))
+            rows = session.scalars(newest_first(query, WebhookEndpoint, limit, after))
             return [_endpoint_view(row) for row in rows]
 
     def get_endpoint(self, principal: Principal, endpoint_id: str) -> EndpointView:
@@ -328,7 +311,7 @@ class WebhookService:
         query = select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint_id)
         with self.database.read() as session:
             self._visible_endpoint(session, principal, endpoint_id)
-            rows = session.scalars(_newest_first(query, WebhookDelivery, limit, after))
+            rows = session.scalars(newest_first(query, WebhookDelivery, limit, after))
             return [_delivery_view(row) for row in rows]
 
     def list_events(
@@ -348,7 +331,7 @@ class WebhookService:
             elif pattern != ALL_EVENTS:
                 query = query.where(Event.type == pattern)
         with self.database.read() as session:
-            rows = session.scalars(_newest_first(query, Event, limit, after))
+            rows = session.scalars(newest_first(query, Event, limit, after))
             return [_event_view(row) for row in rows]
 
     def get_event(self, principal: Principal, event_id: str) -> EventView:
