@@ -121,3 +121,46 @@ def test_payments_through_group_commit_keep_the_books(
     assert world.container.ledger.verify().violations == []
     check_day_totals(world)
     world.container.database.dispose()
+
+
+def test_a_failed_member_returns_only_after_its_group_commits(grouped: Database) -> None:
+    """A caller that collided with a neighbour's row (an Idempotency-Key's winner) looks the
+    winner up at once: it must be committed by then."""
+    group = grouped._group
+    assert group is not None
+    with group._count_lock:
+        group._queued += 1  # someone "queued": the group stays open after the first member
+
+    def first() -> None:
+        with grouped.transaction() as session:
+            emit(session, "system.ping", {}, dedupe_key="winner")
+
+    winner = threading.Thread(target=first)
+    winner.start()
+    while group._batch is None or group._batch.members < 1:
+        threading.Event().wait(0.005)
+    seen: dict[str, object] = {}
+
+    def loser() -> None:
+        try:
+            with grouped.transaction() as session:
+                session.add(OutboxEvent(
+                    id=session.scalar(select(OutboxEvent.id)), topic="dup", payload="{}",
+                    dedupe_key="x", status="pending", attempts=0, next_attempt_at=NOW,
+                    created_at=NOW,
+                ))  # fmt: skip
+        except Exception as error:
+            seen["error"] = type(error).__name__
+            seen["winner_visible"] = count(Database(grouped.url), "system.ping")
+
+    late = threading.Thread(target=loser)
+    late.start()
+    late.join(timeout=0.5)
+    assert late.is_alive()  # failed, but waiting for its group
+    with group._count_lock:
+        group._queued -= 1
+    with grouped.transaction() as session:  # the queued one arrives and closes the group
+        emit(session, "system.ping", {})
+    late.join(timeout=10)
+    winner.join(timeout=10)
+    assert seen == {"error": "IntegrityError", "winner_visible": 2}

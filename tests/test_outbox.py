@@ -554,7 +554,7 @@ def test_outbox_cli_lists_dead_letters_and_requeues_them(database: Database) -> 
     from shoudan.cli.main import app as cli
 
     with database.transaction() as session:
-        stray = service.emit(session, "nobody.listens", {})
+        stray = service.emit(session, "nobody.listens", {}, clock=CLOCK_T0)
     relay(database, HandlerRegistry(), FixedClock(T0)).run_once()
     url = ["--database-url", database.url]
     listed = CliRunner().invoke(cli, ["outbox", "dead", *url])

@@ -109,6 +109,11 @@ def test_a_refunded_payment_can_no_longer_be_voided_or_reversed(rw: RefundWorld)
     assert (void.status_code, void.json()["code"]) == (409, "void_not_allowed")
     reverse = rw.client.post(f"/v1/payments/{payment['id']}/reverse", headers=rw.headers("a"))
     assert (reverse.status_code, reverse.json()["code"]) == (409, "invalid_transition")
+    rw.run_worker()  # the refusal came before the network: the refund still goes through
+    assert rw.get(rw.client.get(f"/v1/refunds?payment_id={payment['id']}",
+                                headers=rw.headers("a")).json()["data"][0]["id"])["status"] == (
+        "succeeded"
+    )  # fmt: skip
     # a rejected or canceled refund gives the payment back its whole capacity
     other = rw.world.pay(amount=8_000)
     refund = rw.refund(payment_id=other["id"], amount=2_000)
@@ -423,3 +428,34 @@ def test_public_tracking_is_rate_limited(rw: RefundWorld) -> None:
              for _ in range(limit + 1)]  # fmt: skip
     assert codes[:limit] == [404] * limit
     assert codes[-1] == 429
+
+
+def test_unanswered_refund_is_synced_then_rerouted(
+    rw: RefundWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shoudan.channels.domain import ChannelTimeout
+
+    container = rw.world.container
+    payment = rw.earlier_payment(amount=20_000)
+
+    def down(*_args: object) -> None:
+        raise ChannelTimeout("network down")
+
+    monkeypatch.setattr(container.channel, "refund", down)
+    monkeypatch.setattr(container.channel, "query_refund", down)
+    refund = rw.refund(payment_id=payment["id"], amount=3_000)
+    rw.run_worker()
+    for seconds in container.settings.refund_retry_seconds:
+        rw.later(timedelta(seconds=seconds))
+        rw.run_worker()
+    assert rw.get(refund["id"])["status"] == "abnormal"
+    account = {"account_number": DEBIT, "holder_name": "张三", "bank_name": "工商银行"}
+    assert rw.act(refund["id"], "reroute", "cs", expect=409, **account)["code"] == (
+        "invalid_transition"  # the network's answer is unknown: it may have paid
+    )
+    monkeypatch.undo()
+    synced = rw.act(refund["id"], "sync", "cs")  # the network never saw it
+    assert (synced["status"], synced["failure_reason"]) == ("abnormal", "not_refunded_upstream")
+    assert rw.act(refund["id"], "reroute", "cs", **account)["status"] == "processing"
+    rw.run_worker()
+    assert rw.get(refund["id"])["status"] == "succeeded"

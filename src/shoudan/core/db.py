@@ -252,6 +252,7 @@ class GroupCommit:
             return
         with self._count_lock:
             self._queued += 1
+        failure: BaseException | None = None
         with self._writer:
             with self._count_lock:
                 self._queued -= 1
@@ -263,16 +264,20 @@ class GroupCommit:
                     yield batch.session
                     batch.session.flush()
                     savepoint.commit()
-                except BaseException:
+                except BaseException as error:
                     # deactivated by a failed flush, or still open: undo this member only
                     savepoint.rollback()
-                    raise  # nothing of it is in the group: its caller need not wait
+                    failure = error
             finally:
                 self._local.inside = False
                 self._local.session = None
                 # always: a member that failed may be the last, and the others wait on it
                 self._after_member()
+        # Even a failed member waits for its group: its caller may look for the row it
+        # collided with (an Idempotency-Key's winner) and must find it committed.
         batch.done.wait()
+        if failure is not None:
+            raise failure
         if batch.error is not None:
             raise batch.error
 

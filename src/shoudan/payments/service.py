@@ -385,6 +385,8 @@ class PaymentService:
         with self.database.read() as session:
             payment = self._visible(session, principal, payment_id)
             check_void(_facts(payment), self.clock.now())
+            # before the network: once it has voided, our books must follow it
+            self._refuse_if_refunded(session, payment, ErrorCode.VOID_NOT_ALLOWED)
         result = self.channel.void(payment_id)
         if not result.approved:
             raise DomainError(
@@ -395,7 +397,8 @@ class PaymentService:
             payment = _locked(session, payment_id)
             now = self.clock.now()
             check_void(_facts(payment), now)
-            self._refuse_if_refunded(session, payment, ErrorCode.VOID_NOT_ALLOWED)
+            # A refund requested since our check is not sent yet: the network now refuses it
+            # (the payment is voided there), and its holds are released when it fails.
             self._undo(session, payment, PaymentStatus.VOIDED, principal, now)
             return payment
 
@@ -416,8 +419,7 @@ class PaymentService:
             self._refuse_if_refunded(session, payment, ErrorCode.INVALID_TRANSITION)
         self.channel.reverse(payment_id)  # idempotent upstream, succeeds for the unknown
         with self.database.transaction() as session:
-            payment = _locked(session, payment_id)
-            self._refuse_if_refunded(session, payment, ErrorCode.INVALID_TRANSITION)
+            payment = _locked(session, payment_id)  # reversed upstream: the books follow
             if payment.status not in (PaymentStatus.CAPTURED, PaymentStatus.AUTHORIZED):
                 return payment
             self._undo(session, payment, PaymentStatus.REVERSED, principal, self.clock.now())

@@ -729,11 +729,23 @@ class RefundService:
             raise DomainError(
                 ErrorCode.CHANNEL_UNAVAILABLE, f"the network did not answer: {error}"
             ) from error
-        if known is None or known.status is UpstreamStatus.FAILED_TRANSIENT:
+        settled_answer = known is not None and known.status is not UpstreamStatus.FAILED_TRANSIENT
+        if not settled_answer and not (
+            refund.status == RefundStatus.ABNORMAL.value and refund.outcome_unknown
+        ):
             return refund
         with self.database.transaction() as session:
             locked = _locked_refund(session, refund_id)
             now = self.clock.now()
+            if known is None or not (known.succeeded or settled_answer):
+                # abnormal for want of an answer, and the network says the money did not
+                # move (never seen, or failed): the outcome is known now — staff may re-route
+                if locked.status == RefundStatus.ABNORMAL.value and locked.outcome_unknown:
+                    locked.outcome_unknown = False
+                    locked.failure_reason = "not_refunded_upstream"
+                    self._history(session, locked, RefundStatus.ABNORMAL, RefundStatus.ABNORMAL,
+                                  principal.id, "the network has not refunded it", now)  # fmt: skip
+                return locked
             if known.succeeded and locked.status in (RefundStatus.PROCESSING.value,
                                                      RefundStatus.ABNORMAL.value):  # fmt: skip
                 if locked.status == RefundStatus.ABNORMAL.value:
@@ -742,6 +754,9 @@ class RefundService:
                 self._complete(session, locked, now)
             elif locked.status == RefundStatus.PROCESSING.value:
                 self._settle_attempt(session, locked, known, now)
+            elif locked.outcome_unknown:  # abnormal, and the network says it failed for good
+                locked.outcome_unknown = False
+                locked.failure_reason = (known.reason or "failed")[:64]
             if principal.is_staff:
                 self._audit(session, principal, locked, "refund.sync", known.status.value, now)
             return locked
