@@ -24,18 +24,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy.orm import Session
 
 from shoudan import migrations
 from shoudan.auth.domain import Role
 from shoudan.auth.service import create_api_key
 from shoudan.bootstrap import bootstrap
 from shoudan.channels.sandbox import PAN_APPROVE_DEBIT, SANDBOX_PIN
-from shoudan.core.clock import SystemClock
+from shoudan.core.clock import Clock, SystemClock
 from shoudan.core.config import Settings, get_settings
 from shoudan.core.crypto import Vault
 from shoudan.core.db import Database
 from shoudan.ledger.service import Ledger
-from shoudan.merchants.service import MerchantInput, create_merchant
+from shoudan.merchants.service import MerchantInput, MerchantView, create_merchant
 from shoudan.terminals.service import TerminalInput, create_terminal
 
 CLIENTS = 32
@@ -49,21 +50,31 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def bench_vault() -> Vault:
+    return Vault.from_master(bytes.fromhex(SECRET))
+
+
+def bench_merchant(
+    session: Session, database: Database, vault: Vault, clock: Clock, name: str
+) -> MerchantView:
+    """The benchmarks' merchant: no daily limit gets in the way (reference data must exist:
+    ``bootstrap`` first, outside this transaction)."""
+    return create_merchant(
+        session, vault, Ledger(database, clock),
+        MerchantInput(name, "small_business", "5411", "3100", "13800000000", daily_limit=10**12),
+        actor="bench", clock=clock,
+    )  # fmt: skip
+
+
 def _prepare(url: str) -> tuple[str, str]:
     """A merchant, a terminal and the merchant's API key in a fresh database."""
     migrations.upgrade(url)
     database = Database(url)
     try:
         bootstrap(database)
-        clock = SystemClock()
-        vault = Vault.from_master(bytes.fromhex(SECRET))
+        vault, clock = bench_vault(), SystemClock()
         with database.transaction() as session:
-            merchant = create_merchant(
-                session, vault, Ledger(database, clock),
-                MerchantInput("压测商户", "small_business", "5411", "3100", "13800000000",
-                              daily_limit=10**12),
-                actor="bench", clock=clock,
-            )  # fmt: skip
+            merchant = bench_merchant(session, database, vault, clock, "压测商户")
             terminal = create_terminal(
                 session, vault,
                 TerminalInput("BENCH-0001", "BT000001", "epos", merchant.merchant_id, None),

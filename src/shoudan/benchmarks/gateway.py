@@ -44,12 +44,11 @@ from pathlib import Path
 from typing import Any, Final
 
 from shoudan import migrations
-from shoudan.benchmarks.api import SECRET, _free_port
+from shoudan.benchmarks.api import SECRET, _free_port, bench_merchant, bench_vault
 from shoudan.bootstrap import bootstrap
 from shoudan.channels.sandbox import PAN_APPROVE_DEBIT, SANDBOX_PIN
 from shoudan.core.clock import SystemClock
 from shoudan.core.config import Settings, get_settings
-from shoudan.core.crypto import Vault
 from shoudan.core.db import Database
 from shoudan.gateway.codec import MAC_BYTES, MAC_FIELD, Message, decode, encode, mac_input
 from shoudan.gateway.domain import Kind
@@ -64,7 +63,6 @@ from shoudan.gateway.simulator import (
     TerminalState,
 )
 from shoudan.ledger.service import Ledger
-from shoudan.merchants.service import MerchantInput, create_merchant
 from shoudan.terminals.keys import generate_master_key
 from shoudan.terminals.service import TerminalInput, create_terminal
 
@@ -109,16 +107,10 @@ def _prepare(url: str, count: int) -> list[BenchTerminal]:
     database = Database(url)
     try:
         bootstrap(database)
-        clock = SystemClock()
-        vault = Vault.from_master(bytes.fromhex(SECRET))
+        vault, clock = bench_vault(), SystemClock()
         terminals = []
         with database.transaction() as session:
-            merchant = create_merchant(
-                session, vault, Ledger(database, clock),
-                MerchantInput("网关压测商户", "small_business", "5411", "3100", "13800000000",
-                              daily_limit=10**12),
-                actor="bench", clock=clock,
-            )  # fmt: skip
+            merchant = bench_merchant(session, database, vault, clock, "网关压测商户")
             for number in range(1, count + 1):
                 key = generate_master_key()
                 view = create_terminal(

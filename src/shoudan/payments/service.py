@@ -366,7 +366,7 @@ class PaymentService:
             )
         with self.database.transaction() as session:
             _next_rrn_lock(session, business_date(self.clock.now()))
-            payment = _locked(session, payment_id)
+            payment = locked_payment(session, payment_id)
             check_capture(_facts(payment), amount, self.completion_limit_percent)
             _check_completion_limits(session, payment, amount, limits)  # and under the lock
             now = self.clock.now()
@@ -394,7 +394,7 @@ class PaymentService:
                 f"the network refused the void ({result.response_code}): {result.message}",
             )
         with self.database.transaction() as session:
-            payment = _locked(session, payment_id)
+            payment = locked_payment(session, payment_id)
             now = self.clock.now()
             check_void(_facts(payment), now)
             # A refund requested since our check is not sent yet: the network now refuses it
@@ -419,7 +419,7 @@ class PaymentService:
             self._refuse_if_refunded(session, payment, ErrorCode.INVALID_TRANSITION)
         self.channel.reverse(payment_id)  # idempotent upstream, succeeds for the unknown
         with self.database.transaction() as session:
-            payment = _locked(session, payment_id)  # reversed upstream: the books follow
+            payment = locked_payment(session, payment_id)  # reversed upstream: the books follow
             if payment.status not in (PaymentStatus.CAPTURED, PaymentStatus.AUTHORIZED):
                 return payment
             self._undo(session, payment, PaymentStatus.REVERSED, principal, self.clock.now())
@@ -681,7 +681,8 @@ def _facts(payment: Payment) -> PaymentFacts:
     )  # fmt: skip
 
 
-def _locked(session: Session, payment_id: str) -> Payment:
+def locked_payment(session: Session, payment_id: str) -> Payment:
+    """The payment, row-locked for the rest of the transaction (refunds lock it too)."""
     payment = session.scalars(
         select(Payment).where(Payment.id == payment_id).with_for_update()
     ).one_or_none()

@@ -55,6 +55,7 @@ from shoudan.merchants.domain import validate_phone
 from shoudan.notifications.service import emit
 from shoudan.payments.domain import PaymentStatus, business_date
 from shoudan.payments.models import Payment, PaymentDayTotal
+from shoudan.payments.service import locked_payment
 from shoudan.pricing.service import get_plan
 from shoudan.refunds.domain import (
     LIVE,
@@ -262,7 +263,7 @@ class RefundService:
         fingerprint: str,
     ) -> Refund:
         now = self.clock.now()
-        payment = _locked_payment(session, req.payment_id)
+        payment = locked_payment(session, req.payment_id)
         if not principal.can_see(payment.merchant_id):
             raise DomainError(ErrorCode.PAYMENT_NOT_FOUND, "payment not found")
         live_total, live_count, returned_before = _live_refunds(session, payment.id)
@@ -663,7 +664,7 @@ class RefundService:
                 PostHold(f"refund:{refund.id}:capacity:post", f"refund:{refund.id}:capacity"),
             )
         self.ledger.post(session, Linked(entries))
-        payment = _locked_payment(session, refund.payment_id)
+        payment = locked_payment(session, refund.payment_id)
         payment.refunded_amount += refund.amount
         payment.updated_at = now
         refund.outcome_unknown = False
@@ -801,7 +802,7 @@ class RefundService:
             raise DomainError(ErrorCode.INVALID_AMOUNT, "amount is a positive integer of fen")
         with self.database.transaction() as session:
             now = self.clock.now()
-            payment = _locked_payment(session, payment_id)
+            payment = locked_payment(session, payment_id)
             if not principal.can_see(payment.merchant_id):
                 raise DomainError(ErrorCode.PAYMENT_NOT_FOUND, "payment not found")
             if not payment.prepayment:
@@ -1066,15 +1067,6 @@ def _checked_account(target: Reroute) -> Reroute:
     if not holder or not bank:
         raise DomainError(ErrorCode.INVALID_INPUT, "holder_name and bank_name are required")
     return Reroute(number, holder, bank)
-
-
-def _locked_payment(session: Session, payment_id: str) -> Payment:
-    payment = session.scalars(
-        select(Payment).where(Payment.id == payment_id).with_for_update()
-    ).one_or_none()
-    if payment is None:
-        raise DomainError(ErrorCode.PAYMENT_NOT_FOUND, "payment not found")
-    return payment
 
 
 def _locked_refund(session: Session, refund_id: str) -> Refund:
