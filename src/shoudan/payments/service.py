@@ -666,6 +666,8 @@ def _event(payment: Payment) -> dict[str, object]:
     return {
         "payment_id": payment.id,
         "merchant_id": payment.merchant_id,
+        "terminal_id": payment.terminal_id,
+        "method": payment.method,
         "status": payment.status,
         "amount": payment.amount,
         "captured_amount": payment.captured_amount,

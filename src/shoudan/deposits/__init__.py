@@ -1,0 +1,1 @@
+"""Terminal deposits (押金): charge at activation and every refund path."""

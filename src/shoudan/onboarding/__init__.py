@@ -1,0 +1,1 @@
+"""Merchant onboarding: applications, phone verification, KYC, review and contracts."""

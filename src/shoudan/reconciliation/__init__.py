@@ -1,0 +1,1 @@
+"""Reconciliation (对账): channel statements matched against our records."""
