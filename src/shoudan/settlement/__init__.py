@@ -1,0 +1,1 @@
+"""Settlement (结算): runs, merchant debt, payouts to the merchant's own card, statements."""
