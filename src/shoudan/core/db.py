@@ -9,15 +9,16 @@ PostgreSQL is production, reached through psycopg 3.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import MetaData, Select, event, select
+from sqlalchemy import MetaData, Select, Table, event, select
 from sqlalchemy import create_engine as sa_create_engine
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import Connection, Dialect, Engine, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, InstrumentedAttribute, Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -107,6 +108,58 @@ def newest_first(query: Select[Any], model: Any, limit: int, after: Keyset | Non
             (model.created_at < created) | ((model.created_at == created) & (model.id < last_id))
         )
     return query.order_by(model.created_at.desc(), model.id.desc()).limit(limit)
+
+
+class DriverSQL:
+    """The driver cursor (sqlite3 / psycopg) of a session's current transaction, for the hot
+    write paths where SQLAlchemy's per-statement machinery costs more than the statement
+    (docs/benchmarks.md). Values go through the columns' own bind processors, so rows are
+    stored exactly as the ORM would store them; driver errors come out as SQLAlchemy's
+    (``IntegrityError`` …), as callers expect. SQL is written with ``?`` placeholders."""
+
+    def __init__(self, session: Session) -> None:
+        connection = session.connection()
+        self.connection = connection
+        self.dialect = connection.dialect
+        self.is_sqlite = self.dialect.name == "sqlite"
+        self.cursor: Any = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Run one statement; its rows (a statement with ``RETURNING``, a query) or []."""
+        if not self.is_sqlite:
+            sql = sql.replace("?", "%s")
+        try:
+            self.cursor.execute(sql, params)
+            return list(self.cursor.fetchall()) if self.cursor.description else []
+        except self.dialect.loaded_dbapi.Error as error:
+            # as SQLAlchemy itself does: a dropped connection must leave the pool at once
+            dropped = self.dialect.is_disconnect(error, self.connection.connection, self.cursor)
+            if dropped:
+                self.connection.invalidate(error)
+            raise DBAPIError.instance(
+                sql, params, error, self.dialect.loaded_dbapi.Error, dialect=self.dialect,
+                connection_invalidated=dropped,
+            ) from error
+
+    def insert(self, model: type[Base], row: Mapping[str, Any]) -> None:
+        """``INSERT`` one row of ``model``'s table (column name → Python value)."""
+        table = model.__table__
+        assert isinstance(table, Table)
+        sql, processors = _insert_statement(self.dialect, table, tuple(row))
+        self.execute(sql, [p(v) if p else v for p, v in zip(processors, row.values(), strict=True)])
+
+
+@lru_cache(maxsize=256)
+def _insert_statement(
+    dialect: Dialect, table: Table, columns: tuple[str, ...]
+) -> tuple[str, tuple[Callable[[Any], Any] | None, ...]]:
+    quote = dialect.identifier_preparer.quote
+    sql = (
+        f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)})"
+        f" VALUES ({', '.join('?' * len(columns))})"
+    )
+    processors = tuple(table.c[c].type._cached_bind_processor(dialect) for c in columns)
+    return sql, processors
 
 
 def is_sqlite(bind: Engine | Connection | Session) -> bool:

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from shoudan.core.ids import new_id
 from shoudan.gateway.codec import BatchTotals
-from shoudan.gateway.domain import Identity, Kind
+from shoudan.gateway.domain import REVERSAL_MTI, Identity, Kind
 from shoudan.gateway.models import GatewayCase, GatewayRequest, TerminalSession
 from shoudan.gateway.response_codes import APPROVED
 from shoudan.payments.domain import PaymentStatus
@@ -47,6 +47,25 @@ def find_request(session: Session, identity: Identity) -> GatewayRequest | None:
             GatewayRequest.mti == identity.mti,
         )
     ).one_or_none()
+
+
+def find_with_reversal(
+    session: Session, identity: Identity
+) -> tuple[GatewayRequest | None, GatewayRequest | None]:
+    """The journal rows of this identity and of its reversal (same terminal, merchant, batch
+    and STAN, MTI 0400), in one query."""
+    rows = session.scalars(
+        select(GatewayRequest).where(
+            GatewayRequest.terminal_id == identity.terminal_id,
+            GatewayRequest.merchant_id == identity.merchant_id,
+            GatewayRequest.batch == identity.batch,
+            GatewayRequest.stan == identity.stan,
+            GatewayRequest.mti.in_({identity.mti, REVERSAL_MTI}),
+        )
+    ).all()
+    by_mti = {row.mti: row for row in rows}
+    reversal = by_mti.get(REVERSAL_MTI) if identity.mti != REVERSAL_MTI else None
+    return by_mti.get(identity.mti), reversal
 
 
 def find_payment(session: Session, merchant_id: str, idempotency_key: str) -> Payment | None:

@@ -34,7 +34,7 @@ from shoudan.auth.domain import Principal, Role
 from shoudan.channels.domain import CardData, Channel, ChannelResult, ChannelTimeout
 from shoudan.core.clock import SHANGHAI, Clock
 from shoudan.core.crypto import Vault
-from shoudan.core.db import Database
+from shoudan.core.db import Database, DriverSQL
 from shoudan.core.errors import DomainError, ErrorCode
 from shoudan.gateway import repository
 from shoudan.gateway.codec import (
@@ -69,7 +69,6 @@ from shoudan.gateway.domain import (
     PENDING_REVIEW,
     REQUEST_MTIS,
     REQUIRED,
-    REVERSAL_MTI,
     Identity,
     Kind,
     Transaction,
@@ -110,9 +109,10 @@ from shoudan.gateway.response_codes import (
 from shoudan.payments.domain import Method, PaymentStatus
 from shoudan.payments.models import Payment
 from shoudan.payments.service import CardInput, PaymentFilters, PaymentRequest, PaymentService
+from shoudan.payments.store import load_point
 from shoudan.refunds.domain import RefundReason, RefundStatus, RequesterKind
 from shoudan.refunds.service import RefundRequest, RefundService
-from shoudan.terminals.service import load_master_key, payment_point
+from shoudan.terminals.service import activate_on_sign_on, load_master_key, payment_point
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +186,7 @@ class _Result:
     amount: int | None = None
     rrn: str | None = None
     journal: bool = True
+    body: bytes | None = None  # the reply, already journaled (in its payment's transaction)
 
 
 @dataclass(slots=True)
@@ -304,15 +305,16 @@ class GatewayService:
         identity = Identity(message.mti, terminal_id, merchant_id, f60.batch, _text(message, 11))
         principal = Principal(f"terminal:{terminal_id}", Role.MERCHANT, merchant_id)
         context = _Context(frame, message, txn, f60, identity, principal)
+        signing_on = txn.kind is Kind.SIGN_ON
         with self.database.read() as session:
             try:
-                terminal, _merchant = payment_point(session, terminal_id)
+                terminal_merchant = _checked_point(session, terminal_id, signing_on)
             except DomainError as error:
                 raise _Answer(field_39(error.code), error.message) from None
-            if terminal.merchant_id != merchant_id:
+            if terminal_merchant != merchant_id:
                 raise _Answer(INVALID_MERCHANT, "terminal and merchant do not match our records")
-            row = repository.load_session(session, terminal_id)
-        if txn.kind is Kind.SIGN_ON:
+            row = None if signing_on else repository.load_session(session, terminal_id)
+        if signing_on:
             return context
         if row is None:
             raise _Answer(SIGN_ON_REQUIRED, "the terminal has not signed on")
@@ -349,10 +351,8 @@ class GatewayService:
             return self._respond(ctx, self._sign_on(ctx))
         with self._locks.hold(ctx.identity.lock_key):
             with self.database.read() as session:
-                stored = repository.find_request(session, ctx.identity)
-                reversed_first = ctx.txn.reversible and (
-                    repository.find_request(session, _as_reversal(ctx.identity)) is not None
-                )
+                stored, reversal = repository.find_with_reversal(session, ctx.identity)
+            reversed_first = ctx.txn.reversible and reversal is not None
             if stored is not None:
                 return self._replay(ctx, stored)
             if kind is not Kind.REVERSAL and ctx.f60.batch != ctx.open_batch:
@@ -367,36 +367,40 @@ class GatewayService:
                 result = _Result(answer.code, journal=answer.journal)
             except DomainError as error:
                 result = _Result(field_39(error.code), journal=error.code not in TRANSIENT_ERRORS)
+            except IntegrityError as error:  # a sale's journal row, taken meanwhile
+                return self._answered_meanwhile(ctx, error)
             return self._respond(ctx, result)
 
     def _respond(self, ctx: _Context, result: _Result) -> Outcome:
+        if result.body is not None:  # journaled with its payment
+            return self._outcome(ctx, result.body, result.code, result.rrn)
         body = self._body(ctx, result)
         if result.journal and ctx.txn.kind not in NOT_JOURNALED:
             try:
                 with self.database.transaction() as session:
                     self._record(session, ctx, result, body)
-            except IntegrityError:
-                # the same identity journaled meanwhile (another process): answer as it did
-                with self.database.read() as session:
-                    stored = repository.find_request(session, ctx.identity)
-                if stored is None:
-                    raise
-                return self._replay(ctx, stored)
+            except IntegrityError as error:
+                return self._answered_meanwhile(ctx, error)
         return self._outcome(ctx, body, result.code, result.rrn)
+
+    def _answered_meanwhile(self, ctx: _Context, error: IntegrityError) -> Outcome:
+        """The same identity was journaled meanwhile (by another process): answer as it did."""
+        with self.database.read() as session:
+            stored = repository.find_request(session, ctx.identity)
+        if stored is None:
+            raise error
+        return self._replay(ctx, stored)
 
     def _record(self, session: Session, ctx: _Context, result: _Result, body: bytes) -> None:
         identity = ctx.identity
-        session.add(
-            GatewayRequest(
-                terminal_id=identity.terminal_id, merchant_id=identity.merchant_id,
-                mti=identity.mti, batch=identity.batch, stan=identity.stan,
-                kind=ctx.txn.kind.value, request_hash=ctx.fingerprint,
-                payment_id=result.payment_id, amount=result.amount,
-                response_code=result.code, rrn=result.rrn, response=body,
-                created_at=self.clock.now(),
-            )
-        )  # fmt: skip
-        session.flush()
+        DriverSQL(session).insert(GatewayRequest, {
+            "terminal_id": identity.terminal_id, "merchant_id": identity.merchant_id,
+            "mti": identity.mti, "batch": identity.batch, "stan": identity.stan,
+            "kind": ctx.txn.kind.value, "request_hash": ctx.fingerprint,
+            "payment_id": result.payment_id, "amount": result.amount,
+            "response_code": result.code, "rrn": result.rrn, "response": body,
+            "created_at": self.clock.now(),
+        })  # fmt: skip
 
     def _replay(self, ctx: _Context, stored: GatewayRequest) -> Outcome:
         # a reversal is always acknowledged, even resent with another reason (39)
@@ -467,6 +471,7 @@ class GatewayService:
         now = self.clock.now()
         with self.database.transaction() as session:
             tmk = load_master_key(session, self.vault, terminal_id)
+            activate_on_sign_on(session, terminal_id, clock=self.clock)  # the first one only
             row = repository.load_session(session, terminal_id, for_update=True)
             if row is None:
                 row = TerminalSession(
@@ -508,14 +513,26 @@ class GatewayService:
         return CardInput(pan=pan, expiry=expiry, entry_mode=entry_mode, pin=pin)
 
     def _authorize(self, ctx: _Context, *, capture: bool) -> _Result:
-        """Sale (消费) or pre-authorisation (预授权): one payment, idempotent on the identity."""
-        identity = ctx.identity
+        """Sale (消费) or pre-authorisation (预授权): one payment, idempotent on the identity.
+        Its journal row is written in the payment's own transaction: one commit, and no
+        payment recorded without the answer the terminal was given."""
+        identity, amount = ctx.identity, _amount(ctx)
         request = PaymentRequest(
-            terminal_id=identity.terminal_id, amount=_amount(ctx), method=Method.CARD,
+            terminal_id=identity.terminal_id, amount=amount, method=Method.CARD,
             card=self._card(ctx), capture=capture, idempotency_key=identity.idempotency_key,
             description=f"ISO 8583 batch {identity.batch} STAN {identity.stan}",
         )  # fmt: skip
-        return _payment_result(self.payments.create(ctx.principal, request), _amount(ctx))
+        journaled: list[_Result] = []
+
+        def journal(session: Session, payment: Payment) -> None:
+            result = _payment_result(payment, amount)
+            result.body = self._body(ctx, result)
+            self._record(session, ctx, result, result.body)
+            journaled.append(result)
+
+        payment = self.payments.create(ctx.principal, request, also=journal)
+        # a payment recorded earlier (its journal row lost in a crash) is journaled now
+        return journaled[-1] if journaled else _payment_result(payment, amount)
 
     def _balance(self, ctx: _Context) -> _Result:
         card = self._card(ctx)
@@ -713,6 +730,17 @@ class GatewayService:
 
 
 # -- helpers -------------------------------------------------------------------------------------
+def _checked_point(session: Session, terminal_id: str, signing_on: bool) -> str:
+    """The terminal's merchant, both checked able to take payments; to sign on, an inactive
+    terminal passes too (its first sign-on activates it). Every other request reads the two
+    rows in one statement, as the payment it leads to does."""
+    if signing_on:
+        return payment_point(session, terminal_id, allow_inactive=True)[0].merchant_id
+    point = load_point(DriverSQL(session), terminal_id)
+    point.check_can_pay()
+    return point.merchant_id
+
+
 def _text(message: Message, number: int) -> str:
     value = message.text(number)
     if value is None:
@@ -760,12 +788,6 @@ def _check_fields(txn: Transaction, message: Message) -> None:
             raise FieldError("a refund names its original's date in 61.3")
     except FieldError as error:
         raise _Answer(FORMAT_ERROR, str(error)) from None
-
-
-def _as_reversal(identity: Identity) -> Identity:
-    return Identity(
-        REVERSAL_MTI, identity.terminal_id, identity.merchant_id, identity.batch, identity.stan
-    )
 
 
 def _month_day(business_date: str) -> str:

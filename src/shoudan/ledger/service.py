@@ -163,7 +163,8 @@ class Ledger:
             return self.get_account(session, account_id)
 
     def get_account(self, session: Session, account_id: str) -> AccountView:
-        row = session.get(LedgerAccount, account_id)
+        # postings update balances with plain SQL: refresh a row this session already holds
+        row = session.get(LedgerAccount, account_id, populate_existing=True)
         if row is None:
             raise DomainError(ErrorCode.ACCOUNT_NOT_FOUND, f"account {account_id} not found")
         return _view(row)

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import date, datetime
+from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import or_, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -37,13 +36,14 @@ from shoudan.channels.domain import (
 )
 from shoudan.core.clock import Clock
 from shoudan.core.crypto import Vault
-from shoudan.core.db import Database, is_sqlite, newest_first
+from shoudan.core.db import Database, DriverSQL, newest_first
 from shoudan.core.errors import DomainError, ErrorCode
 from shoudan.core.ids import derived_id, new_id
 from shoudan.ledger import chart
 from shoudan.ledger.domain import Hold, Linked, Posting, Transfer, VoidHold
 from shoudan.ledger.service import Ledger
 from shoudan.notifications.service import emit
+from shoudan.payments import store
 from shoudan.payments.domain import (
     DEFAULT_COMPLETION_LIMIT_PERCENT,
     EntryMode,
@@ -56,10 +56,9 @@ from shoudan.payments.domain import (
     compose_rrn,
     transition,
 )
-from shoudan.payments.models import Payment, PaymentDayTotal, PaymentStatusChange, RrnCounter
-from shoudan.pricing.domain import FeeQuote, Limits, check_limits, quote
-from shoudan.pricing.service import get_plan
-from shoudan.terminals.service import TerminalView, get_terminal, payment_point
+from shoudan.payments.models import Payment, PaymentStatusChange
+from shoudan.payments.store import PaymentPoint
+from shoudan.pricing.domain import FeePlan, FeeQuote, Limits, Product, check_limits, quote
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +103,14 @@ class PaymentFilters:
     created_to: datetime | None = None
 
 
+# Called inside the transaction that records a new payment, with that transaction's session:
+# what it writes commits or rolls back with the payment (the gateway's journal row).
+AlsoRecord = Callable[[Session, Payment], None]
+
+
 @dataclass(frozen=True, slots=True)
 class _Prepared:
-    terminal: TerminalView
+    point: PaymentPoint
     merchant_id: str
     plan_code: str
     quote: FeeQuote | None  # None for a pre-auth: the fee is taken on the captured amount
@@ -132,31 +136,34 @@ class PaymentService:
         self.channel = channel
         self.clock = clock
         self.completion_limit_percent = completion_limit_percent
+        self._plans = store.PlanCache()
 
     # -- create ---------------------------------------------------------------------------
-    def create(self, principal: Principal, request: PaymentRequest) -> Payment:
+    def create(
+        self, principal: Principal, request: PaymentRequest, *, also: AlsoRecord | None = None
+    ) -> Payment:
+        """Take a payment. ``also`` runs in the transaction that records it (not for a retry
+        answered with the payment recorded before)."""
         _check_shape(request)
         fingerprint = self._fingerprint(request)
         with self.database.read() as session:
+            driver = DriverSQL(session)
             # A retry is answered first, before any rule that its own payment now affects
             # (limits count it; the terminal may have been suspended since).
-            terminal = get_terminal(session, request.terminal_id)
-            if not principal.can_see(terminal.merchant_id):
+            point = store.load_point(driver, request.terminal_id)
+            if not principal.can_see(point.merchant_id):
                 raise DomainError(ErrorCode.TERMINAL_NOT_FOUND, "terminal not found")
             if request.idempotency_key is not None:
-                existing = _by_idempotency_key(
-                    session, terminal.merchant_id, request.idempotency_key
-                )
+                existing = _by_idempotency_key(session, point.merchant_id, request.idempotency_key)
                 if existing is not None:
                     return _same_request(existing, fingerprint)
-            prepared = self._prepare(session, principal, request)
+            prepared = self._prepare(session, driver, point, request)
         payment_id = payment_id_for(prepared.merchant_id, request.idempotency_key)
         result = self._authorize(payment_id, request)
+        record = (principal, request, prepared, fingerprint, also)
         try:
             with self.database.transaction() as session:
-                return self._record(
-                    session, payment_id, principal, request, prepared, result, fingerprint
-                )
+                return self._record(session, payment_id, result, *record)
         except DomainError as error:
             if result.approved and error.code is ErrorCode.LIMIT_EXCEEDED:
                 # A concurrent payment used the limit while we were at the network: give the
@@ -168,9 +175,7 @@ class PaymentService:
                     message=error.message,
                 )  # fmt: skip
                 with self.database.transaction() as session:
-                    return self._record(
-                        session, payment_id, principal, request, prepared, refused, fingerprint
-                    )
+                    return self._record(session, payment_id, refused, *record)
             if result.approved:
                 self.channel.reverse(payment_id)  # nothing recorded: nothing may stay charged
             raise
@@ -186,6 +191,8 @@ class PaymentService:
             with self.database.read() as session:
                 winner = _by_idempotency_key(session, prepared.merchant_id, request.idempotency_key)
             if winner is None:
+                if result.approved:  # nothing recorded: nothing may stay charged
+                    self.channel.reverse(payment_id)
                 raise
             return _same_request(winner, fingerprint)
         except BaseException:
@@ -205,11 +212,17 @@ class PaymentService:
         ]  # fmt: skip
         return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
+    def _limits(self, plan: FeePlan, point: PaymentPoint) -> Limits:
+        if point.daily_limit is None:
+            return plan.limits
+        # the merchant's own daily limit overrides the plan's
+        return replace(plan.limits, per_merchant_daily=point.daily_limit)
+
     def _prepare(
-        self, session: Session, principal: Principal, request: PaymentRequest
+        self, session: Session, driver: DriverSQL, point: PaymentPoint, request: PaymentRequest
     ) -> _Prepared:
-        terminal, merchant = payment_point(session, request.terminal_id)
-        plan = get_plan(session, merchant.fee_plan_code)
+        point.check_can_pay()
+        plan = self._plans.get(session, point.fee_plan_code)
         now = self.clock.now()
         funding: str | None = None
         token: str | None = None
@@ -223,19 +236,17 @@ class PaymentService:
             network = _qr_network_name(request.auth_code, request.method)
         category = _category(request, funding)
         fee_quote = (
-            quote(plan, terminal.product, category, request.amount, now)
+            quote(plan, Product(point.product), category, request.amount, now)
             if request.capture
             else None
         )
-        limits = plan.limits
-        if merchant.daily_limit is not None:  # the merchant's own daily limit overrides
-            limits = replace(limits, per_merchant_daily=merchant.daily_limit)
+        limits = self._limits(plan, point)
         day = business_date(now).isoformat()
         check_limits(
-            limits, request.amount, *_day_totals(session, token, merchant.merchant_id, day)
+            limits, request.amount, *store.day_totals(driver, token, point.merchant_id, day)
         )
         return _Prepared(
-            terminal, terminal.merchant_id, plan.code, fee_quote, network, funding, token, limits
+            point, point.merchant_id, plan.code, fee_quote, network, funding, token, limits
         )
 
     def _authorize(self, payment_id: str, request: PaymentRequest) -> ChannelResult:
@@ -264,24 +275,19 @@ class PaymentService:
         self,
         session: Session,
         payment_id: str,
+        result: ChannelResult,
         principal: Principal,
         request: PaymentRequest,
         prepared: _Prepared,
-        result: ChannelResult,
         fingerprint: str,
+        also: AlsoRecord | None,
     ) -> Payment:
         now = self.clock.now()
         day = business_date(now)
+        driver = DriverSQL(session)
         # The day's RRN counter row is locked first: it serialises the day's payments on
-        # PostgreSQL, so the limit sums below see every payment committed before ours.
-        rrn = _next_rrn(session, day)
-        if result.approved:
-            # the limits again, now under the write lock: concurrent payments count
-            check_limits(
-                prepared.limits,
-                request.amount,
-                *_day_totals(session, prepared.card_token, prepared.merchant_id, day.isoformat()),
-            )
+        # PostgreSQL, so the running totals below see every payment committed before ours.
+        rrn = compose_rrn(day, store.advance_rrn(driver, day.isoformat(), 1))
         status = (
             (PaymentStatus.CAPTURED if request.capture else PaymentStatus.AUTHORIZED)
             if result.approved
@@ -291,7 +297,7 @@ class PaymentService:
         payment = Payment(
             id=payment_id,
             merchant_id=prepared.merchant_id,
-            terminal_id=prepared.terminal.terminal_id,
+            terminal_id=prepared.point.terminal_id,
             method=request.method.value,
             status=status.value,
             currency=request.currency,
@@ -321,22 +327,34 @@ class PaymentService:
             description=request.description,
             idempotency_key=request.idempotency_key,
             request_hash=fingerprint,
+            redeemed_amount=0,
+            settled_at=None,
             created_at=now,
             updated_at=now,
-        )
-        session.add(payment)
+            captured_at=None,
+            voided_at=None,
+            reversed_at=None,
+        )  # every column set: it is inserted as one row, and returned as it is stored
         if status is PaymentStatus.CAPTURED:
             assert prepared.quote is not None
             _apply_capture(payment, prepared.quote, now)
-        _count(session, payment, counted_amount(payment))
-        session.flush()
-        _history(session, payment, None, status, principal.id, result.message, now)
+        store.insert_payment(driver, payment)
+        counted = counted_amount(payment)  # an approval: the limits again, now under the
+        if counted:  # write lock, where concurrent payments count
+            card_total, merchant_total = store.count(driver, payment, counted)
+            check_limits(
+                prepared.limits, request.amount,
+                card_total - counted if payment.card_token else 0, merchant_total - counted,
+            )  # fmt: skip
+        _history(driver, payment, None, status, principal.id, result.message, now)
         if status is PaymentStatus.CAPTURED:
             self.ledger.post(session, _capture_entry(payment))
         elif status is PaymentStatus.AUTHORIZED:
             self.ledger.post(session, _hold_entry(payment))
         emit(session, f"payment.{status.value}", _event(payment), dedupe_key=f"{payment.id}:new",
              clock=self.clock)  # fmt: skip
+        if also is not None:
+            also(session, payment)
         return payment
 
     def reverse_unrecorded(self, merchant_id: str, idempotency_key: str) -> None:
@@ -350,14 +368,14 @@ class PaymentService:
         with self.database.read() as session:
             payment = self._visible(session, principal, payment_id)
             check_capture(_facts(payment), amount, self.completion_limit_percent)
-            terminal, merchant = payment_point(session, payment.terminal_id)
-            plan = get_plan(session, payment.fee_plan_code)
-            limits = plan.limits
-            if merchant.daily_limit is not None:
-                limits = replace(limits, per_merchant_daily=merchant.daily_limit)
+            driver = DriverSQL(session)
+            point = store.load_point(driver, payment.terminal_id)
+            point.check_can_pay()
+            plan = self._plans.get(session, payment.fee_plan_code)
+            limits = self._limits(plan, point)
             category = _category_of(payment, amount)
-            fee_quote = quote(plan, terminal.product, category, amount, self.clock.now())
-            _check_completion_limits(session, payment, amount, limits)  # before the network
+            fee_quote = quote(plan, Product(point.product), category, amount, self.clock.now())
+            _check_completion_limits(driver, payment, amount, limits)  # before the network
         result = self.channel.capture(payment_id, amount)
         if not result.approved:
             raise DomainError(
@@ -365,13 +383,14 @@ class PaymentService:
                 f"the network refused the completion ({result.response_code}): {result.message}",
             )
         with self.database.transaction() as session:
-            _next_rrn_lock(session, business_date(self.clock.now()))
+            driver = DriverSQL(session)
+            store.advance_rrn(driver, business_date(self.clock.now()).isoformat(), 0)  # lock
             payment = locked_payment(session, payment_id)
             check_capture(_facts(payment), amount, self.completion_limit_percent)
-            _check_completion_limits(session, payment, amount, limits)  # and under the lock
+            _check_completion_limits(driver, payment, amount, limits)  # and under the lock
             now = self.clock.now()
             # the day's totals held the authorised amount; from now on, the captured one
-            _count(session, payment, fee_quote.amount - payment.amount)
+            _count(driver, payment, fee_quote.amount - payment.amount)
             _apply_capture(payment, fee_quote, now)
             self._move(session, payment, PaymentStatus.CAPTURED, principal, "completion", now)
             self.ledger.post(session, Linked((
@@ -450,7 +469,7 @@ class PaymentService:
         now: datetime,
     ) -> None:
         was = PaymentStatus(payment.status)
-        _count(session, payment, -counted_amount(payment))
+        _count(DriverSQL(session), payment, -counted_amount(payment))
         self._move(session, payment, target, principal, target.value, now)
         verb = "void" if target is PaymentStatus.VOIDED else "reverse"
         if was is PaymentStatus.AUTHORIZED:
@@ -478,7 +497,7 @@ class PaymentService:
         current = PaymentStatus(payment.status)
         payment.status = transition(current, target).value
         payment.updated_at = now
-        _history(session, payment, current, target, principal.id, note, now)
+        _history(DriverSQL(session), payment, current, target, principal.id, note, now)
         if principal.is_staff:  # every staff action is audited (merchants': history only)
             record(
                 session, actor=principal.id, action=f"payment.{target.value}",
@@ -646,7 +665,7 @@ def _opposite(entry: Transfer, entry_id: str) -> Transfer:
 
 
 def _history(
-    session: Session,
+    driver: DriverSQL,
     payment: Payment,
     from_status: PaymentStatus | None,
     to_status: PaymentStatus,
@@ -654,12 +673,10 @@ def _history(
     note: str,
     now: datetime,
 ) -> None:
-    session.add(
-        PaymentStatusChange(
-            payment_id=payment.id, from_status=from_status.value if from_status else None,
-            to_status=to_status.value, actor=actor, note=note[:255], created_at=now,
-        )
-    )  # fmt: skip
+    driver.insert(PaymentStatusChange, {
+        "payment_id": payment.id, "from_status": from_status.value if from_status else None,
+        "to_status": to_status.value, "actor": actor, "note": note[:255], "created_at": now,
+    })  # fmt: skip
 
 
 def _event(payment: Payment) -> dict[str, object]:
@@ -699,47 +716,11 @@ def _by_idempotency_key(session: Session, merchant_id: str, key: str) -> Payment
     ).one_or_none()
 
 
-CARD, MERCHANT = "card", "merchant"
-
-
-def _day_totals(
-    session: Session, card_token: str | None, merchant_id: str, day: str
-) -> tuple[int, int]:
-    """(this card's, this merchant's) approved amounts of the business day: two rows of the
-    running totals, whatever the day's volume."""
-    wanted = [(MERCHANT, merchant_id)] + ([(CARD, card_token)] if card_token else [])
-    rows = session.execute(
-        select(PaymentDayTotal.scope, PaymentDayTotal.amount).where(
-            PaymentDayTotal.business_date == day,
-            or_(*(
-                (PaymentDayTotal.scope == scope) & (PaymentDayTotal.scope_key == key)
-                for scope, key in wanted
-            )),
-        )
-    ).all()  # fmt: skip
-    found = {scope: int(amount) for scope, amount in rows}
-    return found.get(CARD, 0), found.get(MERCHANT, 0)
-
-
-def _count(session: Session, payment: Payment, delta: int) -> None:
+def _count(driver: DriverSQL, payment: Payment, delta: int) -> None:
     """Add ``delta`` fen to the running totals of the payment's business day (an approval
     adds, a void or reversal takes back, a completion adjusts to the captured amount)."""
-    if delta == 0:
-        return
-    insert = sqlite_insert if is_sqlite(session) else pg_insert
-    scopes = [(MERCHANT, payment.merchant_id)]
-    if payment.card_token:
-        scopes.append((CARD, payment.card_token))
-    for scope, key in scopes:
-        statement = insert(PaymentDayTotal).values(
-            business_date=payment.business_date, scope=scope, scope_key=key, amount=delta
-        )
-        session.execute(
-            statement.on_conflict_do_update(
-                index_elements=["business_date", "scope", "scope_key"],
-                set_={"amount": PaymentDayTotal.amount + delta},
-            )
-        )
+    if delta:
+        store.count(driver, payment, delta)
 
 
 def counted_amount(payment: Payment) -> int:
@@ -752,38 +733,14 @@ def counted_amount(payment: Payment) -> int:
     return 0
 
 
-def _next_rrn_lock(session: Session, day: date) -> RrnCounter:
-    """The business day's RRN counter row, created if needed and locked for the rest of the
-    transaction (on SQLite the write transaction is already exclusive)."""
-    key = day.isoformat()
-    insert = sqlite_insert if is_sqlite(session) else pg_insert
-    # two first payments of a day may race to create the row: the loser inserts nothing
-    session.execute(
-        insert(RrnCounter).values(business_date=key, last_value=0).on_conflict_do_nothing()
-    )
-    return session.scalars(
-        select(RrnCounter)
-        .where(RrnCounter.business_date == key)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).one()
-
-
-def _next_rrn(session: Session, day: date) -> str:
-    """The next RRN of the business day, from its locked counter row."""
-    counter = _next_rrn_lock(session, day)
-    counter.last_value += 1
-    return compose_rrn(day, counter.last_value)
-
-
 def _check_completion_limits(
-    session: Session, payment: Payment, amount: int, limits: Limits
+    driver: DriverSQL, payment: Payment, amount: int, limits: Limits
 ) -> None:
     """The completion is what the card really pays, so the limits apply to it. The day's
     totals hold this pre-auth at its authorised amount: take it out, then check the captured
     amount as if it were a new payment."""
-    card_total, merchant_total = _day_totals(
-        session, payment.card_token, payment.merchant_id, payment.business_date
+    card_total, merchant_total = store.day_totals(
+        driver, payment.card_token, payment.merchant_id, payment.business_date
     )
     check_limits(
         limits,

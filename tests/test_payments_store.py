@@ -1,0 +1,103 @@
+"""The payment path's driver-level SQL (payments/store.py, core.db.DriverSQL): rows stored as
+the ORM would store them, driver errors as SQLAlchemy's, counters and totals in one statement
+each, and the ``also`` hook that commits with the payment (the gateway's journal row)."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from shoudan.auth.domain import Principal, Role
+from shoudan.core.db import DriverSQL
+from shoudan.payments.domain import EntryMode, Method
+from shoudan.payments.models import Payment, PaymentStatusChange, RrnCounter
+from shoudan.payments.service import CardInput, PaymentRequest
+from shoudan.payments.store import PAYMENT_COLUMNS, advance_rrn, count, day_totals
+from tests.payments_world import DEBIT, NOW, PIN, World, build_world, check_day_totals
+
+
+@pytest.fixture
+def world(database, tmp_path):
+    world = build_world(database, tmp_path)
+    yield world
+    assert world.container.ledger.verify().ok
+
+
+def _request(world: World, amount: int = 10_000, key: str | None = None) -> PaymentRequest:
+    card = CardInput(DEBIT, "2912", EntryMode.CHIP, PIN)
+    return PaymentRequest(world.terminal_a, amount, Method.CARD, card=card, idempotency_key=key)
+
+
+def _principal(world: World) -> Principal:
+    return Principal("k", Role.MERCHANT, world.merchant_a)
+
+
+def test_a_payment_is_returned_exactly_as_it_is_stored(world: World) -> None:
+    payment = world.container.payments.create(_principal(world), _request(world))
+    with world.container.database.read() as session:
+        stored = session.get(Payment, payment.id)
+        history = session.scalars(
+            select(PaymentStatusChange).where(PaymentStatusChange.payment_id == payment.id)
+        ).one()
+    assert stored is not None
+    assert {c: getattr(stored, c) for c in PAYMENT_COLUMNS} == {
+        c: getattr(payment, c) for c in PAYMENT_COLUMNS
+    }
+    assert stored.created_at == NOW and stored.created_at.tzinfo is not None
+    assert stored.prepayment is False and stored.redeemed_amount == 0
+    assert (history.from_status, history.to_status, history.created_at) == (None, "captured", NOW)
+    check_day_totals(world)
+
+
+def test_driver_errors_are_sqlalchemy_errors(world: World) -> None:
+    with pytest.raises(IntegrityError), world.container.database.transaction() as session:
+        driver = DriverSQL(session)
+        driver.insert(RrnCounter, {"business_date": "2026-01-01", "last_value": 1})
+        driver.insert(RrnCounter, {"business_date": "2026-01-01", "last_value": 2})
+    with world.container.database.read() as session:
+        assert session.get(RrnCounter, "2026-01-01") is None  # rolled back as a whole
+
+
+def test_rrn_counter_and_running_totals_in_one_statement_each(world: World) -> None:
+    payment = Payment(business_date="2026-01-02", merchant_id=world.merchant_a, card_token="tok")
+    with world.container.database.transaction() as session:
+        driver = DriverSQL(session)
+        assert advance_rrn(driver, "2026-01-02", 0) == 0  # created, only locked
+        assert [advance_rrn(driver, "2026-01-02", 1) for _ in range(3)] == [1, 2, 3]
+        assert count(driver, payment, 500) == (500, 500)
+        assert count(driver, payment, -200) == (300, 300)
+        assert day_totals(driver, "tok", world.merchant_a, "2026-01-02") == (300, 300)
+        assert day_totals(driver, None, world.merchant_a, "2026-01-02") == (0, 300)
+        assert day_totals(driver, "other", world.merchant_b, "2026-01-02") == (0, 0)
+
+
+def test_also_commits_with_the_payment_and_a_failure_undoes_both(world: World, monkeypatch) -> None:
+    payments = world.container.payments
+    reversed_upstream: list[str] = []
+    reverse = payments.channel.reverse
+    monkeypatch.setattr(
+        payments.channel, "reverse", lambda ref: reversed_upstream.append(ref) or reverse(ref)
+    )
+    seen: list[str] = []
+
+    def note(session, payment: Payment) -> None:
+        row = session.get(Payment, payment.id)  # the payment is already in this transaction
+        seen.append(row.status)
+
+    first = payments.create(_principal(world), _request(world, key="k-1"), also=note)
+    assert seen == ["captured"] and reversed_upstream == []
+
+    def boom(session, payment: Payment) -> None:
+        raise RuntimeError("the journal could not be written")
+
+    with pytest.raises(RuntimeError):
+        payments.create(_principal(world), _request(world, key="k-2"), also=boom)
+    with world.container.database.read() as session:
+        ids = set(session.scalars(select(Payment.id)))
+    assert ids == {first.id}  # nothing of the second payment stayed…
+    assert len(reversed_upstream) == 1  # …and the network gave its money back
+    # a retry of a recorded payment is answered without running ``also`` again
+    again = payments.create(_principal(world), _request(world, key="k-1"), also=boom)
+    assert again.id == first.id
+    check_day_totals(world)
