@@ -78,7 +78,7 @@ DEFAULT_TERMS: dict[Product, ContractTerms] = {
     Product.TRADITIONAL: _terms(
         Product.TRADITIONAL, deposit_amount=99_900, termination_penalty=10_000,
         monthly_depreciation=2_500,
-    ),  # fmt: skip
+    ),
 }
 
 

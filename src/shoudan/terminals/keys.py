@@ -14,6 +14,7 @@ except ImportError:  # pragma: no cover
 from shoudan.terminals.domain import TMK_BYTES, with_odd_parity
 
 KCV_BYTES = 3
+TMK_CONTEXT = "terminal:tmk"  # the vault context the master key is encrypted under
 
 
 def generate_master_key() -> str:

@@ -20,7 +20,6 @@ from shoudan.core.clock import Clock
 from shoudan.core.crypto import Vault
 from shoudan.core.db import load_row
 from shoudan.core.errors import DomainError, ErrorCode
-from shoudan.merchants.domain import MerchantStatus
 from shoudan.merchants.service import MerchantView, get_merchant
 from shoudan.terminals.domain import (
     Product,
@@ -32,10 +31,51 @@ from shoudan.terminals.domain import (
     validate_serial_number,
     validate_terminal_id,
 )
-from shoudan.terminals.keys import generate_master_key, key_check_value
+from shoudan.terminals.keys import TMK_CONTEXT, generate_master_key, key_check_value
+from shoudan.terminals.lifecycle import (
+    Allocation,
+    DeviceView,
+    HistoryEntry,
+    activate_on_sign_on,
+    allocate_device,
+    deliver_device,
+    device_history,
+    get_device,
+    open_merchant,
+    resume_device,
+    return_device,
+    ship_device,
+    suspend_device,
+    terminate_device,
+)
 from shoudan.terminals.models import Terminal
 
-TMK_CONTEXT = "terminal:tmk"
+__all__ = [  # the device lifecycle is part of this service's interface
+    "TMK_CONTEXT",
+    "Allocation",
+    "DeviceView",
+    "HistoryEntry",
+    "TerminalInput",
+    "TerminalPage",
+    "TerminalView",
+    "activate_on_sign_on",
+    "allocate_device",
+    "create_terminal",
+    "deliver_device",
+    "device_history",
+    "get_device",
+    "get_terminal",
+    "list_terminals",
+    "load_master_key",
+    "payment_point",
+    "resume_device",
+    "return_device",
+    "set_terminal_status",
+    "ship_device",
+    "suspend_device",
+    "terminal_not_found",
+    "terminate_device",
+]
 
 Keyset = tuple[datetime, str]
 """Where a list resumes: (created_at, terminal_id) of the last row already returned."""
@@ -111,11 +151,7 @@ def create_terminal(
     serial_number = validate_serial_number(data.serial_number)
     product = validate_product(data.product)
     given = None if data.master_key is None else validate_master_key(data.master_key)
-    merchant = get_merchant(session, data.merchant_id)  # merchant_not_found
-    if merchant.status is MerchantStatus.CLOSED:
-        raise DomainError(
-            ErrorCode.MERCHANT_INACTIVE, "the merchant is closed", merchant_id=merchant.merchant_id
-        )
+    merchant = open_merchant(session, data.merchant_id)
     taken = session.scalars(
         select(Terminal.terminal_id).where(
             or_(Terminal.terminal_id == terminal_id, Terminal.serial_number == serial_number)
@@ -158,11 +194,16 @@ def get_terminal(session: Session, terminal_id: str) -> TerminalView:
     return _view(_load(session, terminal_id))
 
 
-def payment_point(session: Session, terminal_id: str) -> tuple[TerminalView, MerchantView]:
+def payment_point(
+    session: Session, terminal_id: str, *, allow_inactive: bool = False
+) -> tuple[TerminalView, MerchantView]:
     """The terminal and its merchant, both checked able to take a payment (one look-up each,
-    for the payment path that needs the merchant's plan and limits too)."""
+    for the payment path that needs the merchant's plan and limits too).
+
+    ``allow_inactive`` (the gateway's sign-on only): a terminal allocated but not yet activated
+    passes too, since its first sign-on is what activates it."""
     view = get_terminal(session, terminal_id)
-    if not view.is_active:
+    if not (view.is_active or (allow_inactive and view.status is TerminalStatus.INACTIVE)):
         raise DomainError(
             ErrorCode.TERMINAL_INACTIVE,
             f"the terminal is {view.status}",

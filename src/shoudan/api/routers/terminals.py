@@ -1,4 +1,6 @@
-"""/v1/terminals: register (staff), read and list (staff, or the owning merchant).
+"""/v1/terminals: register (staff), read and list (staff, or the owning merchant); the device
+lifecycle by serial number (import, allocate, ship, deliver, suspend, resume, return,
+terminate: admin); /v1/public/verify-terminal, the anti-counterfeit check (no login).
 
 A generated terminal master key is returned once, in the 201 response to its creation
 (``Cache-Control: no-store``), and never again: reads carry only its key check value.
@@ -7,19 +9,31 @@ Another merchant's terminal answers ``404 terminal_not_found``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
 
 from shoudan.api.deps import ContainerDep, PrincipalDep
 from shoudan.api.errors import PROBLEM_JSON
 from shoudan.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page, decode_cursor, encode_cursor
+from shoudan.api.ratelimit import RateLimiter
+from shoudan.auth.domain import Principal, Role
 from shoudan.core.errors import DomainError, ErrorCode
 from shoudan.merchants.service import get_merchant, merchant_not_found
-from shoudan.terminals import service
-from shoudan.terminals.domain import Product, TerminalStatus
+from shoudan.terminals import lifecycle, service, stock
+from shoudan.terminals.domain import (
+    DeviceEvent,
+    DeviceStatus,
+    Product,
+    ReturnCondition,
+    TerminalStatus,
+)
 
 router = APIRouter(prefix="/v1", tags=["terminals"])
 
@@ -169,3 +183,330 @@ def get_terminal(
     if not principal.can_see(view.merchant_id):
         raise service.terminal_not_found(terminal_id)  # as if it did not exist
     return TerminalOut.of(view)
+
+
+# -- device lifecycle (by serial number) ------------------------------------------------------
+public_router = APIRouter(prefix="/v1/public", tags=["public"])
+
+SerialNumber = Annotated[str, Path(description="Printed on the device: 4–32 of [A-Za-z0-9-].")]
+STAFF_WRITE: dict[int | str, dict[str, Any]] = {
+    **COMMON,
+    403: _problem("Acquirer staff with the admin role only (`forbidden`)."),
+    404: _problem("No such serial number (`terminal_not_found`)."),
+    409: _problem("Not allowed from the device's status (`invalid_transition`)."),
+}
+
+
+def _refuse_replayable(request: Request, secret: str) -> None:
+    """The idempotency middleware stores a response to replay it; a response carrying a
+    secret shown once must exist nowhere at rest in clear."""
+    if getattr(request.state, "idempotency_key", None) is not None:
+        raise DomainError(
+            ErrorCode.INVALID_INPUT,
+            f"this response carries {secret}, shown once and never stored: send no "
+            "Idempotency-Key (a repeat is refused by the device's status anyway)",
+        )
+
+
+class NoteIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    note: str | None = Field(default=None, max_length=500, description="Why (kept in history).")
+
+
+class AllocateIn(NoteIn):
+    merchant_id: str = Field(description="The merchant's 15-digit number.")
+    contract_id: str | None = Field(
+        default=None,
+        description="Its accepted contract for this product; default: the latest accepted one.",
+    )
+    terminal_id: str | None = Field(
+        default=None, description="8 characters [0-9A-Z]; default: a free one is assigned."
+    )
+
+
+class ShipIn(NoteIn):
+    carrier: str = Field(description="Courier, e.g. SF Express.", examples=["SF"])
+    tracking_number: str = Field(description="4–40 letters, digits or hyphens.")
+
+
+class ReturnIn(NoteIn):
+    condition: ReturnCondition
+
+
+class HistoryOut(BaseModel):
+    event: DeviceEvent
+    from_status: DeviceStatus | None
+    to_status: DeviceStatus
+    actor: str
+    note: str | None
+    details: dict[str, Any]
+    created_at: datetime
+
+
+class DeviceOut(BaseModel):
+    serial_number: str
+    product: Product
+    model: str | None
+    batch: str | None
+    status: DeviceStatus
+    terminal_id: str | None
+    merchant_id: str | None
+    contract_id: str | None
+    carrier: str | None
+    tracking_number: str | None
+    allocated_at: datetime | None
+    shipped_at: datetime | None
+    delivered_at: datetime | None
+    activated_at: datetime | None
+    returned_at: datetime | None
+    return_condition: ReturnCondition | None
+    terminated_at: datetime | None
+    created_at: datetime
+    history: list[HistoryOut] | None = Field(
+        default=None, description="Status changes, oldest first (on GET only)."
+    )
+
+    @classmethod
+    def of(
+        cls, view: service.DeviceView, history: list[service.HistoryEntry] | None = None
+    ) -> DeviceOut:
+        fields = {name: getattr(view, name) for name in service.DeviceView.__slots__}
+        entries = None if history is None else [HistoryOut(**asdict(h)) for h in history]
+        return cls(**fields, history=entries)
+
+
+class AllocatedOut(DeviceOut):
+    tmk_kcv: str = Field(description="Key check value of the master key (6 hex digits).")
+    master_key: str = Field(description="The generated master key (32 hex), shown this once.")
+
+
+def _staff_write(principal: Principal) -> None:
+    principal.require_staff(Role.ADMIN)
+
+
+@router.post(
+    "/terminals/{serial_number}/allocate", response_model=AllocatedOut, responses=STAFF_WRITE,
+    summary="Allocate an in-stock device to a merchant (admin)",
+)  # fmt: skip
+def allocate(
+    serial_number: SerialNumber, body: AllocateIn, request: Request, response: Response,
+    principal: PrincipalDep, container: ContainerDep,
+) -> AllocatedOut:  # fmt: skip
+    """Needs the merchant's accepted contract for the device's product (`contract_not_accepted`
+    otherwise). Creates the terminal `inactive` (it may sign on, not pay; its first sign-on
+    activates it) and returns its master key this once: load it into the device now."""
+    _staff_write(principal)
+    _refuse_replayable(request, "the terminal master key")
+    with container.database.transaction() as session:
+        done = service.allocate_device(
+            session, container.vault, serial_number, merchant_id=body.merchant_id,
+            contract_id=body.contract_id, terminal_id=body.terminal_id, note=body.note,
+            actor=principal.id, clock=container.clock,
+        )  # fmt: skip
+    response.headers["Cache-Control"] = "no-store"
+    out = DeviceOut.of(done.device).model_dump()
+    return AllocatedOut(**out, tmk_kcv=done.tmk_kcv, master_key=done.master_key)
+
+
+@router.post(
+    "/terminals/{serial_number}/ship", response_model=DeviceOut, responses=STAFF_WRITE,
+    summary="Record the shipment of an allocated device (admin)",
+)  # fmt: skip
+def ship(
+    serial_number: SerialNumber, body: ShipIn, principal: PrincipalDep, container: ContainerDep
+) -> DeviceOut:
+    _staff_write(principal)
+    with container.database.transaction() as session:
+        view = service.ship_device(
+            session, serial_number, carrier=body.carrier, tracking_number=body.tracking_number,
+            note=body.note, actor=principal.id, clock=container.clock,
+        )  # fmt: skip
+    return DeviceOut.of(view)
+
+
+@router.post(
+    "/terminals/{serial_number}/return", response_model=DeviceOut, responses=STAFF_WRITE,
+    summary="Record a device sent back: unused, used or damaged (admin)",
+)  # fmt: skip
+def return_(
+    serial_number: SerialNumber, body: ReturnIn, principal: PrincipalDep, container: ContainerDep
+) -> DeviceOut:
+    """From delivered, activated or suspended. The terminal is retired (no more payments)."""
+    _staff_write(principal)
+    with container.database.transaction() as session:
+        view = service.return_device(
+            session, serial_number, condition=body.condition, note=body.note,
+            actor=principal.id, clock=container.clock,
+        )  # fmt: skip
+    return DeviceOut.of(view)
+
+
+SIMPLE_MOVES = {
+    "deliver": (service.deliver_device, "Record the delivery of a shipped device (admin)"),
+    "suspend": (service.suspend_device, "Suspend an activated terminal: payments stop (admin)"),
+    "resume": (service.resume_device, "Resume a suspended terminal (admin)"),
+    "terminate": (
+        service.terminate_device,
+        "Terminate: from returned, activated or suspended; final (admin)",
+    ),
+}
+
+
+def _simple_route(name: str, move: Callable[..., service.DeviceView], summary: str) -> None:
+    def endpoint(
+        serial_number: SerialNumber,
+        principal: PrincipalDep,
+        container: ContainerDep,
+        body: NoteIn | None = None,
+    ) -> DeviceOut:
+        _staff_write(principal)
+        note = None if body is None else body.note
+        with container.database.transaction() as session:
+            view = move(session, serial_number, note=note, actor=principal.id,
+                        clock=container.clock)  # fmt: skip
+        return DeviceOut.of(view)
+
+    endpoint.__name__ = f"{name}_device"
+    router.post(
+        f"/terminals/{{serial_number}}/{name}", response_model=DeviceOut, responses=STAFF_WRITE,
+        summary=summary,
+    )(endpoint)  # fmt: skip
+
+
+for _name, (_move, _summary) in SIMPLE_MOVES.items():
+    _simple_route(_name, _move, _summary)
+
+
+@router.get(
+    "/terminals/{serial_number}/device",
+    response_model=DeviceOut,
+    responses={**COMMON, 404: _problem("No such serial number, or not yours.")},
+    summary="A device and its history (staff, or the merchant it is allocated to)",
+)
+def get_device(
+    serial_number: SerialNumber, principal: PrincipalDep, container: ContainerDep
+) -> DeviceOut:
+    with container.database.read() as session:
+        view = service.get_device(session, serial_number)
+        if view.merchant_id is None and not principal.is_staff:
+            raise lifecycle.device_not_found(serial_number)
+        if view.merchant_id is not None and not principal.can_see(view.merchant_id):
+            raise lifecycle.device_not_found(serial_number)  # as if it did not exist
+        history = service.device_history(session, serial_number)
+    return DeviceOut.of(view, history)
+
+
+# -- inventory import ---------------------------------------------------------------------------
+class LabelOut(BaseModel):
+    serial_number: str
+    product: Product
+    model: str | None
+    verification_code: str = Field(description="The anti-counterfeit code: print it now.")
+
+
+class ImportOut(BaseModel):
+    import_id: str
+    count: int
+    devices: list[LabelOut]
+
+
+IMPORT_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "text/csv": {"schema": {"type": "string"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            },
+        },
+    }
+}
+
+
+@router.post(
+    "/terminals/import", status_code=201, response_model=ImportOut, openapi_extra=IMPORT_BODY,
+    responses={**COMMON, 403: _problem("Admin only (`forbidden`).")},
+    summary="Import devices from a CSV file, all or nothing (admin)",
+)  # fmt: skip
+async def import_devices(
+    request: Request, response: Response, principal: PrincipalDep, container: ContainerDep
+) -> ImportOut:
+    """CSV with a header row: `serial_number`, `product` and optionally `model`, `batch`; as
+    the body (`text/csv`) or the field `file` of a `multipart/form-data` form. Any error in
+    any row imports nothing: `422 invalid_input` lists every error as
+    `errors: [{row, field, message}]` (the header is row 1). The response carries each
+    device's verification code, shown this once (labels can be printed again with
+    `shoudan terminals labels`)."""
+    _staff_write(principal)
+    _refuse_replayable(request, "verification codes")
+    text = await _csv_text(request)
+
+    def run() -> stock.ImportResult:
+        with container.database.transaction() as session:
+            return stock.import_devices(
+                session, container.vault, text, actor=principal.id, clock=container.clock
+            )
+
+    result = await run_in_threadpool(run)
+    response.headers["Cache-Control"] = "no-store"
+    return ImportOut(
+        import_id=result.import_id,
+        count=len(result.labels),
+        devices=[LabelOut(**asdict(label)) for label in result.labels],
+    )
+
+
+async def _csv_text(request: Request) -> str:
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type == "multipart/form-data":
+        async with request.form(max_files=1, max_fields=4) as form:
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise DomainError(ErrorCode.INVALID_INPUT, "the form has no file in 'file'")
+            data = await upload.read()
+    elif media_type in ("text/csv", "text/plain", "application/csv"):
+        data = await request.body()
+    else:
+        raise DomainError(
+            ErrorCode.INVALID_INPUT, "send the CSV as text/csv, or multipart/form-data 'file'"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DomainError(ErrorCode.INVALID_INPUT, "the CSV file must be UTF-8") from None
+
+
+# -- anti-counterfeit ---------------------------------------------------------------------------
+class VerificationOut(BaseModel):
+    genuine: bool
+    product: Product | None = None
+    first_checked_at: datetime | None = Field(default=None, description="The first check.")
+    check_count: int | None = Field(default=None, description="Checks so far, this one too.")
+
+
+@public_router.get(
+    "/verify-terminal", response_model=VerificationOut, response_model_exclude_none=True,
+    responses={429: _problem("Too many checks from this address (`rate_limited`).")},
+    summary="Is this terminal genuine? (no login)",
+)  # fmt: skip
+def verify_terminal(
+    request: Request,
+    container: ContainerDep,
+    serial_number: Annotated[str, Query(max_length=64, description="Printed on the device.")],
+    code: Annotated[str, Query(max_length=32, description="The verification code (防伪码).")],
+) -> VerificationOut:
+    """Genuine: the product, when the code was first checked and how many times it has been
+    (a high count on a new device suggests a copied label). An unknown serial number and a
+    wrong code both answer only `{"genuine": false}`."""
+    limiter: RateLimiter = request.app.state.public_limiter
+    limiter.hit(request.client.host if request.client else "unknown")
+    with container.database.transaction() as session:
+        result = stock.verify_terminal(
+            session, container.vault, serial_number, code, clock=container.clock
+        )
+    return VerificationOut(**asdict(result))
