@@ -1,0 +1,455 @@
+"""Settlement runs: T+1 for a date, D0 every few minutes (rules in ``settlement.domain``).
+
+A run is recorded first (``settlement_runs``, unique per date or D0 slot), then each merchant is
+settled in its own transaction: its due payments are locked, then its ledger accounts (the
+order a void or refund takes: payment, then accounts — no deadlock), its due payments are
+marked settled, the money moves, its debt is collected, its payout is made (or blocked), and a
+``settlement_items`` row records it — all in that one transaction. A merchant whose transaction
+loses a race (deadlock, serialization failure) is tried again; one that still fails is logged
+and skipped, and the other merchants are settled: the run then stays ``running`` until it is run
+again. A crash leaves whole merchants done or not done; running again skips the done ones
+(resumable), and a completed run answers its summary without touching anything (idempotent).
+
+Per merchant (signed fen, debit +):
+
+=============  ======================================================  =========================
+D0 fee         unsettled +covered; debt +rest; D0 fee revenue −fee     ``stl:<run>:<mid>:d0fee``
+settle         unsettled +moved; settled −moved                        ``stl:<run>:<mid>:settle``
+debt           ``deposits.service.collect_merchant_debt``              ``debt:<run>:<mid>``
+payout         ``settlement.payouts.pay_out``                          ``payout:<id>``
+=============  ======================================================  =========================
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import date, datetime, time
+from typing import Any, TypeVar
+
+from sqlalchemy import Select, Update, case, func, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.orm import Session
+
+from shoudan.auth.domain import Principal, Role
+from shoudan.core.clock import Clock
+from shoudan.core.crypto import Vault
+from shoudan.core.db import Database, newest_first
+from shoudan.core.errors import DomainError, ErrorCode
+from shoudan.core.ids import new_id
+from shoudan.deposits.service import collect_merchant_debt
+from shoudan.ledger import chart
+from shoudan.ledger.domain import AccountState, Posting, Transfer, transfer
+from shoudan.ledger.repository import LedgerRepository
+from shoudan.ledger.service import Ledger
+from shoudan.merchants.models import Merchant
+from shoudan.merchants.service import MerchantView, get_merchant, list_merchants
+from shoudan.payments.domain import PaymentStatus
+from shoudan.payments.models import Payment
+from shoudan.pricing.service import list_plans
+from shoudan.settlement.domain import (
+    DEFAULT_CUTOFF,
+    DEFAULT_D0_EVERY_MINUTES,
+    RunStatus,
+    Term,
+    amount_to_settle,
+    check_run_date,
+    d0_slot,
+    due_run_date,
+    latest_run_date,
+    run_key,
+    split_charge,
+    t1_capture_boundary,
+)
+from shoudan.settlement.models import Payout, SettlementItem, SettlementRun
+from shoudan.settlement.payouts import pay_out
+from shoudan.settlement.statements import build_statement, filename, parse_period, render
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+"""Called as (merchants done, merchants in the run) while a run goes."""
+
+PAGE = 500
+ATTEMPTS = 3  # per merchant, when its transaction loses a race (deadlock, serialization)
+CAPTURED = PaymentStatus.CAPTURED.value
+
+
+@dataclass(frozen=True, slots=True)
+class _Due:
+    payments: int = 0
+    gross: int = 0
+    fees: int = 0
+    net: int = 0
+    d0_fee: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Balances:
+    unsettled: int  # available: credit balance less what refunds hold
+    settled: int
+    debt: int
+
+
+def _term_of_plans(session: Session) -> dict[str, Term]:
+    """A D0 product is sold as a fee plan with a D0 fee (pricing ``d0_fee``); others are T+1."""
+    return {plan.code: Term.D0 if plan.d0_fee > 0 else Term.T1 for plan in list_plans(session)}
+
+
+def _d0_fees(session: Session) -> dict[str, int]:
+    return {plan.code: plan.d0_fee for plan in list_plans(session)}
+
+
+class SettlementService:
+    def __init__(
+        self,
+        database: Database,
+        ledger: Ledger,
+        vault: Vault,
+        clock: Clock,
+        *,
+        cutoff: time = DEFAULT_CUTOFF,
+        d0_every_minutes: int = DEFAULT_D0_EVERY_MINUTES,
+    ) -> None:
+        self.database = database
+        self.ledger = ledger
+        self.vault = vault
+        self.clock = clock
+        self.cutoff = cutoff
+        self.d0_every_minutes = d0_every_minutes
+
+    # -- runs ---------------------------------------------------------------------------------
+    def run_t1(
+        self, run_date: date, *, actor: str, progress: Progress | None = None
+    ) -> SettlementRun:
+        """Settle every T+1 merchant's payments due by ``run_date`` (refused before the
+        cut-off of the last trade date due on it). Idempotent and resumable."""
+        check_run_date(run_date, self.clock.now(), self.cutoff)
+        boundary = t1_capture_boundary(run_date, self.cutoff)
+        key = run_key(Term.T1, run_date)
+        return self._run(Term.T1, run_date, boundary, key, actor, progress)
+
+    def run_d0(self, *, actor: str, progress: Progress | None = None) -> SettlementRun:
+        """Settle the D0 merchants' payments captured before the current slot's start."""
+        now = self.clock.now()
+        slot = d0_slot(now, self.d0_every_minutes)
+        run_date = latest_run_date(now, self.cutoff)
+        return self._run(Term.D0, run_date, slot, run_key(Term.D0, run_date, slot), actor,
+                         progress)  # fmt: skip
+
+    def run_due(self, actor: str = "system:worker") -> list[SettlementRun]:
+        """What the worker calls every loop: the current D0 slot, and the T+1 run of the latest
+        working day whose run has opened (right after each cut-off: Monday 23:00 runs
+        Tuesday's), each unless already completed."""
+        now = self.clock.now()
+        runs = [self.run_d0(actor=actor)]
+        run_date = due_run_date(now, self.cutoff)
+        key = run_key(Term.T1, run_date)
+        with self.database.read() as session:
+            done = session.scalar(
+                select(SettlementRun.id).where(
+                    SettlementRun.run_key == key,
+                    SettlementRun.status == RunStatus.COMPLETED.value,
+                )
+            )
+        if done is None:
+            runs.append(self.run_t1(run_date, actor=actor))
+        return runs
+
+    def _run(
+        self,
+        term: Term,
+        run_date: date,
+        boundary: datetime,
+        key: str,
+        actor: str,
+        progress: Progress | None,
+    ) -> SettlementRun:
+        run = self._open(term, run_date, boundary, key, actor)
+        if run.status == RunStatus.COMPLETED.value:
+            return run
+        with self.database.read() as session:
+            terms = _term_of_plans(session)
+            fees = _d0_fees(session)
+            total = session.scalar(
+                select(func.count()).select_from(Merchant).where(
+                    Merchant.fee_plan_code.in_([c for c, t in terms.items() if t is term])
+                )
+            ) or 0  # fmt: skip
+        failed = 0
+        for done, merchant in enumerate(self._merchants(terms, term), 1):
+            fee = fees.get(merchant.fee_plan_code, 0) if term is Term.D0 else 0
+            try:
+                self._settle_merchant(run, merchant.merchant_id, fee)
+            except Exception:  # one merchant must not stop the others; a rerun retries it
+                failed += 1
+                log.exception("settlement %s: merchant %s failed", key, merchant.merchant_id)
+            if progress is not None:
+                progress(done, total)
+        if failed:
+            log.error("settlement %s: %d merchants failed; run it again to resume", key, failed)
+        return self._finish(run.id, complete=not failed)
+
+    def _open(
+        self, term: Term, run_date: date, boundary: datetime, key: str, actor: str
+    ) -> SettlementRun:
+        with self.database.read() as session:
+            run = session.scalars(
+                select(SettlementRun).where(SettlementRun.run_key == key)
+            ).one_or_none()
+        if run is not None:
+            return run
+        now = self.clock.now()
+        run = SettlementRun(
+            id=new_id("stl_"), run_key=key, term=term.value, run_date=run_date.isoformat(),
+            capture_before=boundary, status=RunStatus.RUNNING.value, requested_by=actor[:64],
+            merchants=0, payments=0, settled_amount=0, d0_fees=0, debt_collected=0,
+            debt_carried=0, payouts=0, payout_amount=0, blocked=0, started_at=now,
+        )  # fmt: skip
+        try:
+            with self.database.transaction() as session:
+                session.add(run)
+        except IntegrityError:  # another process opened it first: join that run
+            with self.database.read() as session:
+                return session.scalars(
+                    select(SettlementRun).where(SettlementRun.run_key == key)
+                ).one()
+        return run
+
+    def _merchants(self, terms: dict[str, Term], term: Term) -> Iterator[MerchantView]:
+        """The run's merchants, a page at a time (bounded memory)."""
+        cursor = None
+        while True:
+            with self.database.read() as session:
+                page = list_merchants(session, limit=PAGE, cursor=cursor)
+            yield from (m for m in page.items if terms.get(m.fee_plan_code, Term.T1) is term)
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def _settle_merchant(self, run: SettlementRun, merchant_id: str, plan_d0_fee: int) -> None:
+        """One merchant in its own transaction, tried again when it loses a race."""
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                with self.database.transaction() as session:
+                    self._settle_in(session, run, merchant_id, plan_d0_fee)
+                return
+            except DBAPIError as error:
+                with self.database.read() as session:
+                    if self._item_exists(session, run.id, merchant_id):
+                        return  # a concurrent run of the same key settled it first
+                if attempt == ATTEMPTS or not self.database.is_retryable(error):
+                    raise
+                log.warning("settlement %s: merchant %s lost a race (%s), trying again",
+                            run.run_key, merchant_id, type(error.orig).__name__)  # fmt: skip
+
+    @staticmethod
+    def _item_exists(session: Session, run_id: str, merchant_id: str) -> bool:
+        return session.scalar(
+            select(SettlementItem.id).where(
+                SettlementItem.run_id == run_id, SettlementItem.merchant_id == merchant_id
+            )
+        ) is not None  # fmt: skip
+
+    def _balances(self, session: Session, merchant_id: str) -> _Balances:
+        """The merchant's balances, locked (PostgreSQL) for the rest of the transaction: a
+        payment or refund of this merchant waits until the merchant is settled."""
+        ids = (
+            chart.merchant_unsettled(merchant_id), chart.merchant_settled(merchant_id),
+            chart.merchant_debt(merchant_id),
+        )  # fmt: skip
+        states = LedgerRepository.of(session).lock_accounts(ids)
+        unsettled, settled, debt = (states[i] for i in ids)
+        return _Balances(_available(unsettled), _available(settled), max(0, debt.balance))
+
+    def _settle_in(
+        self, session: Session, run: SettlementRun, merchant_id: str, plan_d0_fee: int
+    ) -> None:
+        boundary = run.capture_before
+        # payments first, then accounts: the order of a void or refund (no deadlock with them)
+        session.execute(
+            _due_filter(select(Payment.id), merchant_id, boundary)
+            .order_by(Payment.id)
+            .with_for_update()
+        ).all()
+        balances = self._balances(session, merchant_id)
+        if self._item_exists(session, run.id, merchant_id):
+            return  # done before a crash, or by a concurrent run
+        due = _due(session, merchant_id, boundary, plan_d0_fee)
+        not_due = _not_due_nets(session, merchant_id, boundary)
+        if due.payments == 0 and balances.unsettled <= not_due and balances.debt == 0 and (
+            balances.settled == 0
+        ):
+            return  # nothing to settle, collect or pay: no row, no entry
+        now = self.clock.now()
+        entry = f"stl:{run.id}:{merchant_id}"
+        if due.d0_fee:
+            covered, carried = split_charge(due.d0_fee, balances.unsettled)
+            legs = [(chart.merchant_unsettled(merchant_id), covered),
+                    (chart.merchant_debt(merchant_id), carried),
+                    (chart.D0_FEE_REVENUE, -due.d0_fee)]  # fmt: skip
+            self.ledger.post(session, Transfer(
+                f"{entry}:d0fee", tuple(Posting(a, n) for a, n in legs if n),
+                code="settlement.d0_fee", description=f"D0 fee, {due.payments} payments",
+            ))  # fmt: skip
+            balances = self._balances(session, merchant_id)
+        moved = amount_to_settle(balances.unsettled, not_due)
+        if due.payments:
+            session.execute(
+                _due_filter(update(Payment), merchant_id, boundary)
+                .values(settled_at=now)
+                .execution_options(synchronize_session=False)
+            )
+        if moved:
+            self.ledger.post(session, transfer(
+                f"{entry}:settle", chart.merchant_unsettled(merchant_id),
+                chart.merchant_settled(merchant_id), moved, code="settlement.settle",
+                description=f"{run.term} settlement {run.run_date}",
+            ))  # fmt: skip
+        collected = 0
+        if balances.debt:
+            collection = collect_merchant_debt(
+                session, self.ledger, merchant_id, collection_id=f"{run.id}:{merchant_id}",
+                clock=self.clock,
+            )  # fmt: skip
+            collected = collection.from_unsettled + collection.from_settled
+        after = self._balances(session, merchant_id)
+        payout = pay_out(session, self.ledger, get_merchant(session, merchant_id),
+                         after.settled, run.id, self.clock)  # fmt: skip
+        paid = payout.amount if payout is not None and payout.status != "blocked" else 0
+        session.add(SettlementItem(
+            id=new_id("sti_"), run_id=run.id, merchant_id=merchant_id, payments=due.payments,
+            gross=due.gross, fees=due.fees, net=due.net, d0_fee=due.d0_fee, moved=moved,
+            debt_collected=collected, debt_carried=self._balances(session, merchant_id).debt,
+            payout_id=payout.id if payout is not None else None, payout_amount=paid,
+            created_at=now,
+        ))  # fmt: skip
+
+    def _finish(self, run_id: str, *, complete: bool) -> SettlementRun:
+        """Sum the run's items; mark it completed unless some merchant failed (it then stays
+        running, with the totals so far, until a rerun settles the rest)."""
+        with self.database.transaction() as session:
+            run = session.get(SettlementRun, run_id, with_for_update=True)
+            assert run is not None
+            if run.status == RunStatus.COMPLETED.value:
+                return run
+            totals = session.execute(
+                select(
+                    func.count(), func.coalesce(func.sum(SettlementItem.payments), 0),
+                    func.coalesce(func.sum(SettlementItem.moved), 0),
+                    func.coalesce(func.sum(SettlementItem.d0_fee), 0),
+                    func.coalesce(func.sum(SettlementItem.debt_collected), 0),
+                    func.coalesce(func.sum(SettlementItem.debt_carried), 0),
+                    func.coalesce(func.sum(case((SettlementItem.payout_amount > 0, 1))), 0),
+                    func.coalesce(func.sum(SettlementItem.payout_amount), 0),
+                ).where(SettlementItem.run_id == run_id)
+            ).one()  # fmt: skip
+            (run.merchants, run.payments, run.settled_amount, run.d0_fees, run.debt_collected,
+             run.debt_carried, run.payouts, run.payout_amount) = map(int, totals)  # fmt: skip
+            run.blocked = int(session.scalar(
+                select(func.count()).select_from(Payout)
+                .where(Payout.run_id == run_id, Payout.status == "blocked")
+            ) or 0)  # fmt: skip
+            if complete:
+                run.status = RunStatus.COMPLETED.value
+                run.finished_at = self.clock.now()
+            return run
+
+    # -- reads --------------------------------------------------------------------------------
+    def list_runs(self, principal: Principal, run_date: date | None) -> list[SettlementRun]:
+        """Staff: the runs (of a date). Merchants use ``merchant_items``."""
+        principal.require_staff(Role.FINANCE, Role.RISK, Role.CS_AGENT)
+        query = select(SettlementRun).order_by(SettlementRun.started_at.desc(),
+                                               SettlementRun.id.desc()).limit(200)  # fmt: skip
+        if run_date is not None:
+            query = query.where(SettlementRun.run_date == run_date.isoformat())
+        with self.database.read() as session:
+            return list(session.scalars(query))
+
+    def merchant_items(
+        self, principal: Principal, run_date: date | None
+    ) -> list[tuple[SettlementRun, SettlementItem]]:
+        """A merchant's own settlements (of a date), newest first."""
+        if principal.merchant_id is None:
+            raise DomainError(ErrorCode.FORBIDDEN, "a merchant principal is needed")
+        query = (
+            select(SettlementRun, SettlementItem)
+            .join(SettlementItem, SettlementItem.run_id == SettlementRun.id)
+            .where(SettlementItem.merchant_id == principal.merchant_id)
+            .order_by(SettlementRun.started_at.desc(), SettlementRun.id.desc())
+            .limit(200)
+        )
+        if run_date is not None:
+            query = query.where(SettlementRun.run_date == run_date.isoformat())
+        with self.database.read() as session:
+            return [(run, item) for run, item in session.execute(query).all()]
+
+    def statement(
+        self, principal: Principal, merchant_id: str, period: str, fmt: str
+    ) -> tuple[str, bytes]:
+        """(file name, bytes) of a merchant's statement; another tenant's merchant is 404."""
+        if not principal.can_see(merchant_id):
+            raise DomainError(ErrorCode.MERCHANT_NOT_FOUND, "merchant not found")
+        parsed = parse_period(period)
+        with self.database.read() as session:
+            built = build_statement(session, merchant_id, parsed)
+        return filename(built, fmt), render(built, fmt)
+
+    def list_payouts(
+        self,
+        principal: Principal,
+        status: str | None,
+        limit: int,
+        after: tuple[datetime, str] | None,
+    ) -> list[Payout]:
+        """Newest first; merchants see only their own."""
+        query = select(Payout)
+        if not principal.is_staff:
+            query = query.where(Payout.merchant_id == principal.merchant_id)
+        if status is not None:
+            query = query.where(Payout.status == status)
+        with self.database.read() as session:
+            return list(session.scalars(newest_first(query, Payout, limit, after)))
+
+
+def _available(state: AccountState) -> int:
+    """A merchant liability's credit balance less what refunds hold against it."""
+    return max(0, state.credits_posted - state.debits_posted - state.debits_pending)
+
+
+# -- payment queries ------------------------------------------------------------------------------
+Q = TypeVar("Q", Select[Any], Update)
+
+
+def _due_filter(query: Q, merchant_id: str, boundary: datetime) -> Q:
+    return query.where(
+        Payment.merchant_id == merchant_id,
+        Payment.status == CAPTURED,
+        Payment.settled_at.is_(None),
+        Payment.captured_at < boundary,
+    )
+
+
+def _due(session: Session, merchant_id: str, boundary: datetime, plan_d0_fee: int) -> _Due:
+    fee = case((Payment.net < plan_d0_fee, Payment.net), else_=plan_d0_fee)
+    row = session.execute(
+        _due_filter(select(
+            func.count(), func.coalesce(func.sum(Payment.captured_amount), 0),
+            func.coalesce(func.sum(Payment.fee), 0), func.coalesce(func.sum(Payment.net), 0),
+            func.coalesce(func.sum(fee), 0),
+        ), merchant_id, boundary)
+    ).one()  # fmt: skip
+    return _Due(*(int(v) for v in row))
+
+
+def _not_due_nets(session: Session, merchant_id: str, boundary: datetime) -> int:
+    total = session.scalar(
+        select(func.coalesce(func.sum(Payment.net), 0)).where(
+            Payment.merchant_id == merchant_id,
+            Payment.status == CAPTURED,
+            Payment.settled_at.is_(None),
+            Payment.captured_at >= boundary,
+        )
+    )
+    return int(total or 0)
