@@ -30,6 +30,7 @@ from hypothesis import settings
 from pytest_postgresql import factories
 
 from shoudan import migrations
+from shoudan.core.config import get_settings
 from shoudan.core.db import Database
 from tests import pg
 
@@ -69,6 +70,15 @@ def _unavailable(reason: str) -> None:
     if _in_ci():
         pytest.fail(f"PostgreSQL is required in CI: {reason}", pytrace=False)
     pytest.skip(f"PostgreSQL unavailable: {reason}")
+
+
+@pytest.fixture(autouse=True)
+def fresh_settings() -> Iterator[None]:
+    """The CLI reads settings once per process (``get_settings`` is cached); a test that sets
+    SHOUDAN_* variables must not see the settings an earlier test of the same worker cached."""
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
 
 
 @pytest.fixture(scope="session")

@@ -57,8 +57,8 @@ def test_seed_once_with_real_payments_and_working_keys(container: Container, tmp
     assert 300 <= payments <= 501  # the day's payments and the banquet
     refunds = {status: n for status, n in grouped(container, "refunds", "status")}
     assert refunds["in_review"] == 1 and refunds["succeeded"] >= 10
-    assert count(container, "merchants") == 3
-    assert count(container, "terminals") == 5
+    assert count(container, "merchants") == 4  # three shops and the onboarded fruit shop
+    assert count(container, "terminals") == 6
     with container.database.read() as session:
         statuses = dict(
             session.execute(text("SELECT status, COUNT(*) FROM payments GROUP BY status")).all()
@@ -83,7 +83,35 @@ def test_seed_once_with_real_payments_and_working_keys(container: Container, tmp
     merchants = client.get(
         "/v1/merchants", headers={"Authorization": f"Bearer {saved['admin_api_key']}"}
     )
-    assert merchants.status_code == 200 and len(merchants.json()["data"]) == 3
+    assert merchants.status_code == 200 and len(merchants.json()["data"]) == 4
+
+
+def test_seed_tells_the_back_office_story(container: Container) -> None:
+    credentials = demo.seed(container)
+    assert credentials is not None
+    assert grouped(container, "onboarding_applications", "status") == [
+        ("approved", 1), ("in_review", 1)
+    ] or sorted(grouped(container, "onboarding_applications", "status")) == [
+        ("approved", 1), ("in_review", 1)
+    ]
+    assert sorted(grouped(container, "devices", "status")) == [("activated", 1), ("in_stock", 1)]
+    assert grouped(container, "deposits", "status") == [("charged", 1)]
+    # yesterday's settlement paid two shops; the stall's account is the owner's, not the
+    # stall's: its payout waits (一清)
+    assert sorted(grouped(container, "payouts", "status")) == [("blocked", 1), ("paid", 2)]
+    assert grouped(container, "settlement_runs", "status") == [("completed", 1)]
+    assert container.ledger.verify().ok
+    client = TestClient(create_app(container=container))
+    [(serial, code)] = [
+        (s, c) for s, c in credentials["verification_codes"].items() if s == "DEMO-EPOS-0102"
+    ]
+    checked = client.get(
+        "/v1/public/verify-terminal", params={"serial_number": serial, "code": code}
+    )
+    assert checked.status_code == 200 and checked.json()["genuine"] is True
+    admin = {"Authorization": f"Bearer {credentials['admin_api_key']}"}
+    deposit = client.get(f"/v1/terminals/{'DEMO-EPOS-0101'}/deposit", headers=admin)
+    assert deposit.status_code == 200, deposit.text
 
 
 def test_demo_books_pass_bean_check(container: Container, tmp_path) -> None:

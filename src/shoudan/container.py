@@ -19,8 +19,10 @@ from shoudan.ledger.service import Ledger
 
 if TYPE_CHECKING:
     from shoudan.channels.domain import BankTransfer, Channel
+    from shoudan.deposits.service import DepositService
     from shoudan.files.service import FileService
     from shoudan.gateway.service import GatewayService
+    from shoudan.onboarding.domain import RealNameVerifier
     from shoudan.payments.service import PaymentService
     from shoudan.refunds.service import RefundService
     from shoudan.sms.service import SmsProvider
@@ -89,6 +91,12 @@ class Container:
         )  # fmt: skip
 
     @cached_property
+    def deposits(self) -> DepositService:
+        from shoudan.deposits.service import DepositService
+
+        return DepositService(self.database, self.ledger, self.vault, self.clock)
+
+    @cached_property
     def files(self) -> FileService:
         from shoudan.files.service import FileService
 
@@ -108,6 +116,13 @@ class Container:
         from shoudan.sms.service import build_provider
 
         return build_provider(self.settings, self.database, self.vault, self.clock)
+
+    @cached_property
+    def real_name_verifier(self) -> RealNameVerifier:
+        """The KYC (real-name) verifier: the deterministic sandbox until a real one is wired."""
+        from shoudan.onboarding.domain import SandboxRealNameVerifier
+
+        return SandboxRealNameVerifier()
 
     def dispose(self) -> None:
         self.database.dispose()

@@ -5,7 +5,10 @@ restaurant (enterprise) — with terminals of each product, the default fee plan
 500 payments over the last 30 days taken through the real payment service against the
 sandbox network: debit and credit cards, contactless taps, WeChat / Alipay / UnionPay QR,
 declines (insufficient funds, expired card, wrong PIN), pre-authorisations with completions,
-same-day voids and a few reversals. Every fen is posted to the ledger, which verifies.
+same-day voids and a few reversals. Every fen is posted to the ledger, which verifies. Then
+the back office (``demo_backoffice``): a fruit shop onboarded end to end with an activated
+terminal and its deposit, an application waiting for review, and yesterday's settlement paid
+out through the sandbox bank.
 
 Seeding happens once per database (an audit record ``demo.seeded`` marks it). It prints a
 merchant API key and a staff admin key and writes them to ``<data dir>/demo-credentials.json``
@@ -37,6 +40,11 @@ from shoudan.channels.sandbox import (
 from shoudan.container import Container
 from shoudan.core.clock import SHANGHAI, FixedClock
 from shoudan.core.errors import DomainError
+from shoudan.demo_backoffice import (
+    application_waiting_for_review,
+    onboard_fruit_shop,
+    settle_yesterday,
+)
 from shoudan.merchants.service import MerchantInput, SettlementAccountInput, create_merchant
 from shoudan.payments.domain import EntryMode, Method, PaymentStatus
 from shoudan.payments.models import Payment
@@ -140,6 +148,10 @@ def seed(container: Container, now: datetime | None = None) -> dict[str, Any] | 
     _take_payments(payments, clock, end, terminals)
     _take_refunds(container, channel, clock, end)
     _banquet_refund_in_review(container, payments, channel, clock, end, terminals["restaurant"][0])
+    clock.set(end - timedelta(days=5, hours=6))
+    fruit_shop = onboard_fruit_shop(container, clock)
+    waiting_application = application_waiting_for_review(container, clock)
+    settle_yesterday(container, end, list(merchants.values()))
     with container.database.transaction() as session:
         record(
             session, actor=SYSTEM.id, action=SEEDED_ACTION, subject_type="system",
@@ -151,6 +163,12 @@ def seed(container: Container, now: datetime | None = None) -> dict[str, Any] | 
         "merchant_api_key": merchant_key,
         "merchant_id": merchants["stall"],
         "merchants": merchants,
+        "onboarded_merchant_id": fruit_shop.merchant_id,
+        "onboarded_terminal_id": fruit_shop.terminal_id,
+        "onboarded_contract_id": fruit_shop.contract_id,
+        "onboarded_application_token": fruit_shop.application_token,
+        "application_in_review": waiting_application,
+        "verification_codes": fruit_shop.labels,
     }
     path = credentials_path(container)
     path.parent.mkdir(parents=True, exist_ok=True)

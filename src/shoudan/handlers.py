@@ -7,8 +7,10 @@ place that decides which of them the worker runs (as ``container.py`` is for ser
 from __future__ import annotations
 
 from shoudan.container import Container
+from shoudan.deposits.handlers import register_handlers as register_deposit_handlers
 from shoudan.notifications.service import HandlerRegistry, default_registry
 from shoudan.refunds.handlers import register_handlers as register_refund_handlers
+from shoudan.settlement.handlers import register_handlers as register_settlement_handlers
 from shoudan.webhooks.service import register_handlers as register_webhook_handlers
 
 
@@ -20,4 +22,8 @@ def build_registry(container: Container) -> HandlerRegistry:
     register_refund_handlers(
         registry, container.refunds, container.database, container.vault, container.sms
     )
+    register_deposit_handlers(
+        registry, container.deposits, container.database, container.vault, container.sms
+    )
+    register_settlement_handlers(registry, container.database, container.vault, container.sms)
     return registry

@@ -24,7 +24,19 @@ from shoudan.api.errors import PROBLEM_JSON, PROBLEM_RESPONSES, install_error_ha
 from shoudan.api.guards import RejectNulMiddleware
 from shoudan.api.idempotency import IdempotencyMiddleware
 from shoudan.api.ratelimit import RateLimiter
-from shoudan.api.routers import files, merchants, payments, refunds, terminals, webhooks
+from shoudan.api.routers import (
+    applications,
+    contracts,
+    files,
+    merchants,
+    payments,
+    refunds,
+    settlements,
+    terminals,
+    webhooks,
+)
+from shoudan.api.routers import deposits as deposit_routes
+from shoudan.api.routers import reconciliation as reconciliation_routes
 from shoudan.bootstrap import bootstrap
 from shoudan.container import Container, build_container
 from shoudan.core.config import Settings, get_settings
@@ -95,6 +107,11 @@ def create_app(
     for router in (
         merchants.router, terminals.router, payments.router, files.router, webhooks.router,
         refunds.router, refunds.payments_router, refunds.public_router,
+        applications.router, contracts.router,
+        terminals.public_router,
+        deposit_routes.router, deposit_routes.terminals_router,
+        reconciliation_routes.router, reconciliation_routes.exceptions_router,
+        settlements.router,
     ):
         app.include_router(router, responses=PROBLEM_RESPONSES)
 

@@ -9,6 +9,7 @@ import typer
 from shoudan.benchmarks import api as api_bench
 from shoudan.benchmarks import gateway as gateway_bench
 from shoudan.benchmarks import ledger as ledger_bench
+from shoudan.benchmarks import reconcile as reconcile_bench
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -53,4 +54,14 @@ def gateway(
     """Approved ISO 8583 sales/s (MACed, PIN), p50/p99 and peak RSS of `shoudan gateway`,
     against an echo server on the same framing and codec; then the ledger is verified."""
     for line in gateway_bench.run(connections, seconds):
+        typer.echo(json.dumps(line, ensure_ascii=False))
+
+
+@app.command("reconcile")
+def reconcile(
+    lines: int = typer.Option(1_000_000, "--lines", min=100, help="Statement lines / payments."),
+) -> None:
+    """Wall time and peak RSS to reconcile a card statement of LINES lines against as many
+    payments (SQLite), against DuckDB doing only the join over the same data."""
+    for line in reconcile_bench.run(lines):
         typer.echo(json.dumps(line, ensure_ascii=False))

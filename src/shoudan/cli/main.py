@@ -7,16 +7,21 @@ import typer
 from shoudan.cli import (
     apikey,
     audit,
+    bank,
     bench,
     db,
     demo,
     gateway,
     ledger,
     outbox,
+    reconcile,
     refunds,
     serve,
+    settle,
     sms,
+    statements,
     terminal,
+    terminals,
     worker,
 )
 from shoudan.cli.common import fail
@@ -38,9 +43,14 @@ app.add_typer(bench.app, name="bench", help="Benchmarks (JSON lines with their o
 app.command("serve")(serve.serve)
 app.add_typer(demo.app, name="demo", help="Demo data and the one-command tour.")
 app.command("worker")(worker.worker)
+app.command("reconcile")(reconcile.reconcile)
 app.command("gateway")(gateway.gateway)
 app.add_typer(terminal.app, name="terminal", help="A terminal simulator (ISO 8583 client).")
+app.add_typer(terminals.app, name="terminals", help="Device inventory: import, labels.")
 app.add_typer(sms.app, name="sms", help="SMS: the development inbox.")
+app.command("settle")(settle.settle)
+app.add_typer(bank.app, name="bank", help="Payout batch files: export, simulate, import.")
+app.command("statements")(statements.statements)
 
 
 def main() -> None:

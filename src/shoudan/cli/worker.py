@@ -15,6 +15,8 @@ import typer
 
 from shoudan.auth.service import IDEMPOTENCY_RETENTION, purge_idempotency_keys
 from shoudan.cli.common import DATABASE_URL_OPTION, open_database, settings
+from shoudan.cli.settle import service as settlement_service
+from shoudan.cli.settle import summary as settlement_summary
 from shoudan.container import build_container
 from shoudan.core.clock import Clock, SystemClock
 from shoudan.core.db import Database
@@ -113,6 +115,14 @@ def worker(
             last_funds_check = now
             if funded:
                 typer.echo(f"refunds waiting for funds moved on: {funded}")
+            # deposits: activation targets reached, deposits blocked by debt now clear
+            checked = container.deposits.run_checks()
+            if checked.refunded or checked.resumed:
+                typer.echo(f"deposits refunded: {checked.refunded}, resumed: {checked.resumed}")
+            # settlement: the current D0 slot, and T+1 for the latest date past its cut-off
+            for run in settlement_service(container).run_due():
+                if run.merchants:
+                    typer.echo(settlement_summary(run))
 
     try:
         if once:

@@ -15,7 +15,11 @@ BANK_SETTLEMENT = "asset:bank:settlement"
 # balance sheet; their balance limits enforce a rule (TigerBeetle's "balance-bounded" pattern).
 REFUND_CAPACITY_CONTROL = "equity:control:refund_capacity"
 DEPOSIT_PENALTY_REVENUE = "revenue:deposit:penalty"
+DEPOSIT_DEPRECIATION_REVENUE = "revenue:deposit:depreciation"  # the device's wear, kept
 NETWORKS = ("unionpay", "wechat", "alipay")
+# settlement: payouts sent to the bank and not confirmed yet; D0 (秒到) settlement fees
+PAYOUTS_IN_FLIGHT = "liability:payouts:in_flight"
+D0_FEE_REVENUE = "revenue:fees:d0_settlement"
 
 
 def channel_receivable(network: str) -> str:
@@ -40,7 +44,15 @@ def platform_accounts() -> list[AccountSpec]:
     specs = [
         AccountSpec(BANK_SETTLEMENT, AccountType.ASSET, name="settlement bank account"),
         AccountSpec(DEPOSIT_PENALTY_REVENUE, AccountType.REVENUE, name="forfeited deposits"),
+        AccountSpec(
+            DEPOSIT_DEPRECIATION_REVENUE, AccountType.REVENUE, name="deposit depreciation kept"
+        ),
         AccountSpec(REFUND_CAPACITY_CONTROL, AccountType.EQUITY, name="refund capacity (memo)"),
+        AccountSpec(
+            PAYOUTS_IN_FLIGHT, AccountType.LIABILITY, name="payouts sent, unconfirmed",
+            max_debit_balance=0,
+        ),
+        AccountSpec(D0_FEE_REVENUE, AccountType.REVENUE, name="D0 settlement fees"),
     ]
     for network in NETWORKS:
         specs.append(AccountSpec(channel_receivable(network), AccountType.ASSET))
@@ -103,3 +115,20 @@ def refund_capacity_account(payment_id: str, captured_amount: int) -> AccountSpe
         refund_capacity(payment_id), AccountType.EQUITY, owner_type="payment",
         owner_id=payment_id, max_debit_balance=captured_amount,
     )  # fmt: skip
+
+
+# -- reconciliation (对账) --------------------------------------------------------------------
+# A difference found against a channel's statement is parked in suspense by an adjustment
+# (until someone traces it), or written off: a gain when the channel paid more than we booked,
+# an expense when it paid less.
+RECONCILIATION_SUSPENSE = "liability:reconciliation:suspense"
+RECONCILIATION_WRITE_OFF_GAIN = "revenue:reconciliation:write_off"
+RECONCILIATION_WRITE_OFF_LOSS = "expense:reconciliation:write_off"
+
+
+def reconciliation_accounts() -> list[AccountSpec]:
+    return [
+        AccountSpec(RECONCILIATION_SUSPENSE, AccountType.LIABILITY, name="reconciliation suspense"),
+        AccountSpec(RECONCILIATION_WRITE_OFF_GAIN, AccountType.REVENUE, name="written-off surplus"),
+        AccountSpec(RECONCILIATION_WRITE_OFF_LOSS, AccountType.EXPENSE, name="written-off loss"),
+    ]

@@ -47,7 +47,26 @@ PAYMENT_EVENT_TYPES = frozenset(
         "payment.reversed",
     }
 )
-EVENT_TYPES: frozenset[str] = REFUND_EVENT_TYPES | PAYMENT_EVENT_TYPES
+# terminal deposits (押金): deposits/service.py publishes them
+DEPOSIT_EVENT_TYPES = frozenset(
+    {
+        "deposit.charged",
+        "deposit.paid",
+        "deposit.collected",
+        "deposit.blocked",
+        "deposit.refunded",
+        "deposit.forfeited",
+        "deposit.refund_requested",
+        "deposit.refund_rejected",
+    }
+)
+# payouts to the merchant's own account (一清): settlement/payouts.py publishes them
+PAYOUT_EVENT_TYPES = frozenset(
+    {"payout.blocked", "payout.cancelled", "payout.paid", "payout.rejected"}
+)
+EVENT_TYPES: frozenset[str] = (
+    REFUND_EVENT_TYPES | PAYMENT_EVENT_TYPES | DEPOSIT_EVENT_TYPES | PAYOUT_EVENT_TYPES
+)
 EVENT_FAMILIES = frozenset(event_type.split(".", 1)[0] for event_type in EVENT_TYPES)
 ALL_EVENTS = "*"
 
