@@ -2,16 +2,19 @@
 lines against N payments, with a DuckDB-only baseline over the same data in the same run.
 
 Set-up (not timed): a fresh SQLite database built by the migrations, one merchant and
-terminal, N captured card payments over ten business days written straight into the
-payments table, and the card network's statement for them (UnionPay layout) with 0.1% of
-lines changed for each class of difference (amount, status, dropped, extra).
+terminal, N captured card payments over ten business days written into the payments table by
+one ``INSERT … SELECT`` over a generated series (``GENERATED_PAYMENTS``: the same rows that
+``seed_payments`` writes through the columns' bind processors — a test checks it), and the
+card network's statement for them (UnionPay layout) with 0.1% of lines changed for each class
+of difference (amount, status, dropped, extra).
 
 Ours: ``ReconciliationService.import_statement`` in a child process — scan (SHA-256,
-encoding), parse and validate every line, stream the payments out of SQLite, match in DuckDB,
-write the run and its exceptions. Baseline: in another child process, DuckDB alone reads the
-same statement file and an export of the same payments (CSV) and does the equivalent full
-outer join and count per class — the floor of the join itself, without validation, the SQL
-database or the writes. Peak RSS is each child's own (``wait4``).
+encoding), read and validate every line in DuckDB, stream the payments out of SQLite with the
+driver's cursor, match in DuckDB, write the run and its exceptions. Baseline: in another
+child process, DuckDB alone reads the same statement file and an export of the same payments
+(CSV) and does the equivalent full outer join and count per class — the floor of the join
+itself, without validation, the SQL database or the writes. Peak RSS is each child's own
+(``VmHWM``).
 """
 
 from __future__ import annotations

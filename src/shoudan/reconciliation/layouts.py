@@ -343,7 +343,7 @@ class UnionPayLayout(Layout):
             f"WHEN {kind} = 'sale' THEN 'declined' ELSE 'failed' END",
             ok=f"{sql_in(kind, self.TYPES)} AND regexp_full_match({v('rrn')}, '[0-9]{{12}}') "
             f"AND NOT regexp_full_match({v('card_no')}, '[0-9]{{12,}}') "
-            f"AND regexp_full_match({v('amount_fen')}, '[0-9]{{1,{MAX_FEN_DIGITS}}}') "
+            f"AND fen_ok({v('amount_fen')}) "
             f"AND (NOT {refund} OR {v('refund_ref')} <> '')",
         )  # fmt: skip
 
