@@ -1,8 +1,9 @@
 """/v1/settlements, /v1/payouts and merchant statements (docs/settlement.md).
 
 Finance staff start a run (``POST /v1/settlements/run``, refused until the cut-off of the last
-trade date it settles); staff list runs, merchants list their own settlements and payouts; a merchant's statement is a
-file download in CSV, XLSX or PDF. Another tenant's merchant answers 404.
+trade date it settles); staff list runs, merchants list their own settlements and payouts; a
+merchant's statement is a file download in CSV, XLSX or PDF. Another tenant's merchant answers
+404.
 """
 
 from __future__ import annotations
