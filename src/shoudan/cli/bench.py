@@ -10,6 +10,7 @@ from shoudan.benchmarks import api as api_bench
 from shoudan.benchmarks import gateway as gateway_bench
 from shoudan.benchmarks import ledger as ledger_bench
 from shoudan.benchmarks import reconcile as reconcile_bench
+from shoudan.benchmarks import settlement as settlement_bench
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -65,3 +66,22 @@ def reconcile(
     payments (SQLite), against DuckDB doing only the join over the same data."""
     for line in reconcile_bench.run(lines):
         typer.echo(json.dumps(line, ensure_ascii=False))
+
+
+@app.command("settlement")
+def settlement(
+    payments: int = typer.Option(1_000_000, "--payments", min=1, help="Payments to settle."),
+    merchants: int = typer.Option(10_000, "--merchants", min=1, help="Merchants they spread over."),
+    with_reconcile: bool = typer.Option(
+        True, "--with-reconcile/--settlement-only",
+        help="Also reconcile a channel statement of as many lines (`bench reconcile`).",
+    ),
+) -> None:
+    """Wall time and peak RSS of a T+1 settlement run over PAYMENTS payments of MERCHANTS
+    merchants (SQLite), against DuckDB doing only the per-merchant aggregate and join over the
+    same data; then, by default, the reconciliation of a statement of PAYMENTS lines."""
+    for line in settlement_bench.run(payments, merchants):
+        typer.echo(json.dumps(line, ensure_ascii=False))
+    if with_reconcile:
+        for line in reconcile_bench.run(max(payments, 100)):
+            typer.echo(json.dumps(line, ensure_ascii=False))
