@@ -43,6 +43,7 @@ from shoudan.core.config import Settings, get_settings
 from shoudan.core.db import Database
 from shoudan.core.errors import ErrorCode
 from shoudan.gateway import metrics as _gateway_metrics  # noqa: F401 (families shown from the start)
+from shoudan.web.pages import install_web
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ def create_app(
         max_body_bytes=settings.max_upload_bytes + 64 * 1024,  # an upload and its framing
     )  # fmt: skip
     app.add_middleware(RejectNulMiddleware)  # outermost: before anything touches the database
+    install_web(app)  # the web console (shoudan.web): pages, static files, security headers
     for router in (
         merchants.router, terminals.router, payments.router, files.router, webhooks.router,
         refunds.router, refunds.payments_router, refunds.public_router,

@@ -22,6 +22,7 @@ from shoudan.cli import (
     statements,
     terminal,
     terminals,
+    web,
     worker,
 )
 from shoudan.cli.common import fail
@@ -51,6 +52,7 @@ app.add_typer(sms.app, name="sms", help="SMS: the development inbox.")
 app.command("settle")(settle.settle)
 app.add_typer(bank.app, name="bank", help="Payout batch files: export, simulate, import.")
 app.command("statements")(statements.statements)
+app.add_typer(web.app, name="web", help="Web console: users.")
 
 
 def main() -> None:

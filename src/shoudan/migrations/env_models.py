@@ -17,4 +17,5 @@ import shoudan.refunds.models
 import shoudan.settlement.models
 import shoudan.sms.models
 import shoudan.terminals.models
+import shoudan.web.models
 import shoudan.webhooks.models  # noqa: F401

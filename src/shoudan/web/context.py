@@ -1,0 +1,137 @@
+"""Per-request state of a web page: language, signed-in identity, CSRF binding, rendering.
+
+``PageContext.of(request)`` is built once per request (cached on ``request.state``).
+``render`` fills a template in the request's language and sets the cookies the request
+needs (language, anonymous CSRF binding) with the right flags: HttpOnly, SameSite=Lax, and
+Secure when the request came over https.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from fastapi import Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from shoudan.container import Container
+from shoudan.web.i18n import (
+    DEFAULT_LOCALE,
+    HTML_LANG,
+    LOCALES,
+    format_fen,
+    format_shanghai,
+    pick_locale,
+    translations,
+)
+from shoudan.web.security import (
+    ANON_COOKIE,
+    CSRF_FIELD,
+    LANG_COOKIE,
+    SESSION_COOKIE,
+    CsrfRejected,
+    csrf_token,
+    csrf_valid,
+    new_anon_binding,
+)
+from shoudan.web.service import Identity, WebAccounts
+
+R = TypeVar("R", HTMLResponse, RedirectResponse)
+TEMPLATES = Path(__file__).parent / "templates"
+LANG_COOKIE_SECONDS = 365 * 24 * 3600
+
+
+def _environment(locale: str) -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        autoescape=select_autoescape(["html"]),
+        extensions=["jinja2.ext.i18n"],
+    )
+    env.install_gettext_translations(translations(locale), newstyle=True)  # type: ignore[attr-defined]
+    env.filters["fen"] = format_fen
+    env.filters["shanghai"] = format_shanghai
+    return env
+
+
+ENVIRONMENTS = {locale: _environment(locale) for locale in LOCALES}
+
+
+def accounts_of(container: Container) -> WebAccounts:
+    return WebAccounts(container.database, container.vault, container.clock)
+
+
+@dataclass
+class PageContext:
+    request: Request
+    container: Container
+    locale: str
+    identity: Identity | None
+    binding: str
+    cookies: dict[str, tuple[str, int | None]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, request: Request) -> PageContext:
+        cached = getattr(request.state, "web_context", None)
+        if isinstance(cached, PageContext):
+            return cached
+        container: Container = request.app.state.container
+        asked = pick_locale(request.query_params.get("lang"))
+        locale = asked or pick_locale(request.cookies.get(LANG_COOKIE)) or DEFAULT_LOCALE
+        token = request.cookies.get(SESSION_COOKIE)
+        identity = accounts_of(container).resolve(token) if token else None
+        cookies: dict[str, tuple[str, int | None]] = {}
+        if asked:
+            cookies[LANG_COOKIE] = (asked, LANG_COOKIE_SECONDS)
+        binding = token if identity is not None and token else request.cookies.get(ANON_COOKIE)
+        if not binding:
+            binding = new_anon_binding()
+            cookies[ANON_COOKIE] = (binding, None)
+        context = cls(request, container, locale, identity, binding, cookies)
+        request.state.web_context = context
+        return context
+
+    def _(self, message: str) -> str:
+        return translations(self.locale).gettext(message)
+
+    @property
+    def accounts(self) -> WebAccounts:
+        return accounts_of(self.container)
+
+    def render(self, template: str, status: int = 200, **values: Any) -> HTMLResponse:
+        env = ENVIRONMENTS[self.locale]
+        html = env.get_template(template).render(
+            request=self.request, identity=self.identity, csrf_field=CSRF_FIELD,
+            csrf_token=csrf_token(self.container.vault, self.binding),
+            html_lang=HTML_LANG[self.locale], locale=self.locale, **values,
+        )  # fmt: skip
+        return self.finish(HTMLResponse(html, status_code=status))
+
+    def redirect(self, url: str) -> RedirectResponse:
+        return self.finish(RedirectResponse(url, status_code=303))
+
+    def finish(self, response: R) -> R:
+        for name, (value, max_age) in self.cookies.items():
+            set_cookie(self.request, response, name, value, max_age)
+        return response
+
+    async def form(self) -> dict[str, str]:
+        """The POSTed form, after the CSRF check (``CsrfRejected`` before anything runs)."""
+        data = await self.request.form()
+        if not csrf_valid(self.container.vault, self.binding, data.get(CSRF_FIELD)):
+            raise CsrfRejected()
+        return {k: v for k, v in data.items() if isinstance(v, str)}
+
+
+def set_cookie(
+    request: Request,
+    response: HTMLResponse | RedirectResponse,
+    name: str,
+    value: str,
+    max_age: int | None = None,
+) -> None:
+    response.set_cookie(
+        name, value, max_age=max_age, path="/", httponly=True, samesite="lax",
+        secure=request.url.scheme == "https",
+    )  # fmt: skip

@@ -1,0 +1,360 @@
+"""Use cases of the web console's accounts: create users, log in and out, sessions, passwords.
+
+One ``database.transaction()`` per use case. A login attempt is answered with a
+``LoginResult`` instead of an exception, because a refused attempt must still commit (the
+failure counter, the lockout). Every refusal of an unknown account, a wrong password or a
+wrong TOTP code is the same ``FAILED`` outcome: the page cannot be used to learn which phone
+numbers or user names exist. Staff account creation and logins are written to the audit log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+import pyotp
+from sqlalchemy import Select, select, update
+from sqlalchemy.orm import Session
+
+from shoudan.audit import service as audit
+from shoudan.auth.domain import Principal, Role, parse_role
+from shoudan.core.clock import Clock
+from shoudan.core.crypto import Vault, mask_phone
+from shoudan.core.db import Database
+from shoudan.core.errors import DomainError, ErrorCode
+from shoudan.core.ids import new_id
+from shoudan.merchants.service import get_merchant
+from shoudan.web.domain import (
+    DUMMY_PASSWORD_HASH,
+    LAST_SEEN_RESOLUTION,
+    SESSION_LIFETIME,
+    LockState,
+    PasswordProblem,
+    SessionKind,
+    hash_password,
+    initial_password,
+    new_session_token,
+    normalize_phone,
+    normalize_username,
+    password_problems,
+    session_alive,
+    totp_step_acceptable,
+    verify_password,
+)
+from shoudan.web.models import MerchantUser, StaffUser, WebSession
+
+PHONE_CONTEXT = "web:merchant_user:phone"
+TOTP_CONTEXT = "web:staff_user:totp"
+SESSION_CONTEXT = "web:session"
+TOTP_ISSUER = "shoudan"
+TOTP_PERIOD_SECONDS = 30
+
+
+class LoginOutcome(StrEnum):
+    OK = "ok"
+    FAILED = "failed"  # unknown account, wrong password or wrong code: one answer
+    LOCKED = "locked"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a live session belongs to (what every signed-in page needs)."""
+
+    session_id: str
+    kind: SessionKind
+    user_id: str
+    display_name: str  # masked phone or user name
+    merchant_id: str | None = None
+    roles: tuple[Role, ...] = ()
+
+    @property
+    def principal(self) -> Principal:
+        """The principal handed to domain services. Staff with several roles act with the
+        strongest (admin first); pages needing a given role check ``roles`` themselves."""
+        if self.kind is SessionKind.MERCHANT:
+            assert self.merchant_id is not None
+            return Principal(self.user_id, Role.MERCHANT, self.merchant_id)
+        role = Role.ADMIN if Role.ADMIN in self.roles else self.roles[0]
+        return Principal(self.user_id, role)
+
+
+@dataclass(frozen=True, slots=True)
+class LoginResult:
+    outcome: LoginOutcome
+    token: str | None = None  # the session cookie's value, on OK only
+    locked_until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewMerchantUser:
+    user_id: str
+    merchant_id: str
+    phone_masked: str
+    password: str  # shown once
+
+
+@dataclass(frozen=True, slots=True)
+class NewStaffUser:
+    user_id: str
+    username: str
+    roles: tuple[Role, ...]
+    password: str  # shown once
+    totp_secret: str  # shown once
+    totp_uri: str
+
+
+def parse_roles(values: list[str]) -> tuple[Role, ...]:
+    roles = tuple(dict.fromkeys(parse_role(v) for v in values))
+    if not roles or Role.MERCHANT in roles:
+        raise DomainError(ErrorCode.INVALID_INPUT, "a staff user needs one or more staff roles")
+    return roles
+
+
+def _roles_of(row: StaffUser) -> tuple[Role, ...]:
+    return tuple(Role(r) for r in row.roles.split(",") if r)
+
+
+def _totp_step(moment: datetime) -> int:
+    return int(moment.timestamp()) // TOTP_PERIOD_SECONDS
+
+
+class WebAccounts:
+    def __init__(self, database: Database, vault: Vault, clock: Clock) -> None:
+        self.database = database
+        self.vault = vault
+        self.clock = clock
+
+    # -- creating users (CLI, demo) ------------------------------------------------------------
+    def create_merchant_user(
+        self, merchant_id: str, phone: str, *, actor: str = "system:cli"
+    ) -> NewMerchantUser:
+        number = normalize_phone(phone)
+        if number is None:
+            raise DomainError(ErrorCode.INVALID_PHONE, "a mainland mobile number (11 digits)")
+        password = initial_password()
+        now = self.clock.now()
+        phone_hash = self.vault.lookup_hash(number, PHONE_CONTEXT)
+        with self.database.transaction() as session:
+            get_merchant(session, merchant_id)  # merchant_not_found otherwise
+            taken = session.scalar(
+                select(MerchantUser.id).where(MerchantUser.phone_hash == phone_hash)
+            )
+            if taken is not None:
+                raise DomainError(ErrorCode.INVALID_INPUT, "this phone number already has a login")
+            row = MerchantUser(
+                id=new_id("mu_"), merchant_id=merchant_id, phone_hash=phone_hash,
+                phone_enc=self.vault.encrypt(number, PHONE_CONTEXT),
+                phone_masked=mask_phone(number), password_hash=hash_password(password),
+                failed_count=0, created_at=now, password_changed_at=now,
+            )  # fmt: skip
+            session.add(row)
+            audit.record(
+                session, actor=actor, action="web.merchant_user.create",
+                subject_type="web_merchant_user", subject_id=row.id,
+                after={"merchant_id": merchant_id, "phone": row.phone_masked}, clock=self.clock,
+            )  # fmt: skip
+        return NewMerchantUser(row.id, merchant_id, row.phone_masked, password)
+
+    def create_staff_user(
+        self, username: str, roles: tuple[Role, ...], *, actor: str = "system:cli"
+    ) -> NewStaffUser:
+        name = normalize_username(username)
+        if name is None:
+            raise DomainError(ErrorCode.INVALID_INPUT, "user name: 3–64 of [a-z0-9._-]")
+        password, secret = initial_password(), pyotp.random_base32()
+        now = self.clock.now()
+        with self.database.transaction() as session:
+            if session.scalar(select(StaffUser.id).where(StaffUser.username == name)):
+                raise DomainError(ErrorCode.INVALID_INPUT, "this user name is taken")
+            row = StaffUser(
+                id=new_id("su_"), username=name, roles=",".join(roles),
+                password_hash=hash_password(password),
+                totp_secret_enc=self.vault.encrypt(secret, TOTP_CONTEXT),
+                failed_count=0, created_at=now, password_changed_at=now,
+            )  # fmt: skip
+            session.add(row)
+            audit.record(
+                session, actor=actor, action="web.staff_user.create",
+                subject_type="web_staff_user", subject_id=row.id,
+                after={"username": name, "roles": list(roles)}, clock=self.clock,
+            )  # fmt: skip
+        uri = pyotp.TOTP(secret).provisioning_uri(name=name, issuer_name=TOTP_ISSUER)
+        return NewStaffUser(row.id, name, roles, password, secret, uri)
+
+    # -- logging in and out ----------------------------------------------------------------------
+    def login_merchant(self, phone: str, password: str) -> LoginResult:
+        number = normalize_phone(phone)
+        with self.database.transaction() as session:
+            row = None
+            if number is not None:
+                row = session.scalar(
+                    select(MerchantUser)
+                    .where(MerchantUser.phone_hash == self.vault.lookup_hash(number, PHONE_CONTEXT))
+                    .with_for_update()
+                )
+            return self._attempt(session, SessionKind.MERCHANT, row, password, None)
+
+    def login_staff(self, username: str, password: str, totp_code: str) -> LoginResult:
+        name = normalize_username(username)
+        with self.database.transaction() as session:
+            row = None
+            if name is not None:
+                row = session.scalar(
+                    select(StaffUser).where(StaffUser.username == name).with_for_update()
+                )
+            return self._attempt(session, SessionKind.STAFF, row, password, totp_code)
+
+    def _attempt(
+        self,
+        session: Session,
+        kind: SessionKind,
+        row: MerchantUser | StaffUser | None,
+        password: str,
+        totp_code: str | None,
+    ) -> LoginResult:
+        now = self.clock.now()
+        if row is None or row.disabled_at is not None:
+            verify_password(password, DUMMY_PASSWORD_HASH)  # same time as a real check
+            return LoginResult(LoginOutcome.FAILED)
+        state = LockState(row.failed_count, row.locked_until)
+        if state.is_locked(now):
+            return LoginResult(LoginOutcome.LOCKED, locked_until=row.locked_until)
+        ok = verify_password(password, row.password_hash)
+        if ok and isinstance(row, StaffUser):
+            ok = self._totp_ok(row, totp_code or "", now)
+        if not ok:
+            state = state.after_failure(now)
+            row.failed_count, row.locked_until = state.failed_count, state.locked_until
+            if state.is_locked(now):
+                self._audit_login(session, kind, row.id, "web.login.locked")
+                return LoginResult(LoginOutcome.LOCKED, locked_until=state.locked_until)
+            return LoginResult(LoginOutcome.FAILED)
+        row.failed_count, row.locked_until, row.last_login_at = 0, None, now
+        token = new_session_token()
+        session.add(WebSession(
+            id=new_id("ws_"), token_hash=self._token_hash(token), kind=kind.value,
+            user_id=row.id, created_at=now, last_seen_at=now, expires_at=now + SESSION_LIFETIME,
+        ))  # fmt: skip
+        if kind is SessionKind.STAFF:
+            self._audit_login(session, kind, row.id, "web.login")
+        return LoginResult(LoginOutcome.OK, token=token)
+
+    def _totp_ok(self, row: StaffUser, code: str, now: datetime) -> bool:
+        secret = self.vault.decrypt(row.totp_secret_enc, TOTP_CONTEXT)
+        totp = pyotp.TOTP(secret)
+        for offset in (0, -1, 1):  # one step of clock drift either way
+            step = _totp_step(now) + offset
+            moment = datetime.fromtimestamp(step * TOTP_PERIOD_SECONDS, tz=now.tzinfo)
+            if totp.at(moment) == code.strip() and totp_step_acceptable(step, row.totp_last_step):
+                row.totp_last_step = step
+                return True
+        return False
+
+    def _audit_login(self, session: Session, kind: SessionKind, user_id: str, action: str) -> None:
+        audit.record(
+            session, actor=f"{kind.value}:{user_id}", action=action,
+            subject_type=f"web_{kind.value}_user", subject_id=user_id, clock=self.clock,
+        )  # fmt: skip
+
+    def _token_hash(self, token: str) -> str:
+        return self.vault.lookup_hash(token, SESSION_CONTEXT)
+
+    def resolve(self, token: str) -> Identity | None:
+        """The live session behind a cookie, or ``None`` (unknown, expired, idle, revoked)."""
+        now = self.clock.now()
+        with self.database.transaction() as session:
+            row = session.scalar(
+                select(WebSession).where(WebSession.token_hash == self._token_hash(token))
+            )
+            if row is None or not session_alive(
+                now, row.expires_at, row.last_seen_at, row.revoked_at
+            ):
+                return None
+            identity = self._identity(session, row)
+            if identity is not None and now - row.last_seen_at >= LAST_SEEN_RESOLUTION:
+                row.last_seen_at = now
+            return identity
+
+    def _identity(self, session: Session, row: WebSession) -> Identity | None:
+        kind = SessionKind(row.kind)
+        if kind is SessionKind.MERCHANT:
+            user = session.get(MerchantUser, row.user_id)
+            if user is None or user.disabled_at is not None:
+                return None
+            return Identity(row.id, kind, user.id, user.phone_masked, merchant_id=user.merchant_id)
+        staff = session.get(StaffUser, row.user_id)
+        if staff is None or staff.disabled_at is not None:
+            return None
+        return Identity(row.id, kind, staff.id, staff.username, roles=_roles_of(staff))
+
+    def logout(self, token: str) -> None:
+        with self.database.transaction() as session:
+            session.execute(
+                update(WebSession)
+                .where(WebSession.token_hash == self._token_hash(token))
+                .where(WebSession.revoked_at.is_(None))
+                .values(revoked_at=self.clock.now())
+            )
+
+    # -- account security --------------------------------------------------------------------------
+    def other_sessions(self, identity: Identity) -> int:
+        """How many other live sessions this user has (the 账户安全 page shows it)."""
+        now = self.clock.now()
+        with self.database.read() as session:
+            others = self._sessions_of(identity).where(WebSession.id != identity.session_id)
+            rows = session.scalars(others)
+            return sum(
+                session_alive(now, r.expires_at, r.last_seen_at, r.revoked_at) for r in rows
+            )
+
+    def sign_out_others(self, identity: Identity) -> int:
+        with self.database.transaction() as session:
+            return self._revoke_others(session, identity)
+
+    def _sessions_of(self, identity: Identity) -> Select[WebSession]:
+        return select(WebSession).where(
+            WebSession.kind == identity.kind.value, WebSession.user_id == identity.user_id
+        )
+
+    def _revoke_others(self, session: Session, identity: Identity) -> int:
+        result = session.execute(
+            update(WebSession)
+            .where(WebSession.kind == identity.kind.value)
+            .where(WebSession.user_id == identity.user_id)
+            .where(WebSession.id != identity.session_id)
+            .where(WebSession.revoked_at.is_(None))
+            .values(revoked_at=self.clock.now())
+        )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    def change_password(
+        self, identity: Identity, current: str, new: str
+    ) -> tuple[bool, list[PasswordProblem]]:
+        """``(current_ok, problems)``; on success (True, []) every other session of the user
+        is signed out, since a password change usually means the old one leaked."""
+        with self.database.transaction() as session:
+            row: MerchantUser | StaffUser | None
+            if identity.kind is SessionKind.MERCHANT:
+                row = session.get(MerchantUser, identity.user_id, with_for_update=True)
+            else:
+                row = session.get(StaffUser, identity.user_id, with_for_update=True)
+            if row is None:
+                raise DomainError(ErrorCode.NOT_FOUND, "user not found")
+            if not verify_password(current, row.password_hash):
+                return False, []
+            problems = password_problems(
+                new, identities=self._identities(row), old_password=current
+            )
+            if problems:
+                return True, problems
+            row.password_hash = hash_password(new)
+            row.password_changed_at = self.clock.now()
+            self._revoke_others(session, identity)
+        return True, []
+
+    def _identities(self, row: MerchantUser | StaffUser) -> tuple[str, ...]:
+        if isinstance(row, MerchantUser):
+            phone = self.vault.decrypt(row.phone_enc, PHONE_CONTEXT)
+            return (phone, phone[-8:])
+        return (row.username,)
