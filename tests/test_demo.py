@@ -112,6 +112,9 @@ def test_seed_tells_the_back_office_story(container: Container) -> None:
     admin = {"Authorization": f"Bearer {credentials['admin_api_key']}"}
     deposit = client.get(f"/v1/terminals/{'DEMO-EPOS-0101'}/deposit", headers=admin)
     assert deposit.status_code == 200, deposit.text
+    logins = credentials["console_logins"]
+    assert set(logins["staff"]) == {"reviewer", "approver", "admin"}
+    assert logins["merchant"]["password"] and logins["staff"]["admin"]["totp_secret"]
 
 
 def test_demo_books_pass_bean_check(container: Container, tmp_path) -> None:

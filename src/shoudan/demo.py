@@ -44,6 +44,7 @@ from shoudan.demo_backoffice import (
     application_waiting_for_review,
     onboard_fruit_shop,
     settle_yesterday,
+    web_logins,
 )
 from shoudan.merchants.service import MerchantInput, SettlementAccountInput, create_merchant
 from shoudan.payments.domain import EntryMode, Method, PaymentStatus
@@ -152,6 +153,7 @@ def seed(container: Container, now: datetime | None = None) -> dict[str, Any] | 
     fruit_shop = onboard_fruit_shop(container, clock)
     waiting_application = application_waiting_for_review(container, clock)
     settle_yesterday(container, end, list(merchants.values()))
+    logins = web_logins(container, merchants["stall"], SHOPS[0].merchant.contact_phone)
     with container.database.transaction() as session:
         record(
             session, actor=SYSTEM.id, action=SEEDED_ACTION, subject_type="system",
@@ -169,6 +171,8 @@ def seed(container: Container, now: datetime | None = None) -> dict[str, Any] | 
         "onboarded_application_token": fruit_shop.application_token,
         "application_in_review": waiting_application,
         "verification_codes": fruit_shop.labels,
+        "console_url": f"http://{container.settings.host}:{container.settings.port}/",
+        "console_logins": logins,
     }
     path = credentials_path(container)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from shoudan.auth.domain import SYSTEM
+from shoudan.auth.domain import SYSTEM, Role
 from shoudan.container import Container
 from shoudan.core.clock import SHANGHAI, FixedClock
 from shoudan.merchants.service import verify_settlement_account
@@ -36,6 +36,7 @@ from shoudan.terminals.service import (
     deliver_device,
     ship_device,
 )
+from shoudan.web.service import WebAccounts
 
 FRUIT_SHOP = onboarding.ApplicationInput(
     applicant_name="李秀兰", phone="13812345678", province="广东", city="深圳", product="epos",
@@ -156,3 +157,22 @@ def settle_yesterday(container: Container, end: datetime, merchant_ids: list[str
         simulate(batch_path, answer_path)
         rows = parse_confirmations(answer_path.name, answer_path.read_text(encoding="utf-8"))
     payouts.import_confirmations(answer_path.name, rows, "demo:finance")
+
+
+def web_logins(container: Container, merchant_id: str, phone: str) -> dict[str, object]:
+    """The console logins: the stall's owner, a reviewer, an approver and an admin (staff
+    sign in with a password and a TOTP code from the secret)."""
+    accounts = WebAccounts(container.database, container.vault, container.clock)
+    merchant = accounts.create_merchant_user(merchant_id, phone, actor="demo")
+    staff = {
+        name: accounts.create_staff_user(name, (role,), actor="demo")
+        for name, role in (("reviewer", Role.REVIEWER), ("approver", Role.APPROVER),
+                           ("admin", Role.ADMIN))
+    }  # fmt: skip
+    return {
+        "merchant": {"phone": phone, "password": merchant.password},
+        "staff": {
+            name: {"password": user.password, "totp_secret": user.totp_secret}
+            for name, user in staff.items()
+        },
+    }

@@ -47,10 +47,20 @@ def seed(database_url: str | None = DATABASE_URL_OPTION) -> None:
                 return
             credentials = json.loads(path.read_text())
         else:
-            typer.echo("demo data seeded: 3 merchants, their terminals, ~500 payments")
+            typer.echo("demo data seeded: 4 merchants (one onboarded end to end), terminals, ~500 payments, settlement")
         typer.echo(f"credentials file:  {demo_data.credentials_path(container)}")
         typer.echo(f"merchant {credentials['merchant_id']} API key: "
                    f"{credentials['merchant_api_key']}")
         typer.echo(f"staff admin API key: {credentials['admin_api_key']}")
+        logins = credentials.get("console_logins")
+        if logins is None:  # seeded by an older version: no console logins
+            return
+        typer.echo(f"web console: {credentials['console_url']} (merchant: /merchant/login, "
+                   f"staff: /staff/login)")  # fmt: skip
+        typer.echo(f"merchant login: {logins['merchant']['phone']} / "
+                   f"{logins['merchant']['password']}")  # fmt: skip
+        for name, staff in logins["staff"].items():
+            typer.echo(f"staff login: {name} / {staff['password']} "
+                       f"(TOTP secret {staff['totp_secret']})")  # fmt: skip
     finally:
         container.dispose()
