@@ -23,9 +23,6 @@ import argparse
 import csv
 import json
 import random
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -40,6 +37,7 @@ from sqlalchemy import Table
 from shoudan import migrations
 from shoudan.auth.domain import Principal, Role
 from shoudan.benchmarks.api import bench_merchant, bench_vault
+from shoudan.benchmarks.child import measure, peak_rss_mib
 from shoudan.bootstrap import bootstrap
 from shoudan.core.clock import SHANGHAI, SystemClock
 from shoudan.core.db import Database, DriverSQL
@@ -259,23 +257,8 @@ def _child_baseline(statement: Path, ours: Path) -> dict[str, Any]:
     return {"seconds": seconds, "counts": {str(k): int(v) for k, v in rows}}
 
 
-def _peak_rss_mib() -> float:
-    """This process's peak resident set (VmHWM: reset by exec, unlike ru_maxrss, which keeps
-    the parent's high-water mark across fork + exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux
-
-
 def _measure(args: list[str]) -> tuple[dict[str, Any], float]:
-    """Run a child (this module), return its JSON answer and its peak RSS in MiB."""
-    completed = subprocess.run(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "shoudan.benchmarks.reconcile", *args],
-        stdout=subprocess.PIPE, check=True,
-    )  # fmt: skip
-    answer: dict[str, Any] = json.loads(completed.stdout)
-    return answer, float(answer.pop("peak_rss_mib"))
+    return measure("shoudan.benchmarks.reconcile", args)
 
 
 # -- the run ----------------------------------------------------------------------------------
@@ -339,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
         answer = _child_ours(args.first, Path(args.second))
     else:
         answer = _child_baseline(Path(args.first), Path(args.second))
-    print(json.dumps({**answer, "peak_rss_mib": _peak_rss_mib()}))
+    print(json.dumps({**answer, "peak_rss_mib": peak_rss_mib()}))
 
 
 if __name__ == "__main__":

@@ -29,10 +29,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import resource
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -44,6 +41,7 @@ from sqlalchemy import func, select
 
 from shoudan import migrations
 from shoudan.benchmarks.api import bench_vault
+from shoudan.benchmarks.child import measure, peak_rss_mib
 from shoudan.bootstrap import bootstrap
 from shoudan.core.clock import SHANGHAI, FixedClock
 from shoudan.core.db import Database, DriverSQL
@@ -251,23 +249,8 @@ def _child_baseline(payments: Path, accounts: Path) -> dict[str, Any]:
     }}  # fmt: skip
 
 
-def _peak_rss_mib() -> float:
-    """This process's peak resident set (VmHWM: reset by exec, unlike ru_maxrss, which keeps
-    the parent's high-water mark across fork + exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux
-
-
 def _measure(args: list[str]) -> tuple[dict[str, Any], float]:
-    """Run a child (this module), return its JSON answer and its peak RSS in MiB."""
-    completed = subprocess.run(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "shoudan.benchmarks.settlement", *args],
-        stdout=subprocess.PIPE, check=True,
-    )  # fmt: skip
-    answer: dict[str, Any] = json.loads(completed.stdout)
-    return answer, float(answer.pop("peak_rss_mib"))
+    return measure("shoudan.benchmarks.settlement", args)
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -354,7 +337,7 @@ def main(argv: list[str] | None = None) -> None:
         answer = _child_ours(args.paths[0])
     else:
         answer = _child_baseline(Path(args.paths[0]), Path(args.paths[1]))
-    print(json.dumps({**answer, "peak_rss_mib": _peak_rss_mib()}))
+    print(json.dumps({**answer, "peak_rss_mib": peak_rss_mib()}))
 
 
 if __name__ == "__main__":
