@@ -151,16 +151,21 @@ def _merchant(ctx: PageContext) -> bool:
     return ctx.identity is not None and ctx.identity.kind is SessionKind.MERCHANT
 
 
-@router.post("/merchant/logout")
-async def merchant_logout(request: Request) -> Response:
+async def _logout(request: Request, login_page: str) -> Response:
+    """End this session (CSRF-checked form), forget the cookie, back to the login page."""
     ctx = PageContext.of(request)
     await ctx.form()
     token = request.cookies.get(SESSION_COOKIE)
     if token:
         ctx.accounts.logout(token)
-    response = ctx.redirect("/merchant/login")
+    response = ctx.redirect(login_page)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
+
+
+@router.post("/merchant/logout")
+async def merchant_logout(request: Request) -> Response:
+    return await _logout(request, "/merchant/login")
 
 
 @router.get("/merchant", response_class=HTMLResponse)
@@ -252,14 +257,7 @@ async def staff_login(request: Request) -> Response:
 
 @router.post("/staff/logout")
 async def staff_logout(request: Request) -> Response:
-    ctx = PageContext.of(request)
-    await ctx.form()
-    token = request.cookies.get(SESSION_COOKIE)
-    if token:
-        ctx.accounts.logout(token)
-    response = ctx.redirect("/staff/login")
-    response.delete_cookie(SESSION_COOKIE, path="/")
-    return response
+    return await _logout(request, "/staff/login")
 
 
 @router.get("/staff", response_class=HTMLResponse)
