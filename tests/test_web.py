@@ -116,6 +116,20 @@ def test_login_sets_a_safe_session_cookie_and_shows_the_own_dashboard(world: Wor
     assert "¥9.99" not in page.text  # merchant B's sale stays B's
 
 
+def test_logout_ends_the_session_and_needs_the_csrf_token(world: World) -> None:
+    user = accounts(world).create_merchant_user(world.merchant_a, PHONE_A)
+    login(world.client, PHONE_A, user.password)
+    token = csrf(world.client, "/merchant")
+    refused = world.client.post("/merchant/logout", data={"csrf_token": "forged"},
+                                follow_redirects=False)  # fmt: skip
+    assert refused.status_code == 403
+    assert world.client.get("/merchant", follow_redirects=False).status_code == 200
+    out = world.client.post("/merchant/logout", data={"csrf_token": token},
+                            follow_redirects=False)  # fmt: skip
+    assert out.status_code == 303 and out.headers["location"] == "/merchant/login"
+    assert world.client.get("/merchant", follow_redirects=False).status_code == 303
+
+
 def test_dashboard_needs_a_login(world: World) -> None:
     response = world.client.get("/merchant", follow_redirects=False)
     assert response.status_code == 303 and response.headers["location"] == "/merchant/login"
