@@ -15,6 +15,8 @@ Fixtures:
   ``postgresql`` (the latter marked ``postgres``).
 - ``database`` / ``sqlite_database`` / ``pg_database``: a ``Database`` on those, disposed after.
 - ``blank_db_url`` (function): an empty database (no migrations), on both engines.
+- ``browser`` (session) / ``page`` (function): Chromium driven by Playwright, from
+  ``tests/web_world.py``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from shoudan import migrations
 from shoudan.core.config import get_settings
 from shoudan.core.db import Database
 from tests import pg
+from tests.web_world import browser, page  # noqa: F401  (fixtures for the browser tests)
 
 # CI explores the same examples on every run (a red CI must mean a change broke something,
 # not that a random search got lucky today); developers' runs keep exploring new ones.

@@ -15,32 +15,11 @@ from shoudan.core.db import Database
 from shoudan.web.domain import PasswordProblem, password_problems
 from shoudan.web.i18n import format_fen, format_shanghai, parse_yuan
 from shoudan.web.models import WebSession
-from shoudan.web.service import WebAccounts
 from tests.payments_world import World, build_world
+from tests.web_world import accounts, csrf, login
 
 PHONE_A = "13900000001"
 PHONE_B = "13900000002"
-
-
-def csrf(client: TestClient, path: str) -> str:
-    page = client.get(path)
-    assert page.status_code == 200, page.text
-    match = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
-    assert match, page.text
-    return match.group(1)
-
-
-def accounts(world: World) -> WebAccounts:
-    c = world.container
-    return WebAccounts(c.database, c.vault, c.clock)
-
-
-def login(client: TestClient, phone: str, password: str):  # type: ignore[no-untyped-def]
-    token = csrf(client, "/merchant/login")
-    return client.post(
-        "/merchant/login", data={"csrf_token": token, "phone": phone, "password": password},
-        follow_redirects=False,
-    )
 
 
 @pytest.fixture
@@ -204,14 +183,24 @@ def test_verify_unknown_terminal_says_not_genuine_only(world: World) -> None:
 def test_every_message_has_a_chinese_translation() -> None:
     from babel.messages.pofile import read_po
 
+    from shoudan.web.i18n import catalog_files
+
     root = Path(__file__).parents[1] / "src" / "shoudan" / "web"
-    with (root / "locale/zh_CN/LC_MESSAGES/messages.po").open("rb") as po:
-        catalog = read_po(po)
+    translated: dict[str, str] = {}
+    owners: dict[str, list[str]] = {}
+    for path in catalog_files("zh_CN"):
+        with path.open("rb") as po:
+            for message in read_po(po):
+                if message.id:
+                    translated[str(message.id)] = str(message.string)
+                    owners.setdefault(str(message.id), []).append(path.name)
     used = set()
-    for f in [*root.glob("templates/**/*.html"), *root.glob("*.py")]:
+    for f in [*root.glob("templates/**/*.html"), *root.glob("**/*.py")]:
         used |= set(re.findall(r'_\(\s*"([^"]+)"\s*\)', f.read_text()))
-    missing = [m for m in used if not (catalog.get(m) and catalog.get(m).string)]
+    missing = sorted(m for m in used if not translated.get(m))
     assert not missing
+    # one message, one home: the same id in two area catalogs would shadow one of them
+    assert {m: files for m, files in owners.items() if len(files) > 1} == {}
 
 
 def test_staff_login_needs_password_and_a_fresh_totp_code(world: World) -> None:
@@ -234,3 +223,15 @@ def test_staff_login_needs_password_and_a_fresh_totp_code(world: World) -> None:
     assert home.status_code == 200 and 'id="q-refunds">0<' in home.text
     assert attempt(TestClient(world.client.app), code).status_code == 401  # a code is used once
     assert TestClient(world.client.app).get("/staff", follow_redirects=False).status_code == 303
+
+
+def test_bar_chart_draws_each_point_to_scale_and_escapes_labels() -> None:
+    from shoudan.web.charts import Point, bar_chart
+
+    svg = str(bar_chart("Sales <30 days>", [Point("11-01", 100), Point("<b>", 50),
+                                             Point("11-03", 0)], show=format_fen))
+    heights = [float(h) for h in re.findall(r'<rect class="bar"[^>]* height="([0-9.]+)"', svg)]
+    assert heights[0] == 2 * heights[1] and heights[2] == 0 and len(heights) == 3
+    assert "<b>" not in svg and "&lt;b&gt;: ¥0.50" in svg and "Sales &lt;30 days&gt;" in svg
+    assert "style=" not in svg  # the CSP forbids inline styles
+    assert "<rect" not in str(bar_chart("empty", []))

@@ -1,71 +1,22 @@
-"""Browser tests of the web console: Playwright for Python driving the machine's Chromium.
-
-No browser is ever downloaded: ``/usr/bin/chromium`` is installed with the system package
-manager when missing (apt-get as root, else ``sudo -n``), with a CJK font so Chinese renders
-in the screenshots (``test-artifacts/``). One browser per session; the app runs in uvicorn
-on a free loopback port in a thread, on its own SQLite database.
+"""Browser tests of the web console's public pages and merchant login: Playwright driving
+the machine's Chromium (see ``tests/web_world.py``). The app runs on its own SQLite database
+in a thread; screenshots go to ``test-artifacts/``.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import threading
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 
 from shoudan import migrations
 from shoudan.core.db import Database
 from shoudan.web.service import WebAccounts
 from tests.payments_world import World, build_world
+from tests.web_world import serve, shot
 
-os.environ["PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD"] = "1"
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).parents[1] / "test-artifacts"
-LAUNCH_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
 PHONE = "13900000009"
-
-
-def _ensure_chromium() -> None:
-    if CHROMIUM.exists():
-        return
-    packages = ["chromium", "fonts-wqy-zenhei"]
-    prefix = [] if os.geteuid() == 0 else (["sudo", "-n"] if shutil.which("sudo") else None)
-    if prefix is None:
-        pytest.fail("/usr/bin/chromium is missing and neither root nor sudo -n can install it")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update"], ["apt-get", "install", "-y", *packages]):
-        done = subprocess.run([*prefix, *command], env=env, capture_output=True, check=False)
-        if done.returncode != 0:
-            pytest.fail(f"could not install Chromium ({' '.join(command)}): "
-                        f"{done.stderr.decode(errors='replace')[-500:]}")  # fmt: skip
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
-    _ensure_chromium()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
-        yield chromium
-        chromium.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -82,31 +33,11 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, World,
     assert refund.status_code == 201, refund.text
     password = WebAccounts(database, world.container.vault, world.clock).create_merchant_user(
         world.merchant_a, PHONE).password
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(world.client.app, host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:  # start-up, not timing: waits for the socket to listen
-        time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{port}", world, password
+        with serve(world.client.app) as base:  # type: ignore[arg-type]
+            yield base, world, password
     finally:
-        server.should_exit = True
-        thread.join()
         database.dispose()
-
-
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 390, "height": 844})  # a phone
-    yield context.new_page()
-    context.close()
-
-
-def shot(page: Any, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"web-{name}.png"), full_page=True)
 
 
 def test_consumer_tracks_a_refund(page: Any, site: tuple[str, World, str]) -> None:

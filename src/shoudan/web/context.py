@@ -16,7 +16,9 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from shoudan.auth.domain import Principal, Role
 from shoudan.container import Container
+from shoudan.web.domain import SessionKind
 from shoudan.web.i18n import (
     DEFAULT_LOCALE,
     HTML_LANG,
@@ -39,6 +41,19 @@ from shoudan.web.security import (
 from shoudan.web.service import Identity, WebAccounts
 
 R = TypeVar("R", HTMLResponse, RedirectResponse)
+
+
+class SignInRequired(Exception):
+    """A signed-in page opened without the right session: answered with a redirect to the
+    login page of ``kind`` (see ``install_web``)."""
+
+    def __init__(self, kind: SessionKind) -> None:
+        super().__init__(kind.value)
+        self.kind = kind
+
+
+class RoleRequired(Exception):
+    """A staff page opened by staff without one of the roles it needs: answered 403."""
 TEMPLATES = Path(__file__).parent / "templates"
 LANG_COOKIE_SECONDS = 365 * 24 * 3600
 
@@ -56,6 +71,18 @@ def _environment(locale: str) -> Environment:
 
 
 ENVIRONMENTS = {locale: _environment(locale) for locale in LOCALES}
+
+
+@dataclass(frozen=True, slots=True)
+class MerchantIdentity:
+    """A signed-in merchant user: the session identity and its merchant, never ``None``."""
+
+    identity: Identity
+    merchant_id: str
+
+    @property
+    def principal(self) -> Principal:
+        return self.identity.principal
 
 
 def accounts_of(container: Container) -> WebAccounts:
@@ -94,6 +121,26 @@ class PageContext:
 
     def _(self, message: str) -> str:
         return translations(self.locale).gettext(message)
+
+    def require_merchant(self) -> MerchantIdentity:
+        """The signed-in merchant user, or ``SignInRequired`` (→ the merchant login page).
+        Pages pass ``identity.principal`` to services: tenant scoping is the services'."""
+        identity = self.identity
+        if identity is None or identity.kind is not SessionKind.MERCHANT:
+            raise SignInRequired(SessionKind.MERCHANT)
+        assert identity.merchant_id is not None
+        return MerchantIdentity(identity, identity.merchant_id)
+
+    def require_staff(self, *roles: Role) -> Identity:
+        """The signed-in staff user holding one of ``roles`` (any staff role when none is
+        given); ``SignInRequired`` when not signed in as staff, ``RoleRequired`` (403) when
+        the roles do not match. Admin passes every check."""
+        identity = self.identity
+        if identity is None or identity.kind is not SessionKind.STAFF:
+            raise SignInRequired(SessionKind.STAFF)
+        if roles and not ({Role.ADMIN, *roles} & set(identity.roles)):
+            raise RoleRequired()
+        return identity
 
     @property
     def accounts(self) -> WebAccounts:

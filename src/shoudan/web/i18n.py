@@ -1,10 +1,12 @@
 """Languages of the web console: simplified Chinese (the default) and English.
 
-Catalogs are the gettext ``.po`` files in ``web/locale/<locale>/LC_MESSAGES/messages.po``,
-read once at start with Babel and turned into ``babel.support.Translations`` in memory, so a
-fresh clone needs no compile step (no ``.mo`` files in the repository or the wheel). Message
-ids are the English text; the English catalog may leave a message untranslated (gettext then
-shows the id).
+Catalogs are the gettext ``.po`` files in ``web/locale/<locale>/LC_MESSAGES/``: one file
+per area of the console (``messages.po`` for the shared frame and public pages, then e.g.
+``merchant_payments.po``, ``staff_reviews.po``) so that areas are translated independently.
+They are read once at start with Babel, merged (a message id belongs to one file only), and
+compiled into ``babel.support.Translations`` in memory, so a fresh clone needs no compile step
+(no ``.mo`` files in the repository or the wheel). Message ids are the English text; the
+English catalog may leave a message untranslated (gettext then shows the id).
 
 Also here: the filters every template uses — ``fen`` (``123456`` → ``¥1,234.56``) and
 ``shanghai`` (an aware instant → ``2026-11-23 10:00`` in Asia/Shanghai).
@@ -18,6 +20,7 @@ from datetime import datetime
 from functools import cache
 from pathlib import Path
 
+from babel.messages.catalog import Catalog
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.support import Translations
@@ -42,14 +45,22 @@ def pick_locale(requested: str | None) -> str | None:
 
 @cache
 def translations(locale: str) -> Translations:
-    """The catalog of ``locale``, compiled in memory from its ``.po`` file (once)."""
-    path = LOCALE_DIR / locale / "LC_MESSAGES" / "messages.po"
-    with path.open("rb") as po:
-        catalog = read_po(po, locale=locale)
+    """The catalog of ``locale``: every ``.po`` file of the locale merged and compiled in
+    memory (once)."""
+    merged = Catalog(locale=locale)
+    for path in catalog_files(locale):
+        with path.open("rb") as po:
+            for message in read_po(po, locale=locale):
+                if message.id:
+                    merged[message.id] = message
     buffer = io.BytesIO()
-    write_mo(buffer, catalog)
+    write_mo(buffer, merged)
     buffer.seek(0)
     return Translations(fp=buffer)
+
+
+def catalog_files(locale: str) -> list[Path]:
+    return sorted((LOCALE_DIR / locale / "LC_MESSAGES").glob("*.po"))
 
 
 def N_(message: str) -> str:

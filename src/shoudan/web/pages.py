@@ -18,7 +18,7 @@ from shoudan.core.errors import DomainError, ErrorCode
 from shoudan.refunds.schemas import PublicTrackingOut
 from shoudan.terminals import stock
 from shoudan.web import reports
-from shoudan.web.context import PageContext, set_cookie
+from shoudan.web.context import PageContext, RoleRequired, SignInRequired, set_cookie
 from shoudan.web.domain import PasswordProblem, SessionKind
 from shoudan.web.i18n import N_, parse_yuan
 from shoudan.web.security import (
@@ -147,10 +147,6 @@ async def merchant_login(request: Request) -> Response:
     return ctx.render("merchant/login.html", status=401, values=values, errors=errors)
 
 
-def _merchant(ctx: PageContext) -> bool:
-    return ctx.identity is not None and ctx.identity.kind is SessionKind.MERCHANT
-
-
 async def _logout(request: Request, login_page: str) -> Response:
     """End this session (CSRF-checked form), forget the cookie, back to the login page."""
     ctx = PageContext.of(request)
@@ -171,27 +167,23 @@ async def merchant_logout(request: Request) -> Response:
 @router.get("/merchant", response_class=HTMLResponse)
 def merchant_dashboard(request: Request) -> Response:
     ctx = PageContext.of(request)
-    if not _merchant(ctx):
-        return ctx.redirect("/merchant/login")
-    assert ctx.identity is not None and ctx.identity.merchant_id is not None
+    merchant = ctx.require_merchant()
     day = reports.merchant_day(ctx.container.database, ctx.container.clock,
-                               ctx.identity.merchant_id)  # fmt: skip
+                               merchant.merchant_id)  # fmt: skip
     return ctx.render("merchant/dashboard.html", day=day)
 
 
 @router.get("/merchant/security", response_class=HTMLResponse)
 def merchant_security(request: Request) -> Response:
     ctx = PageContext.of(request)
-    if not _merchant(ctx):
-        return ctx.redirect("/merchant/login")
+    ctx.require_merchant()
     return _security_page(ctx, errors={})
 
 
 def _security_page(
     ctx: PageContext, errors: dict[str, str], status: int = 200, message: str | None = None
 ) -> Response:
-    assert ctx.identity is not None
-    others = ctx.accounts.other_sessions(ctx.identity)
+    others = ctx.accounts.other_sessions(ctx.require_merchant().identity)
     return ctx.render("merchant/security.html", status=status, errors=errors, others=others,
                       message=message)  # fmt: skip
 
@@ -199,15 +191,13 @@ def _security_page(
 @router.post("/merchant/security/password", response_class=HTMLResponse)
 async def merchant_change_password(request: Request) -> Response:
     ctx = PageContext.of(request)
-    if not _merchant(ctx):
-        return ctx.redirect("/merchant/login")
+    identity = ctx.require_merchant().identity
     form = await ctx.form()
-    assert ctx.identity is not None
     new = form.get("new_password", "")
     if new != form.get("confirm_password", ""):
         return _security_page(ctx, {"confirm_password": ctx._("The two entries differ.")}, 422)
     current_ok, problems = ctx.accounts.change_password(
-        ctx.identity, form.get("current_password", ""), new
+        identity, form.get("current_password", ""), new
     )
     if not current_ok:
         return _security_page(ctx, {"current_password": ctx._("Wrong password.")}, 422)
@@ -220,11 +210,9 @@ async def merchant_change_password(request: Request) -> Response:
 @router.post("/merchant/security/sign-out-others", response_class=HTMLResponse)
 async def merchant_sign_out_others(request: Request) -> Response:
     ctx = PageContext.of(request)
-    if not _merchant(ctx):
-        return ctx.redirect("/merchant/login")
+    identity = ctx.require_merchant().identity
     await ctx.form()
-    assert ctx.identity is not None
-    ctx.accounts.sign_out_others(ctx.identity)
+    ctx.accounts.sign_out_others(identity)
     return _security_page(ctx, {}, message=ctx._("Other sessions signed out."))
 
 
@@ -263,8 +251,7 @@ async def staff_logout(request: Request) -> Response:
 @router.get("/staff", response_class=HTMLResponse)
 def staff_home(request: Request) -> Response:
     ctx = PageContext.of(request)
-    if ctx.identity is None or ctx.identity.kind is not SessionKind.STAFF:
-        return ctx.redirect("/staff/login")
+    ctx.require_staff()
     return ctx.render("staff/home.html", queues=reports.queue_counts(ctx.container.database))
 
 
@@ -273,6 +260,17 @@ async def _csrf_rejected(request: Request, exc: Exception) -> Response:
     ctx = PageContext.of(request)
     message = ctx._("This form has expired or was not sent from this site. Please try again.")
     return ctx.render("error.html", status=403, message=message)
+
+
+async def _sign_in_required(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, SignInRequired)
+    login = "/merchant/login" if exc.kind is SessionKind.MERCHANT else "/staff/login"
+    return PageContext.of(request).redirect(login)
+
+
+async def _role_required(request: Request, exc: Exception) -> Response:
+    ctx = PageContext.of(request)
+    return ctx.render("error.html", status=403, message=ctx._("Not allowed."))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -297,6 +295,8 @@ def install_web(app: FastAPI) -> None:
     app.include_router(router)
     app.mount("/static/web", StaticFiles(directory=STATIC), name="web-static")
     app.add_exception_handler(CsrfRejected, _csrf_rejected)
+    app.add_exception_handler(SignInRequired, _sign_in_required)
+    app.add_exception_handler(RoleRequired, _role_required)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(DomainError, _domain_error)
     app.add_middleware(SecurityHeadersMiddleware)
