@@ -510,10 +510,10 @@ def test_one_merchant_failing_does_not_stop_the_others_and_the_rerun_completes(
     pb = sw.pay(MON, 20_000, key=sw.world.key_b, terminal_id=sw.world.terminal_b)
     original = sw.settlement._settle_in
 
-    def fail_for_a(session, run, merchant_id, fee):  # type: ignore[no-untyped-def]
-        if merchant_id == a:
+    def fail_for_a(session, run, merchant, fee):  # type: ignore[no-untyped-def]
+        if merchant.merchant_id == a:
             raise RuntimeError("a bug that only merchant a's data shows")
-        original(session, run, merchant_id, fee)
+        original(session, run, merchant, fee)
 
     sw.settlement._settle_in = fail_for_a  # type: ignore[method-assign]
     run = sw.settle(date(2026, 11, 24))
@@ -533,9 +533,9 @@ def test_a_merchant_that_loses_a_race_is_tried_again(sw: SettlementWorld) -> Non
     original = sw.settlement._settle_in
     races = [DeadlockDetected("deadlock detected"), SerializationFailure("could not serialize")]
 
-    def lose_twice(session, run, merchant_id, fee):  # type: ignore[no-untyped-def]
-        original(session, run, merchant_id, fee)  # the work is done, then rolled back
-        if merchant_id == a and races:
+    def lose_twice(session, run, merchant, fee):  # type: ignore[no-untyped-def]
+        original(session, run, merchant, fee)  # the work is done, then rolled back
+        if merchant.merchant_id == a and races:
             raise OperationalError("UPDATE payments ...", {}, races.pop(0))
 
     sw.settlement._settle_in = lose_twice  # type: ignore[method-assign]

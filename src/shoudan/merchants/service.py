@@ -326,6 +326,17 @@ def get_merchant(session: Session, merchant_id: str) -> MerchantView:
     return _view(row, _current_accounts(session, [row.merchant_id]).get(row.merchant_id))
 
 
+def get_merchants(session: Session, merchant_ids: Sequence[str]) -> dict[str, MerchantView]:
+    """The merchants of ``merchant_ids`` that exist, by id, in two queries whatever their
+    number (a settlement batch reads its merchants once, not one by one)."""
+    ids = [m for m in dict.fromkeys(merchant_ids) if is_merchant_id(m)]
+    if not ids:
+        return {}
+    rows = list(session.scalars(select(Merchant).where(Merchant.merchant_id.in_(ids))))
+    accounts = _current_accounts(session, [r.merchant_id for r in rows])
+    return {r.merchant_id: _view(r, accounts.get(r.merchant_id)) for r in rows}
+
+
 def find_merchants_by_phone(session: Session, vault: Vault, phone: str) -> list[MerchantView]:
     """Merchants whose contact phone is ``phone`` (through the keyed hash; nothing decrypted)."""
     digest = vault.lookup_hash(validate_phone(phone), PHONE_CONTEXT)
