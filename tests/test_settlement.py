@@ -108,24 +108,30 @@ def test_a_run_twice_changes_nothing(sw: SettlementWorld) -> None:
     assert len(payouts(sw, sw.world.merchant_a)) == 1
 
 
-def test_a_crashed_run_resumes_with_the_merchants_not_done(sw: SettlementWorld) -> None:
+def test_a_crashed_run_resumes_with_the_merchants_not_done(
+    sw: SettlementWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shoudan.settlement import service as settlement_service
+
     a, b = sw.world.merchant_a, sw.world.merchant_b
     sw.pay(MON, 10_000)
     sw.pay(MON, 20_000, key=sw.world.key_b, terminal_id=sw.world.terminal_b)
     calls = 0
-    original = sw.settlement._settle_merchant
+    original = settlement_service.open_payout
 
-    def crash_on_second(run, merchant_id, fee):  # type: ignore[no-untyped-def]
+    def crash_on_second(*args, **kwargs):  # type: ignore[no-untyped-def]
         nonlocal calls
         calls += 1
         if calls == 2:
             raise PowerCut
-        original(run, merchant_id, fee)
+        return original(*args, **kwargs)
 
-    sw.settlement._settle_merchant = crash_on_second  # type: ignore[method-assign]
+    monkeypatch.setattr(settlement_service, "open_payout", crash_on_second)
     with pytest.raises(PowerCut):
         sw.settle(date(2026, 11, 24))
-    sw.settlement._settle_merchant = original  # type: ignore[method-assign]
+    monkeypatch.setattr(settlement_service, "open_payout", original)
+    with sw.database.read() as session:  # the open batch died with the process
+        assert session.scalar(select(func.count()).select_from(SettlementItem)) == 0
     run = sw.settle(date(2026, 11, 24))
     assert run.status == "completed" and run.merchants == 2
     assert len(payouts(sw, a)) == 1 and len(payouts(sw, b)) == 1
@@ -502,8 +508,25 @@ def test_a_run_locks_the_due_payments_before_the_merchants_accounts(sw: Settleme
         assert order[first_payments] == "payments FOR UPDATE"
 
 
+def _fail_batch_path_for(
+    monkeypatch: pytest.MonkeyPatch, merchant_id: str, error: Exception
+) -> None:
+    """Make the batch path fail when it reaches ``merchant_id``, so the batch falls back to
+    settling its merchants one by one (the path the next failures are injected in)."""
+    from shoudan.settlement import service as settlement_service
+
+    original = settlement_service.open_payout
+
+    def failing(session, merchant, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if merchant.merchant_id == merchant_id:
+            raise error
+        return original(session, merchant, *args, **kwargs)
+
+    monkeypatch.setattr(settlement_service, "open_payout", failing)
+
+
 def test_one_merchant_failing_does_not_stop_the_others_and_the_rerun_completes(
-    sw: SettlementWorld,
+    sw: SettlementWorld, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     a, b = sw.world.merchant_a, sw.world.merchant_b
     sw.pay(MON, 10_000)
@@ -515,9 +538,11 @@ def test_one_merchant_failing_does_not_stop_the_others_and_the_rerun_completes(
             raise RuntimeError("a bug that only merchant a's data shows")
         original(session, run, merchant, fee)
 
-    sw.settlement._settle_in = fail_for_a  # type: ignore[method-assign]
-    run = sw.settle(date(2026, 11, 24))
-    sw.settlement._settle_in = original  # type: ignore[method-assign]
+    with monkeypatch.context() as patch:
+        _fail_batch_path_for(patch, a, RuntimeError("the same bug, in the batch path"))
+        sw.settlement._settle_in = fail_for_a  # type: ignore[method-assign]
+        run = sw.settle(date(2026, 11, 24))
+        sw.settlement._settle_in = original  # type: ignore[method-assign]
     assert (run.status, run.merchants, run.payout_amount) == ("running", 1, pb["net"])
     assert payouts(sw, a) == [] and len(payouts(sw, b)) == 1
     rerun = sw.settle(date(2026, 11, 24))
@@ -525,13 +550,18 @@ def test_one_merchant_failing_does_not_stop_the_others_and_the_rerun_completes(
     assert len(payouts(sw, a)) == 1 and len(payouts(sw, b)) == 1
 
 
-def test_a_merchant_that_loses_a_race_is_tried_again(sw: SettlementWorld) -> None:
+def test_a_merchant_that_loses_a_race_is_tried_again(
+    sw: SettlementWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from psycopg.errors import DeadlockDetected, SerializationFailure
 
     a = sw.world.merchant_a
     payment = sw.pay(MON, 10_000)
     original = sw.settlement._settle_in
     races = [DeadlockDetected("deadlock detected"), SerializationFailure("could not serialize")]
+    # the batch path loses a race too: rolled back to its savepoint, then one by one
+    _fail_batch_path_for(monkeypatch, a, OperationalError("UPDATE payments ...", {},
+                                                          DeadlockDetected("deadlock")))
 
     def lose_twice(session, run, merchant, fee):  # type: ignore[no-untyped-def]
         original(session, run, merchant, fee)  # the work is done, then rolled back

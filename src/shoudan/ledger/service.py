@@ -199,7 +199,15 @@ class Ledger:
     def post(self, session: Session | Connection, item: BatchItem) -> list[EntryResult]:
         """Apply one entry (or one linked group) in the caller's transaction; a refusal
         raises ``DomainError`` with the reason of the entry that failed."""
-        results = self.apply(session, [item])
+        return self.post_all(session, [item])
+
+    def post_all(
+        self, session: Session | Connection, items: Sequence[BatchItem]
+    ) -> list[EntryResult]:
+        """Apply entries in the caller's transaction in one batch (one account lock, one
+        write); a refusal of any raises ``DomainError`` with its reason, and the caller rolls
+        back (the others may have been written)."""
+        results = self.apply(session, items)
         failed = [r for r in results if r.error is not None]
         if failed:
             cause = next((r for r in failed if r.error is not ErrorCode.LINKED_ENTRY_FAILED), None)

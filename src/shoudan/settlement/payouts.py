@@ -32,7 +32,7 @@ from shoudan.core.db import Database, DriverSQL
 from shoudan.core.errors import DomainError, ErrorCode
 from shoudan.core.ids import new_id
 from shoudan.ledger import chart
-from shoudan.ledger.domain import transfer
+from shoudan.ledger.domain import Transfer, transfer
 from shoudan.ledger.service import Ledger
 from shoudan.merchants.service import (
     MerchantView,
@@ -153,9 +153,25 @@ def pay_out(
     """Pay ``amount`` (the merchant's settled balance) out, or record why it cannot go: the
     merchant's one open blocked payout is updated, or turned pending once the account is in
     order. Returns the payout (None when there is nothing to pay)."""
+    payout, money = open_payout(session, merchant, amount, run_id, clock)
+    if money is not None:
+        ledger.post(session, money)
+    return payout
+
+
+def open_payout(
+    session: Session,
+    merchant: MerchantView,
+    amount: int,
+    run_id: str,
+    clock: Clock,
+) -> tuple[Payout | None, Transfer | None]:
+    """``pay_out`` without posting: the payout rows are written and the ledger transfer that
+    moves its money is returned (None when blocked or nothing to pay) for the caller to post
+    in this transaction — a settlement batch posts all of its merchants' entries at once."""
     blocked = _blocked_payout(session, merchant.merchant_id)
     if amount <= 0:
-        return None
+        return None, None
     now = clock.now()
     reason = block_reason(session, merchant)
     account = merchant.settlement_account
@@ -176,7 +192,7 @@ def pay_out(
         if changed:
             publish(session, merchant.merchant_id, "payout.blocked", event_data(payout),
                     dedupe_key=f"payout:{payout.id}:blocked:{amount}", clock=clock)  # fmt: skip
-        return payout
+        return payout, None
     payout.block_reason = None
     if blocked is None:
         payout.status = PayoutStatus.PENDING.value
@@ -184,12 +200,11 @@ def pay_out(
         _history(session, payout, None, PayoutStatus.PENDING, SYSTEM_ACTOR, "created", now)
     else:
         move(session, payout, PayoutStatus.PENDING, SYSTEM_ACTOR, "account in order", now)
-    ledger.post(session, transfer(
+    return payout, transfer(
         f"payout:{payout.id}", chart.merchant_settled(merchant.merchant_id),
         chart.PAYOUTS_IN_FLIGHT, amount, code="payout.create",
         description=f"payout {payout.id} to {payout.account_masked}",
-    ))  # fmt: skip
-    return payout
+    )  # fmt: skip
 
 
 # -- bank batches --------------------------------------------------------------------------------

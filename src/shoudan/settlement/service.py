@@ -66,7 +66,7 @@ from shoudan.settlement.domain import (
     t1_capture_boundary,
 )
 from shoudan.settlement.models import Payout, SettlementItem, SettlementRun
-from shoudan.settlement.payouts import pay_out
+from shoudan.settlement.payouts import open_payout, pay_out
 from shoudan.settlement.statements import (
     Statement,
     build_statement,
@@ -254,7 +254,12 @@ class SettlementService:
                 token = _BATCH.set(session)
                 try:
                     views = get_merchants(session, merchant_ids)  # once for the whole batch
+                    careful = self._settle_plain(session, run, [
+                        views[m] for m, fee in zip(merchant_ids, fees, strict=True) if fee == 0
+                    ])  # fmt: skip
                     for merchant_id, fee in zip(merchant_ids, fees, strict=True):
+                        if fee == 0 and merchant_id not in careful:
+                            continue  # settled with the batch
                         try:
                             self._settle_merchant(run, views[merchant_id], fee)
                         except Exception:  # one merchant must not stop the others
@@ -268,6 +273,97 @@ class SettlementService:
                           run.run_key, len(merchant_ids))  # fmt: skip
             return len(merchant_ids)
         return failed
+
+    def _settle_plain(
+        self, session: Session, run: SettlementRun, merchants: list[MerchantView]
+    ) -> set[str]:
+        """The common case for a whole batch at once: merchants without a D0 fee or debt get
+        the same entries, rows and payouts as ``_settle_in`` gives them one by one, from one
+        grouped payments query, one account lock, one payments ``UPDATE`` and one ledger
+        batch. Returns the merchants left for ``_settle_in`` (debt to collect) — all of them
+        when anything fails here (rolled back to the savepoint, nothing half done)."""
+        ids = [m.merchant_id for m in merchants]
+        if not ids:
+            return set()
+        try:
+            with session.begin_nested():
+                return self._settle_plain_in(session, run, merchants)
+        except Exception:  # the careful path settles (or isolates) each merchant
+            log.warning("settlement %s: batch path failed, settling %d merchants one by one",
+                        run.run_key, len(ids), exc_info=True)  # fmt: skip
+            return set(ids)
+
+    def _settle_plain_in(
+        self, session: Session, run: SettlementRun, merchants: list[MerchantView]
+    ) -> set[str]:
+        driver = DriverSQL(session)
+        ids = [m.merchant_id for m in merchants]
+        boundary = _instant(driver, run.capture_before)
+        marks = ", ".join("?" * len(ids))
+        if not driver.is_sqlite:  # payments first, then accounts (as _settle_in)
+            _payments_sql(
+                driver, f"SELECT id FROM payments WHERE merchant_id IN ({marks}) AND status = ?"
+                " AND settled_at IS NULL AND captured_at < ? ORDER BY id FOR UPDATE",
+                (*ids, CAPTURED, boundary),
+            )  # fmt: skip
+        sums = _batch_sums(driver, ids, boundary)
+        states = LedgerRepository.of(session).lock_accounts([
+            a for m in ids for a in (chart.merchant_unsettled(m), chart.merchant_settled(m),
+                                     chart.merchant_debt(m))
+        ])  # fmt: skip
+        done = {row[0] for row in driver.execute(
+            "SELECT merchant_id FROM settlement_items"
+            f" WHERE run_id = ? AND merchant_id IN ({marks})", (run.id, *ids),
+        )}  # fmt: skip
+        careful: set[str] = set()
+        entries: list[Transfer] = []
+        paid_ids: list[str] = []
+        now = self.clock.now()
+        for merchant in merchants:
+            merchant_id = merchant.merchant_id
+            due, not_due = sums.get(merchant_id, (_Due(), 0))
+            unsettled = states[chart.merchant_unsettled(merchant_id)]
+            settled = states[chart.merchant_settled(merchant_id)]
+            debt = max(0, states[chart.merchant_debt(merchant_id)].balance)
+            if merchant_id in done:
+                continue
+            if debt:
+                careful.add(merchant_id)
+                continue
+            if due.payments == 0 and _available(unsettled) <= not_due and (
+                _available(settled) == 0
+            ):
+                continue  # nothing to settle or pay: no row, no entry
+            moved = amount_to_settle(_available(unsettled), not_due)
+            if due.payments:
+                paid_ids.append(merchant_id)
+            if moved:
+                entries.append(transfer(
+                    f"stl:{run.id}:{merchant_id}:settle", chart.merchant_unsettled(merchant_id),
+                    chart.merchant_settled(merchant_id), moved, code="settlement.settle",
+                    description=f"{run.term} settlement {run.run_date}",
+                ))  # fmt: skip
+            payout_amount = max(0, _raw_available(settled) + moved)
+            payout, money = open_payout(session, merchant, payout_amount, run.id, self.clock)
+            if money is not None:
+                entries.append(money)
+            paid = payout.amount if payout is not None and money is not None else 0
+            driver.insert(SettlementItem, {
+                "id": new_id("sti_"), "run_id": run.id, "merchant_id": merchant_id,
+                "payments": due.payments, "gross": due.gross, "fees": due.fees, "net": due.net,
+                "d0_fee": 0, "moved": moved, "debt_collected": 0, "debt_carried": 0,
+                "payout_id": payout.id if payout is not None else None, "payout_amount": paid,
+                "created_at": now,
+            })  # fmt: skip
+        if paid_ids:
+            _payments_sql(
+                driver, f"UPDATE payments SET settled_at = ? WHERE merchant_id IN"
+                f" ({', '.join('?' * len(paid_ids))}) AND status = ? AND settled_at IS NULL"
+                " AND captured_at < ?", (_instant(driver, now), *paid_ids, CAPTURED, boundary),
+            )  # fmt: skip
+        if entries:
+            self.ledger.post_all(session, entries)
+        return careful
 
     def _settle_merchant(
         self, run: SettlementRun, merchant: MerchantView, plan_d0_fee: int
@@ -481,7 +577,11 @@ class SettlementService:
 
 def _available(state: AccountState) -> int:
     """A merchant liability's credit balance less what refunds hold against it."""
-    return max(0, state.credits_posted - state.debits_posted - state.debits_pending)
+    return max(0, _raw_available(state))
+
+
+def _raw_available(state: AccountState) -> int:
+    return state.credits_posted - state.debits_posted - state.debits_pending
 
 
 # -- payment queries (driver-level: a run makes them once per merchant) ------------------------
@@ -500,6 +600,24 @@ def _payments_sql(driver: DriverSQL, sql: str, params: tuple[Any, ...]) -> list[
         sql = sql.replace("?", "%s")
     result = driver.connection.exec_driver_sql(sql, params)
     return list(result.all()) if result.returns_rows else []
+
+
+def _batch_sums(
+    driver: DriverSQL, merchant_ids: list[str], boundary: Any
+) -> dict[str, tuple[_Due, int]]:
+    """``_sums`` (without a D0 fee) of many merchants in one grouped pass."""
+    rows = _payments_sql(
+        driver, "SELECT merchant_id, COUNT(CASE WHEN d THEN 1 END),"
+        " SUM(CASE WHEN d THEN captured_amount END), SUM(CASE WHEN d THEN fee END),"
+        " SUM(CASE WHEN d THEN net END), SUM(CASE WHEN d THEN 0 ELSE net END)"
+        " FROM (SELECT merchant_id, captured_amount, fee, net, captured_at < ? AS d"
+        f" FROM payments WHERE merchant_id IN ({', '.join('?' * len(merchant_ids))})"
+        " AND status = ? AND settled_at IS NULL) AS unsettled GROUP BY merchant_id",
+        (boundary, *merchant_ids, CAPTURED),
+    )  # fmt: skip
+    return {
+        str(row[0]): (_Due(*(int(v or 0) for v in row[1:5])), int(row[5] or 0)) for row in rows
+    }
 
 
 def _sums(
