@@ -235,3 +235,10 @@ def test_bar_chart_draws_each_point_to_scale_and_escapes_labels() -> None:
     assert "<b>" not in svg and "&lt;b&gt;: ¥0.50" in svg and "Sales &lt;30 days&gt;" in svg
     assert "style=" not in svg  # the CSP forbids inline styles
     assert "<rect" not in str(bar_chart("empty", []))
+
+
+def test_the_language_switch_keeps_the_page_and_its_query(world: World) -> None:
+    page = world.client.get("/track?status=x&lang=zh_CN")
+    assert 'href="/track?status=x&amp;lang=en"' in page.text
+    english = world.client.get("/track?status=x&lang=en")
+    assert 'href="/track?status=x&amp;lang=zh_CN"' in english.text

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -262,3 +262,69 @@ def tail(session: Session, n: int = 20) -> list[AuditRecord]:
         raise DomainError(ErrorCode.INVALID_INPUT, "n must be at least 1")
     rows = session.execute(select(AuditRecord).order_by(AuditRecord.seq.desc()).limit(n))
     return list(reversed(rows.scalars().all()))
+
+
+# -- reads for the staff console ---------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class AuditFilters:
+    """What a staff member may narrow the log by; ``None`` means any. ``occurred_to`` is
+    exclusive."""
+
+    actor: str | None = None
+    action: str | None = None
+    subject_type: str | None = None
+    subject_id: str | None = None
+    occurred_from: datetime | None = None
+    occurred_to: datetime | None = None
+
+
+def search(
+    session: Session, filters: AuditFilters, *, limit: int, before_seq: int | None = None
+) -> list[AuditRecord]:
+    """Records matching ``filters``, newest first, ``limit`` at a time; ``before_seq`` is the
+    seq of the last record of the previous page (keyset pagination on seq)."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise DomainError(ErrorCode.INVALID_INPUT, "limit must be a positive integer")
+    query = select(AuditRecord)
+    exact = {
+        AuditRecord.actor: filters.actor, AuditRecord.action: filters.action,
+        AuditRecord.subject_type: filters.subject_type,
+        AuditRecord.subject_id: filters.subject_id,
+    }  # fmt: skip
+    for column, wanted in exact.items():
+        if wanted:
+            query = query.where(column == wanted)
+    if filters.occurred_from is not None:
+        query = query.where(AuditRecord.occurred_at >= filters.occurred_from)
+    if filters.occurred_to is not None:
+        query = query.where(AuditRecord.occurred_at < filters.occurred_to)
+    if before_seq is not None:
+        query = query.where(AuditRecord.seq < before_seq)
+    return list(session.scalars(query.order_by(AuditRecord.seq.desc()).limit(limit)))
+
+
+def latest(session: Session, action: str) -> AuditRecord | None:
+    """The most recent record of ``action`` (e.g. the last chain verification)."""
+    query = select(AuditRecord).where(AuditRecord.action == action)
+    return session.scalars(query.order_by(AuditRecord.seq.desc()).limit(1)).first()
+
+
+def head_seq(session: Session) -> int:
+    """The seq of the last record (0 for an empty log)."""
+    head = _read_head(session)
+    return 0 if head is None else head.last_seq
+
+
+def for_subjects(
+    session: Session, subjects: list[tuple[str, str]], *, limit: int
+) -> list[AuditRecord]:
+    """The latest records about any of ``subjects`` ((subject_type, subject_id) pairs),
+    newest first: e.g. a terminal and its device, in one history."""
+    if not subjects:
+        return []
+    wanted = [
+        (AuditRecord.subject_type == kind) & (AuditRecord.subject_id == ident)
+        for kind, ident in subjects
+    ]
+    query = select(AuditRecord).where(or_(*wanted)).order_by(AuditRecord.seq.desc())
+    return list(session.scalars(query.limit(limit)))

@@ -81,7 +81,12 @@ def create_api_key(
     A merchant key needs an existing merchant; a staff key belongs to no merchant. Only
     an admin (the default actor is the system, for the CLI) may create keys."""
     actor.require_staff(Role.ADMIN)
-    role = Role(role)
+    return _insert_key(session, Role(role), merchant_id, name, clock or SystemClock(), actor.id)
+
+
+def _insert_key(
+    session: Session, role: Role, merchant_id: str | None, name: str, clock: Clock, actor_id: str
+) -> tuple[ApiKeyView, str]:
     check_key_owner(role, merchant_id)
     name = clean_key_name(name)
     if merchant_id is not None:
@@ -89,7 +94,6 @@ def create_api_key(
         from shoudan.merchants.service import get_merchant
 
         get_merchant(session, merchant_id)  # raises MERCHANT_NOT_FOUND
-    clock = clock or SystemClock()
     token = generate_api_key(role)
     row = ApiKey(
         id=new_id("key_"),
@@ -106,7 +110,7 @@ def create_api_key(
     view = _view(row)
     audit.record(
         session,
-        actor=actor.id,
+        actor=actor_id,
         action="api_key.create",
         subject_type="api_key",
         subject_id=view.id,
@@ -154,21 +158,27 @@ def revoke_api_key(
 ) -> ApiKeyView:
     """Revoke a key (effective at once). Revoking a revoked key changes nothing."""
     actor.require_staff(Role.ADMIN)
+    return _revoke(session, key_id, None, clock or SystemClock(), actor.id)
+
+
+def _revoke(
+    session: Session, key_id: str, merchant_id: str | None, clock: Clock, actor_id: str
+) -> ApiKeyView:
+    """Revoke a key (of ``merchant_id`` only, when given: another's is "not found")."""
     row = session.execute(
         select(ApiKey).where(ApiKey.id == key_id).with_for_update()
     ).scalar_one_or_none()
-    if row is None:
+    if row is None or (merchant_id is not None and row.merchant_id != merchant_id):
         raise DomainError(ErrorCode.NOT_FOUND, "API key not found")
     if row.revoked_at is not None:
         return _view(row)
     before = _view(row)
-    clock = clock or SystemClock()
     row.revoked_at = clock.now()
     session.flush()
     after = _view(row)
     audit.record(
         session,
-        actor=actor.id,
+        actor=actor_id,
         action="api_key.revoke",
         subject_type="api_key",
         subject_id=key_id,
@@ -177,6 +187,31 @@ def revoke_api_key(
         clock=clock,
     )
     return after
+
+
+def _own_merchant(principal: Principal) -> str:
+    if principal.role is not Role.MERCHANT or principal.merchant_id is None:
+        raise DomainError(ErrorCode.FORBIDDEN, "this operation is for merchants")
+    return principal.merchant_id
+
+
+def create_own_api_key(
+    session: Session, principal: Principal, name: str = "", clock: Clock | None = None
+) -> tuple[ApiKeyView, str]:
+    """A merchant creates a key for itself (the merchant platform's 开发者 page): always a
+    merchant key of its own merchant; audited with the merchant user as the actor. The
+    plaintext key is returned this once."""
+    merchant_id = _own_merchant(principal)
+    clock = clock or SystemClock()
+    return _insert_key(session, Role.MERCHANT, merchant_id, name, clock, principal.id)
+
+
+def revoke_own_api_key(
+    session: Session, principal: Principal, key_id: str, clock: Clock | None = None
+) -> ApiKeyView:
+    """A merchant revokes one of its own keys; another merchant's key is "not found"."""
+    merchant_id = _own_merchant(principal)
+    return _revoke(session, key_id, merchant_id, clock or SystemClock(), principal.id)
 
 
 def list_api_keys(

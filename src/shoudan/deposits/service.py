@@ -43,7 +43,7 @@ from shoudan.audit.service import record
 from shoudan.auth.domain import Principal, Role
 from shoudan.core.clock import Clock
 from shoudan.core.crypto import Vault
-from shoudan.core.db import Database
+from shoudan.core.db import Database, newest_first
 from shoudan.core.errors import DomainError, ErrorCode
 from shoudan.core.ids import new_id
 from shoudan.deposits.domain import (
@@ -961,6 +961,43 @@ class DepositService:
             deposit = session.get(Deposit, request.deposit_id)
             assert deposit is not None
             return request, _detail(session, deposit)
+
+    def list_requests(
+        self,
+        principal: Principal,
+        status: RequestStatus | None,
+        limit: int,
+        after: tuple[datetime, str] | None,
+    ) -> list[DepositRefundRequest]:
+        """Refund requests, newest first (the review queue: ``in_review``); a merchant sees
+        only its own."""
+        query = select(DepositRefundRequest)
+        if not principal.is_staff:
+            query = query.where(DepositRefundRequest.merchant_id == principal.merchant_id)
+        if status is not None:
+            query = query.where(DepositRefundRequest.status == status.value)
+        with self.database.read() as session:
+            return list(session.scalars(newest_first(query, DepositRefundRequest, limit, after)))
+
+    def settlement_card_verified(self, principal: Principal, merchant_id: str) -> bool:
+        """Staff: whether an approval could pay the merchant (its settlement card verified)."""
+        principal.require_staff()
+        with self.database.read() as session:
+            try:
+                settlement_card_number(session, self.vault, merchant_id)
+            except DomainError:
+                return False
+            return True
+
+    def merchant_deposits(self, principal: Principal) -> dict[str, DepositDetail]:
+        """A merchant's own deposits, the latest one per serial number (the merchant platform's
+        我的设备 list)."""
+        if principal.merchant_id is None:
+            raise DomainError(ErrorCode.FORBIDDEN, "a merchant principal is needed")
+        query = (select(Deposit).where(Deposit.merchant_id == principal.merchant_id)
+                 .order_by(Deposit.created_at, Deposit.id))  # fmt: skip
+        with self.database.read() as session:  # later rows replace earlier ones: the latest
+            return {d.serial_number: _detail(session, d) for d in session.scalars(query)}
 
     # -- helpers -----------------------------------------------------------------------------------
     def _latest(

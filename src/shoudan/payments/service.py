@@ -14,7 +14,7 @@ import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 
 from sqlalchemy import select
@@ -101,6 +101,20 @@ class PaymentFilters:
     terminal_id: str | None = None
     created_from: datetime | None = None
     created_to: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentSearch:
+    """A merchant's transaction search (交易查询): every filter optional, all must match.
+    Days are business days (Asia/Shanghai), both ends included."""
+
+    status: PaymentStatus | None = None
+    method: Method | None = None
+    amount: int | None = None  # fen, exact
+    rrn: str | None = None
+    card_last4: str | None = None  # the card's or the payment code's last four
+    day_from: date | None = None
+    day_to: date | None = None
 
 
 # Called inside the transaction that records a new payment, with that transaction's session:
@@ -514,6 +528,35 @@ class PaymentService:
     def get(self, principal: Principal, payment_id: str) -> Payment:
         with self.database.read() as session:
             return self._visible(session, principal, payment_id)
+
+    def search(
+        self,
+        principal: Principal,
+        search: PaymentSearch,
+        limit: int,
+        after: tuple[datetime, str] | None,
+    ) -> list[Payment]:
+        """Newest first, keyset-paginated like ``list``; merchants only see their own."""
+        query = select(Payment)
+        if not principal.is_staff:
+            query = query.where(Payment.merchant_id == principal.merchant_id)
+        if search.status:
+            query = query.where(Payment.status == search.status.value)
+        if search.method:
+            query = query.where(Payment.method == search.method.value)
+        if search.amount is not None:
+            query = query.where(Payment.amount == search.amount)
+        if search.rrn:
+            query = query.where(Payment.rrn == search.rrn)
+        if search.card_last4:
+            last4 = search.card_last4
+            query = query.where((Payment.card_last4 == last4) | (Payment.qr_code_last4 == last4))
+        if search.day_from:
+            query = query.where(Payment.business_date >= search.day_from.isoformat())
+        if search.day_to:
+            query = query.where(Payment.business_date <= search.day_to.isoformat())
+        with self.database.read() as session:
+            return list(session.scalars(newest_first(query, Payment, limit, after)))
 
     def list(
         self,

@@ -843,6 +843,52 @@ class RefundService:
             return redemption
 
     # -- reads ------------------------------------------------------------------------------------
+    def awaiting_second_approval(
+        self, principal: Principal, limit: int, after: tuple[datetime, str] | None
+    ) -> list[Refund]:
+        """Staff: refunds in review that need two approvals and have one (newest first)."""
+        principal.require_staff()
+        approved = select(RefundApproval.refund_id)
+        query = select(Refund).where(
+            Refund.status == RefundStatus.IN_REVIEW.value,
+            Refund.approvals_required >= 2,
+            Refund.id.in_(approved),
+        )
+        with self.database.read() as session:
+            return list(session.scalars(newest_first(query, Refund, limit, after)))
+
+    def approvals_given(self, principal: Principal, refund_ids: Sequence[str]) -> dict[str, int]:
+        """Staff: how many approvals each of ``refund_ids`` has (a queue's column)."""
+        principal.require_staff()
+        if not refund_ids:
+            return {}
+        query = (
+            select(RefundApproval.refund_id, func.count())
+            .where(RefundApproval.refund_id.in_(list(refund_ids)))
+            .group_by(RefundApproval.refund_id)
+        )
+        with self.database.read() as session:
+            return {refund_id: int(count) for refund_id, count in session.execute(query)}
+
+    def refundable_amount(self, principal: Principal, payment_id: str) -> int:
+        """What may still be refunded of a visible payment (captured − redeemed − live
+        refunds); 0 for a payment that is not captured. The policy's other rules (window,
+        void on the day) are checked when the refund is requested."""
+        with self.database.read() as session:
+            payment = self._visible_payment(session, principal, payment_id)
+            if payment.status != PaymentStatus.CAPTURED.value:
+                return 0
+            live_total, live_count, _returned = _live_refunds(session, payment.id)
+            return refundable(_facts(payment, live_total, live_count))
+
+    def find_by_out_refund_no(self, principal: Principal, out_refund_no: str) -> Refund | None:
+        """A merchant's own refund by its ``out_refund_no`` (a form submitted twice finds the
+        refund the first submission created)."""
+        if principal.merchant_id is None:
+            return None
+        with self.database.read() as session:
+            return _by_out_refund_no(session, principal.merchant_id, out_refund_no)
+
     def get(self, principal: Principal, refund_id: str) -> Refund:
         with self.database.read() as session:
             return self._visible(session, principal, refund_id)

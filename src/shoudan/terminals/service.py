@@ -40,6 +40,7 @@ from shoudan.terminals.lifecycle import (
     allocate_device,
     deliver_device,
     device_history,
+    device_view,
     get_device,
     open_merchant,
     resume_device,
@@ -48,7 +49,7 @@ from shoudan.terminals.lifecycle import (
     suspend_device,
     terminate_device,
 )
-from shoudan.terminals.models import Terminal
+from shoudan.terminals.models import Device, Terminal
 
 __all__ = [  # the device lifecycle is part of this service's interface
     "TMK_CONTEXT",
@@ -270,3 +271,10 @@ def load_master_key(session: Session, vault: Vault, terminal_id: str) -> bytes:
     """The terminal's master key (16 bytes), for the ISO gateway's key exchange only."""
     row = _load(session, terminal_id)
     return bytes.fromhex(vault.decrypt(row.tmk_enc, TMK_CONTEXT))
+
+
+def merchant_devices(session: Session, merchant_id: str) -> dict[str, DeviceView]:
+    """The devices allocated to a merchant, by serial number (the merchant platform's 我的设备:
+    activation dates and lifecycle of its terminals)."""
+    rows = session.scalars(select(Device).where(Device.merchant_id == merchant_id))
+    return {row.serial_number: device_view(row) for row in rows}

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -151,9 +152,17 @@ class PageContext:
         html = env.get_template(template).render(
             request=self.request, identity=self.identity, csrf_field=CSRF_FIELD,
             csrf_token=csrf_token(self.container.vault, self.binding),
-            html_lang=HTML_LANG[self.locale], locale=self.locale, **values,
+            html_lang=HTML_LANG[self.locale], locale=self.locale, lang_url=self.lang_url,
+            **values,
         )  # fmt: skip
         return self.finish(HTMLResponse(html, status_code=status))
+
+    def lang_url(self, locale: str) -> str:
+        """This page in ``locale``: the same path and query, ``lang`` replaced — except a
+        search text (``q``), which may be a phone number and is not written into the page."""
+        params = [(k, v) for k, v in self.request.query_params.multi_items()
+                  if k not in ("lang", "q")]  # fmt: skip
+        return f"{self.request.url.path}?{urlencode([*params, ('lang', locale)])}"
 
     def redirect(self, url: str) -> RedirectResponse:
         return self.finish(RedirectResponse(url, status_code=303))

@@ -78,3 +78,27 @@ class WebSession(Base):
         CheckConstraint("kind IN ('merchant','staff')", name="kind_known"),
         Index(None, "kind", "user_id"),
     )
+
+
+class PasswordResetCode(Base):
+    """One 忘记密码 SMS code: its keyed hash, life and attempts. A row is also written for a
+    phone without a login (``user_id`` NULL, nothing texted) so that the per-phone limits and
+    the answers are the same whether an account exists or not."""
+
+    __tablename__ = "web_password_reset_codes"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # prc_<ULID>
+    phone_hash: Mapped[str] = mapped_column(String(64))  # as web_merchant_users.phone_hash
+    user_id: Mapped[str | None] = mapped_column(
+        String(32), ForeignKey("web_merchant_users.id", ondelete="RESTRICT")
+    )
+    code_hash: Mapped[str] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        CheckConstraint("attempts >= 0", name="attempts_not_negative"),
+        Index(None, "phone_hash", "created_at"),
+    )

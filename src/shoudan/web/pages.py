@@ -17,7 +17,14 @@ from shoudan.api.errors import domain_error_handler, http_error_handler, status_
 from shoudan.core.errors import DomainError, ErrorCode
 from shoudan.refunds.schemas import PublicTrackingOut
 from shoudan.terminals import stock
-from shoudan.web import reports
+from shoudan.web import (
+    merchant_account,
+    merchant_payments,
+    public_flows,
+    reports,
+    staff_reviews,
+    staff_views,
+)
 from shoudan.web.context import PageContext, RoleRequired, SignInRequired, set_cookie
 from shoudan.web.domain import PasswordProblem, SessionKind
 from shoudan.web.i18n import N_, parse_yuan
@@ -170,7 +177,9 @@ def merchant_dashboard(request: Request) -> Response:
     merchant = ctx.require_merchant()
     day = reports.merchant_day(ctx.container.database, ctx.container.clock,
                                merchant.merchant_id)  # fmt: skip
-    return ctx.render("merchant/dashboard.html", day=day)
+    chart = merchant_payments.sales_chart(ctx, merchant.merchant_id)
+    return ctx.render("merchant/dashboard.html", day=day, chart=chart,
+                      payout_labels=merchant_account.PAYOUT_STATUS)  # fmt: skip
 
 
 @router.get("/merchant/security", response_class=HTMLResponse)
@@ -293,6 +302,11 @@ async def _domain_error(request: Request, exc: Exception) -> Response:
 def install_web(app: FastAPI) -> None:
     """Mount the console on the app: pages, static files, error pages, security headers."""
     app.include_router(router)
+    app.include_router(public_flows.router)
+    app.include_router(staff_reviews.router)
+    app.include_router(staff_views.router)
+    app.include_router(merchant_account.router)
+    app.include_router(merchant_payments.router)
     app.mount("/static/web", StaticFiles(directory=STATIC), name="web-static")
     app.add_exception_handler(CsrfRejected, _csrf_rejected)
     app.add_exception_handler(SignInRequired, _sign_in_required)

@@ -1,4 +1,5 @@
-"""Read-only figures for the console's pages: a merchant's day, the staff review queues.
+"""Read-only figures for the console's pages: a merchant's day (with its latest settlement),
+the staff review queues.
 
 These are aggregates over other domains' tables (payments, refunds, deposit refund requests,
 onboarding applications), read in one read transaction and never written. They live here
@@ -25,6 +26,7 @@ from shoudan.payments.domain import PaymentStatus
 from shoudan.payments.models import Payment
 from shoudan.refunds.domain import RefundStatus
 from shoudan.refunds.models import Refund
+from shoudan.settlement.models import Payout, SettlementItem, SettlementRun
 
 RECENT_PAYMENTS = 10
 FINAL_REFUND_STATES = (
@@ -51,6 +53,15 @@ class MerchantDay:
     refunds_amount: int  # refunds that succeeded today
     refunds_open: int  # refunds not final yet (any day)
     recent: list[RecentPayment]
+    settlement: LastSettlement | None = None  # the merchant's latest settlement
+
+
+@dataclass(frozen=True, slots=True)
+class LastSettlement:
+    run_date: str  # the settlement date (YYYY-MM-DD)
+    moved: int  # fen moved from unsettled to settled by that run
+    payout_amount: int  # fen sent to the bank (0 when blocked or nothing to pay)
+    payout_status: str | None  # pending | sent | paid | rejected | blocked | cancelled
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,10 +109,26 @@ def merchant_day(database: Database, clock: Clock, merchant_id: str) -> Merchant
                 .limit(RECENT_PAYMENTS)
             )
         ]  # fmt: skip
+        settlement = _last_settlement(session, merchant_id)
     return MerchantDay(
         business_date, int(sales_count), int(sales_amount), int(refunds_count),
-        int(refunds_amount), refunds_open, recent,
+        int(refunds_amount), refunds_open, recent, settlement,
     )  # fmt: skip
+
+
+def _last_settlement(session: Session, merchant_id: str) -> LastSettlement | None:
+    row = session.execute(
+        select(SettlementRun.run_date, SettlementItem.moved, SettlementItem.payout_amount,
+               Payout.status)
+        .join(SettlementRun, SettlementRun.id == SettlementItem.run_id)
+        .outerjoin(Payout, Payout.id == SettlementItem.payout_id)
+        .where(SettlementItem.merchant_id == merchant_id)
+        .order_by(SettlementItem.created_at.desc(), SettlementItem.id.desc())
+        .limit(1)
+    ).first()  # fmt: skip
+    if row is None:
+        return None
+    return LastSettlement(str(row[0]), int(row[1]), int(row[2]), row[3])
 
 
 def _count(session: Session, query: object) -> int:

@@ -24,7 +24,7 @@ LANG_COOKIE = "shoudan_lang"
 CSRF_FIELD = "csrf_token"
 CSRF_CONTEXT = "web:csrf"
 
-WEB_PREFIXES = ("/track", "/verify", "/merchant", "/staff", "/static/web")
+WEB_PREFIXES = ("/track", "/verify", "/merchant", "/staff", "/static/web", "/apply")
 HEADERS = [
     (b"content-security-policy",
      b"default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'; "

@@ -9,12 +9,13 @@ numbers or user names exist. Staff account creation and logins are written to th
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
 import pyotp
-from sqlalchemy import Select, select, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.orm import Session
 
 from shoudan.audit import service as audit
@@ -25,6 +26,19 @@ from shoudan.core.db import Database
 from shoudan.core.errors import DomainError, ErrorCode
 from shoudan.core.ids import new_id
 from shoudan.merchants.service import get_merchant
+from shoudan.onboarding.domain import (
+    CODE_TTL,
+    RESEND_INTERVAL,
+    check_can_send,
+    check_code_usable,
+    code_message,
+    code_shape_ok,
+    new_code,
+    shanghai_day_start,
+    wrong_code,
+)
+from shoudan.sms.domain import validate_mobile
+from shoudan.sms.service import SmsProvider
 from shoudan.web.domain import (
     DUMMY_PASSWORD_HASH,
     LAST_SEEN_RESOLUTION,
@@ -42,13 +56,15 @@ from shoudan.web.domain import (
     totp_step_acceptable,
     verify_password,
 )
-from shoudan.web.models import MerchantUser, StaffUser, WebSession
+from shoudan.web.models import MerchantUser, PasswordResetCode, StaffUser, WebSession
 
 PHONE_CONTEXT = "web:merchant_user:phone"
 TOTP_CONTEXT = "web:staff_user:totp"
 SESSION_CONTEXT = "web:session"
 TOTP_ISSUER = "shoudan"
 TOTP_PERIOD_SECONDS = 30
+RESET_CODE_CONTEXT = "web:password_reset:code"
+RESET_SMS_PURPOSE = "web.password_reset"
 
 
 class LoginOutcome(StrEnum):
@@ -102,6 +118,14 @@ class NewStaffUser:
     password: str  # shown once
     totp_secret: str  # shown once
     totp_uri: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResetCodeSent:
+    """What the 忘记密码 page may tell: the same whether the phone has a login or not."""
+
+    expires_at: datetime
+    resend_after: datetime
 
 
 def parse_roles(values: list[str]) -> tuple[Role, ...]:
@@ -358,3 +382,117 @@ class WebAccounts:
             phone = self.vault.decrypt(row.phone_enc, PHONE_CONTEXT)
             return (phone, phone[-8:])
         return (row.username,)
+
+    # -- 忘记密码: a new password with an SMS code -------------------------------------------------
+    def request_password_reset(self, phone: str, sms: SmsProvider) -> ResetCodeSent:
+        """Text a reset code to ``phone`` when it has a merchant login. A phone without one
+        gets a row too (never texted), so the limits and the answers are the same and the
+        page tells nobody which phones have an account. The onboarding code rules apply:
+        60 s between codes and 10 a day per phone, 5 minutes of life, 5 attempts."""
+        number = validate_mobile(normalize_phone(phone) or phone)
+        now = self.clock.now()
+        phone_hash = self.vault.lookup_hash(number, PHONE_CONTEXT)
+        code, code_id = new_code(), new_id("prc_")
+        with self.database.transaction() as session:
+            user = session.scalar(
+                select(MerchantUser).where(MerchantUser.phone_hash == phone_hash).with_for_update()
+            )
+            self._check_can_send_reset(session, phone_hash, now)
+            user_id = user.id if user is not None and user.disabled_at is None else None
+            session.add(PasswordResetCode(
+                id=code_id, phone_hash=phone_hash, user_id=user_id,
+                code_hash=self.vault.lookup_hash(code, f"{RESET_CODE_CONTEXT}:{code_id}"),
+                attempts=0, created_at=now, expires_at=now + CODE_TTL, used_at=None,
+            ))  # fmt: skip
+            if user_id is not None:  # anyone may ask: the actor is not the user
+                audit.record(
+                    session, actor="public:forgot_password", action="web.password_reset.code",
+                    subject_type="web_merchant_user", subject_id=user_id, clock=self.clock,
+                )  # fmt: skip
+        if user_id is not None:  # after the commit, like onboarding: the code exists first
+            sms.send(number, code_message(code), RESET_SMS_PURPOSE, f"reset:{code_id}")
+        return ResetCodeSent(now + CODE_TTL, now + RESEND_INTERVAL)
+
+    def _check_can_send_reset(self, session: Session, phone_hash: str, now: datetime) -> None:
+        of_phone = PasswordResetCode.phone_hash == phone_hash
+        sent_today = session.scalar(
+            select(func.count()).select_from(PasswordResetCode)
+            .where(of_phone, PasswordResetCode.created_at >= shanghai_day_start(now))
+        ) or 0  # fmt: skip
+        last_sent_at = session.scalar(
+            select(func.max(PasswordResetCode.created_at)).where(of_phone)
+        )
+        check_can_send(now, last_sent_at, sent_today)
+
+    def reset_password(self, phone: str, code: str, new_password: str) -> list[PasswordProblem]:
+        """Set a new password with the latest code texted to ``phone``. ``[]``: done — the code
+        is used, every session of the user is signed out, a lockout is lifted (the code proves
+        the phone; the lockout only stops password guessing), audited. Otherwise the policy's
+        problems, and the code stays usable. A wrong code counts one attempt and raises
+        ``verification_code_invalid`` (attempts left); a phone without a login fails exactly
+        like a wrong code; an expired, used or worn-out code raises before any comparison."""
+        now = self.clock.now()
+        with self.database.transaction() as session:
+            latest = self._live_reset_code(session, phone, now)
+            user = self._reset_user(session, latest, code)
+            if user is None:
+                latest.attempts += 1
+                failure = wrong_code(latest.attempts)
+            else:
+                problems = password_problems(new_password, identities=self._identities(user))
+                if not problems and verify_password(new_password, user.password_hash):
+                    problems = [PasswordProblem.SAME_AS_OLD]
+                if problems:
+                    return problems
+                latest.used_at = now
+                self._set_reset_password(session, user, new_password, now)
+                return []
+        raise failure
+
+    def _live_reset_code(self, session: Session, phone: str, now: datetime) -> PasswordResetCode:
+        """The latest code texted to ``phone`` (locked), if it can still be tried."""
+        number = normalize_phone(phone)
+        latest = None if number is None else session.scalars(
+            select(PasswordResetCode)
+            .where(PasswordResetCode.phone_hash == self.vault.lookup_hash(number, PHONE_CONTEXT))
+            .order_by(PasswordResetCode.created_at.desc(), PasswordResetCode.id.desc())
+            .limit(1).with_for_update()
+        ).first()  # fmt: skip
+        if latest is None:
+            raise DomainError(ErrorCode.VERIFICATION_CODE_INVALID, "no code was sent: ask one")
+        check_code_usable(now, latest.expires_at, latest.attempts)
+        if latest.used_at is not None:
+            raise DomainError(ErrorCode.VERIFICATION_CODE_EXPIRED, "the code was used: ask again")
+        return latest
+
+    def _reset_user(
+        self, session: Session, latest: PasswordResetCode, code: str
+    ) -> MerchantUser | None:
+        """The user the code resets, when ``code`` is the right one."""
+        context = f"{RESET_CODE_CONTEXT}:{latest.id}"
+        given = self.vault.lookup_hash(code, context) if code_shape_ok(code) else ""
+        if latest.user_id is None or not hmac.compare_digest(latest.code_hash, given):
+            return None
+        user = session.get(MerchantUser, latest.user_id, with_for_update=True)
+        return None if user is None or user.disabled_at is not None else user
+
+    def _set_reset_password(
+        self, session: Session, user: MerchantUser, new_password: str, now: datetime
+    ) -> None:
+        was_locked = LockState(user.failed_count, user.locked_until).is_locked(now)
+        user.password_hash = hash_password(new_password)
+        user.password_changed_at = now
+        user.failed_count, user.locked_until = 0, None
+        revoked = session.execute(
+            update(WebSession)
+            .where(WebSession.kind == SessionKind.MERCHANT.value)
+            .where(WebSession.user_id == user.id)
+            .where(WebSession.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+        audit.record(
+            session, actor=f"merchant:{user.id}", action="web.password_reset",
+            subject_type="web_merchant_user", subject_id=user.id,
+            after={"sessions_revoked": int(revoked.rowcount or 0),  # type: ignore[attr-defined]
+                   "lockout_cleared": was_locked}, clock=self.clock,
+        )  # fmt: skip

@@ -41,6 +41,7 @@ from shoudan.core.db import Database, Keyset, is_sqlite, load_row, newest_first
 from shoudan.core.errors import DomainError, ErrorCode
 from shoudan.core.ids import new_id
 from shoudan.notifications.domain import MAX_DEDUPE_KEY, encode_payload, error_text
+from shoudan.notifications.models import OutboxEvent
 from shoudan.notifications.service import DeliveredEvent, HandlerRegistry, emit
 from shoudan.webhooks.domain import (
     ALL_EVENTS,
@@ -126,6 +127,13 @@ class DeliveryView:
     error: str | None
     duration_ms: int
     created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryLogEntry:
+    delivery: DeliveryView
+    event_type: str
+    next_retry_at: datetime | None  # when the event is tried again; None when nothing is due
 
 
 def _endpoint_view(row: WebhookEndpoint) -> EndpointView:
@@ -313,6 +321,37 @@ class WebhookService:
             self._visible_endpoint(session, principal, endpoint_id)
             rows = session.scalars(newest_first(query, WebhookDelivery, limit, after))
             return [_delivery_view(row) for row in rows]
+
+    def delivery_log(
+        self, principal: Principal, endpoint_id: str, limit: int = 20
+    ) -> list[DeliveryLogEntry]:
+        """An endpoint's latest attempts, newest first, each with its event's type; the newest
+        failed attempt of an event still being retried carries when the relay tries again
+        (the outbox's schedule of its ``webhook.deliver`` event)."""
+        query = (
+            select(WebhookDelivery, Event.type)
+            .join(Event, Event.id == WebhookDelivery.event_id)
+            .where(WebhookDelivery.endpoint_id == endpoint_id)
+            .order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id.desc())
+            .limit(limit)
+        )
+        with self.database.read() as session:
+            self._visible_endpoint(session, principal, endpoint_id)
+            rows = [(_delivery_view(row), str(kind)) for row, kind in session.execute(query)]
+            keys = {f"{view.event_id}:{endpoint_id}" for view, _ in rows}
+            retries: dict[str, datetime] = {key: at for key, at in session.execute(
+                select(OutboxEvent.dedupe_key, OutboxEvent.next_attempt_at)
+                .where(OutboxEvent.topic == DELIVER_TOPIC, OutboxEvent.status == "pending",
+                       OutboxEvent.dedupe_key.in_(keys))
+            )}  # fmt: skip
+        entries, seen = [], set()
+        for view, kind in rows:
+            key = f"{view.event_id}:{endpoint_id}"
+            newest_failure = view.event_id not in seen and view.status is DeliveryStatus.FAILED
+            seen.add(view.event_id)
+            entries.append(DeliveryLogEntry(view, kind, retries.get(key) if newest_failure
+                                            else None))  # fmt: skip
+        return entries
 
     def list_events(
         self,
