@@ -100,6 +100,10 @@ def test_seed_tells_the_back_office_story(container: Container) -> None:
     # stall's: its payout waits (一清)
     assert sorted(grouped(container, "payouts", "status")) == [("blocked", 1), ("paid", 2)]
     assert grouped(container, "settlement_runs", "status") == [("completed", 1)]
+    # yesterday's card statement: exactly the two differences written into it, nothing else
+    assert sorted(grouped(container, "reconciliation_exceptions", "exception_class")) == [
+        ("amount_mismatch", 1), ("missing_in_ours", 1)
+    ]
     assert container.ledger.verify().ok
     client = TestClient(create_app(container=container))
     [(serial, code)] = [

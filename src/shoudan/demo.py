@@ -43,6 +43,7 @@ from shoudan.core.errors import DomainError
 from shoudan.demo_backoffice import (
     application_waiting_for_review,
     onboard_fruit_shop,
+    reconcile_yesterday,
     settle_yesterday,
     web_logins,
 )
@@ -153,6 +154,7 @@ def seed(container: Container, now: datetime | None = None) -> dict[str, Any] | 
     fruit_shop = onboard_fruit_shop(container, clock)
     waiting_application = application_waiting_for_review(container, clock)
     settle_yesterday(container, end, list(merchants.values()))
+    reconciled = reconcile_yesterday(container, end)
     logins = web_logins(container, merchants["stall"], SHOPS[0].merchant.contact_phone)
     with container.database.transaction() as session:
         record(
@@ -170,6 +172,7 @@ def seed(container: Container, now: datetime | None = None) -> dict[str, Any] | 
         "onboarded_contract_id": fruit_shop.contract_id,
         "onboarded_application_token": fruit_shop.application_token,
         "application_in_review": waiting_application,
+        "reconciliation_run": reconciled.run.id if reconciled is not None else None,
         "verification_codes": fruit_shop.labels,
         "console_url": f"http://{container.settings.host}:{container.settings.port}/",
         "console_logins": logins,

@@ -7,7 +7,10 @@
 - a second application waiting in the staff review queue;
 - yesterday's T+1 settlement, its payout batch played through the sandbox bank and the
   confirmation imported — the stall's payout stays blocked because its account is in the
-  owner's name, not the stall's (一清).
+  owner's name, not the stall's (一清);
+- yesterday's card-network statement reconciled: the network's file agrees with our books
+  except for two lines written into it on purpose — one sale with another amount and one
+  sale we never took (长款) — which wait in the reconciliation exceptions queue.
 
 Everything goes through the same services as the API, on the demo's past clock.
 """
@@ -16,15 +19,22 @@ from __future__ import annotations
 
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from shoudan.auth.domain import SYSTEM, Role
+from sqlalchemy import select
+
+from shoudan.auth.domain import SYSTEM, Principal, Role
 from shoudan.container import Container
 from shoudan.core.clock import SHANGHAI, FixedClock
 from shoudan.merchants.service import verify_settlement_account
 from shoudan.onboarding import service as onboarding
+from shoudan.payments.models import Payment
+from shoudan.reconciliation.domain import Channel, ChannelStatus, RecordKind, parse_period
+from shoudan.reconciliation.generate import ChannelTxn, write_statement
+from shoudan.reconciliation.service import ImportResult, ReconciliationService, StatementUpload
+from shoudan.refunds.models import Refund
 from shoudan.settlement.bankfile import parse_confirmations, write_batch
 from shoudan.settlement.payouts import PayoutService
 from shoudan.settlement.service import SettlementService
@@ -157,6 +167,50 @@ def settle_yesterday(container: Container, end: datetime, merchant_ids: list[str
         simulate(batch_path, answer_path)
         rows = parse_confirmations(answer_path.name, answer_path.read_text(encoding="utf-8"))
     payouts.import_confirmations(answer_path.name, rows, "demo:finance")
+
+
+FINANCE = Principal("demo:finance", Role.FINANCE)
+STRANGER_RRN = "999999999999"  # the network's line that matches nothing of ours
+
+
+def reconcile_yesterday(container: Container, end: datetime) -> ImportResult | None:
+    """The card network's statement of yesterday, as the network would send it for our card
+    payments and refunds of that day, with two differences written in; then imported."""
+    day = end.astimezone(SHANGHAI).date() - timedelta(days=1)
+    start = datetime.combine(day, datetime.min.time(), tzinfo=SHANGHAI)
+    txns: list[ChannelTxn] = []
+    with container.database.read() as session:
+        for p in session.scalars(select(Payment).where(
+            Payment.network == Channel.UNIONPAY.value, Payment.business_date == day.isoformat(),
+            Payment.status.in_(("captured", "voided", "reversed")),
+        ).order_by(Payment.created_at)):  # fmt: skip
+            captured = p.status == "captured"
+            txns.append(ChannelTxn(
+                RecordKind.PAYMENT, ChannelStatus.SUCCESS if captured else ChannelStatus.VOIDED,
+                p.captured_amount if captured else p.amount, p.created_at, p.rrn, p.id,
+            ))  # fmt: skip
+        rrn_of = {p.id: p.rrn for p in session.scalars(select(Payment).where(
+            Payment.network == Channel.UNIONPAY.value))}  # fmt: skip
+        for r in session.scalars(select(Refund).where(
+            Refund.network == Channel.UNIONPAY.value, Refund.status == "succeeded",
+            Refund.completed_at >= start, Refund.completed_at < start + timedelta(days=1),
+        )):  # fmt: skip
+            assert r.completed_at is not None
+            txns.append(ChannelTxn(RecordKind.REFUND, ChannelStatus.SUCCESS, r.amount,
+                                   r.completed_at, r.id, r.payment_id, rrn_of[r.payment_id]))
+    if not txns:
+        return None
+    first = txns[0]
+    txns[0] = replace(first, amount=first.amount + 100)  # the network says ¥1.00 more
+    txns.append(ChannelTxn(RecordKind.PAYMENT, ChannelStatus.SUCCESS, 8_800,
+                           start + timedelta(hours=12), STRANGER_RRN))  # fmt: skip
+    service = ReconciliationService(container.database, container.ledger, container.clock)
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch, f"unionpay-{day:%Y%m%d}.csv")
+        with path.open("w", encoding="utf-8", newline="") as out:
+            write_statement(Channel.UNIONPAY, txns, out)
+        upload = StatementUpload(path, path.name, Channel.UNIONPAY, parse_period(day.isoformat()))
+        return service.import_statement(FINANCE, upload)
 
 
 def web_logins(container: Container, merchant_id: str, phone: str) -> dict[str, object]:
