@@ -19,6 +19,7 @@ WIDTH = 600
 HEIGHT = 200
 AXIS_LEFT = 70  # room for the largest value's label
 AXIS_BOTTOM = 22  # room for the first/last point's label
+PAD_RIGHT = 24  # room for the last label's glyphs (fonts render wider than estimated)
 GAP = 2
 
 
@@ -37,14 +38,14 @@ def bar_chart(
     """An SVG bar chart of ``points`` (values ≥ 0; negatives are drawn as 0 and still
     labelled with their value). ``show`` prints a value (e.g. ``format_fen``)."""
     top = max((p.value for p in points), default=0)
-    plot_width = WIDTH - AXIS_LEFT
+    plot_width = WIDTH - AXIS_LEFT - PAD_RIGHT
     plot_height = HEIGHT - AXIS_BOTTOM
     slot = plot_width / max(len(points), 1)
     parts = [
         f'<svg class="{escape(css_class)}" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
         f'xmlns="http://www.w3.org/2000/svg" aria-label="{escape(title)}">',
         f"<title>{escape(title)}</title>",
-        f'<line class="axis" x1="{AXIS_LEFT}" y1="{plot_height}" x2="{WIDTH}" '
+        f'<line class="axis" x1="{AXIS_LEFT}" y1="{plot_height}" x2="{WIDTH - PAD_RIGHT}" '
         f'y2="{plot_height}"/>',
         f'<text class="tick" x="{AXIS_LEFT - 4}" y="12" text-anchor="end">'
         f"{escape(show(top))}</text>",
@@ -61,7 +62,7 @@ def bar_chart(
         )
     for index in {0, len(points) - 1} if points else set():
         anchor = "start" if index == 0 else "end"
-        x = AXIS_LEFT if index == 0 else WIDTH
+        x = AXIS_LEFT if index == 0 else WIDTH - 2
         parts.append(
             f'<text class="tick" x="{x}" y="{HEIGHT - 4}" text-anchor="{anchor}">'
             f"{escape(points[index].label)}</text>"
