@@ -34,6 +34,7 @@ from shoudan.web.security import (
     CSRF_FIELD,
     LANG_COOKIE,
     SESSION_COOKIE,
+    BodyTooLarge,
     CsrfRejected,
     csrf_token,
     csrf_valid,
@@ -56,6 +57,9 @@ class SignInRequired(Exception):
 class RoleRequired(Exception):
     """A staff page opened by staff without one of the roles it needs: answered 403."""
 TEMPLATES = Path(__file__).parent / "templates"
+# a form's body without a file: its text fields are far below this (a refund reason is at most
+# 500 characters); anything larger is refused before it is read
+FORM_MAX_BYTES = 64 * 1024
 LANG_COOKIE_SECONDS = 365 * 24 * 3600
 
 
@@ -172,8 +176,14 @@ class PageContext:
             set_cookie(self.request, response, name, value, max_age)
         return response
 
-    async def form(self) -> dict[str, str]:
-        """The POSTed form, after the CSRF check (``CsrfRejected`` before anything runs)."""
+    async def form(self, max_bytes: int = FORM_MAX_BYTES) -> dict[str, str]:
+        """The POSTed form, after the CSRF check (``CsrfRejected`` before anything runs).
+        A body over ``max_bytes``, or without a declared length, is refused unread
+        (``BodyTooLarge``): Starlette would otherwise spool any multipart file to disk, and
+        keep any urlencoded field in memory, before the CSRF token is even looked at."""
+        declared = self.request.headers.get("content-length", "")
+        if not declared.isdigit() or int(declared) > max_bytes:
+            raise BodyTooLarge()
         data = await self.request.form()
         if not csrf_valid(self.container.vault, self.binding, data.get(CSRF_FIELD)):
             raise CsrfRejected()

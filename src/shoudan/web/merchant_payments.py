@@ -270,11 +270,16 @@ def refund_new(request: Request) -> Response:
     return _refund_form(ctx, payment, _fresh_values(refundable), {})
 
 
-def _body_too_large(request: Request, max_bytes: int) -> bool:
+def _upload_limit(ctx: PageContext) -> int:
+    """The largest body of a form carrying one evidence file."""
+    return ctx.container.files.max_bytes + MULTIPART_OVERHEAD
+
+
+def _body_too_large(ctx: PageContext) -> bool:
     """A declared body over the upload limit (or none declared: browsers always declare
     one) is refused before a byte of it is read."""
-    declared = request.headers.get("content-length", "")
-    return not declared.isdigit() or int(declared) > max_bytes + MULTIPART_OVERHEAD
+    declared = ctx.request.headers.get("content-length", "")
+    return not declared.isdigit() or int(declared) > _upload_limit(ctx)
 
 
 async def _upload(ctx: PageContext) -> tuple[bytes, str | None, str | None] | None:
@@ -366,12 +371,12 @@ def _refusal(ctx: PageContext, error: DomainError) -> tuple[str, str] | None:
 async def refund_create(request: Request) -> Response:
     ctx = PageContext.of(request)
     principal = ctx.require_merchant().principal
-    if _body_too_large(request, ctx.container.files.max_bytes):  # refused before reading it
+    if _body_too_large(ctx):  # refused before reading it
         payment = _payment_of(ctx, principal)
         refundable = ctx.container.refunds.refundable_amount(principal, payment.id)
         return _refund_form(ctx, payment, _fresh_values(refundable),
                             {FILE_FIELD: ctx._(TOO_LARGE)}, 413)  # fmt: skip
-    form = await ctx.form()  # the CSRF check comes before anything is looked up
+    form = await ctx.form(_upload_limit(ctx))  # CSRF checked before anything is looked up
     payment = _payment_of(ctx, principal)
     values, errors = _refund_values(ctx, form)
     if errors:
@@ -462,10 +467,10 @@ async def refund_answer(request: Request, refund_id: str) -> Response:
     same ``RefundService.add_evidence`` as ``POST /v1/refunds/{id}/evidence``."""
     ctx = PageContext.of(request)
     principal = ctx.require_merchant().principal
-    if _body_too_large(request, ctx.container.files.max_bytes):  # refused before reading it
+    if _body_too_large(ctx):  # refused before reading it
         refund = ctx.container.refunds.get(principal, refund_id)  # another tenant's: 404
         return _refund_page(ctx, refund.id, 413, {FILE_FIELD: ctx._(TOO_LARGE)})
-    form = await ctx.form()  # the CSRF check comes before anything is looked up
+    form = await ctx.form(_upload_limit(ctx))  # CSRF checked before anything is looked up
     refund = ctx.container.refunds.get(principal, refund_id)  # another tenant's: 404
     values = {"note": form.get("note", "").strip()[:600]}
     if not _needs_info(refund):  # answered already (a second submit) or closed meanwhile

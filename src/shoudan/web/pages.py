@@ -30,6 +30,7 @@ from shoudan.web.domain import PasswordProblem, SessionKind
 from shoudan.web.i18n import N_, parse_yuan
 from shoudan.web.security import (
     SESSION_COOKIE,
+    BodyTooLarge,
     CsrfRejected,
     SecurityHeadersMiddleware,
     is_web_path,
@@ -205,10 +206,13 @@ async def merchant_change_password(request: Request) -> Response:
     new = form.get("new_password", "")
     if new != form.get("confirm_password", ""):
         return _security_page(ctx, {"confirm_password": ctx._("The two entries differ.")}, 422)
-    current_ok, problems = ctx.accounts.change_password(
+    current, problems = ctx.accounts.change_password(
         identity, form.get("current_password", ""), new
     )
-    if not current_ok:
+    if current is LoginOutcome.LOCKED:
+        message = ctx._("Too many failed attempts: this account is locked for 15 minutes.")
+        return _security_page(ctx, {"current_password": message}, 429)
+    if current is LoginOutcome.FAILED:
         return _security_page(ctx, {"current_password": ctx._("Wrong password.")}, 422)
     if problems:
         text = " ".join(ctx._(PASSWORD_MESSAGES[p]) for p in problems)
@@ -271,6 +275,11 @@ async def _csrf_rejected(request: Request, exc: Exception) -> Response:
     return ctx.render("error.html", status=403, message=message)
 
 
+async def _body_too_large(request: Request, exc: Exception) -> Response:
+    ctx = PageContext.of(request)
+    return ctx.render("error.html", status=413, message=ctx._("This form is too large."))
+
+
 async def _sign_in_required(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, SignInRequired)
     login = "/merchant/login" if exc.kind is SessionKind.MERCHANT else "/staff/login"
@@ -309,6 +318,7 @@ def install_web(app: FastAPI) -> None:
     app.include_router(merchant_payments.router)
     app.mount("/static/web", StaticFiles(directory=STATIC), name="web-static")
     app.add_exception_handler(CsrfRejected, _csrf_rejected)
+    app.add_exception_handler(BodyTooLarge, _body_too_large)
     app.add_exception_handler(SignInRequired, _sign_in_required)
     app.add_exception_handler(RoleRequired, _role_required)
     app.add_exception_handler(StarletteHTTPException, _http_error)

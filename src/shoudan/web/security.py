@@ -3,7 +3,8 @@
 - ``SecurityHeadersMiddleware`` adds the security headers to every response under the web
   console's paths (the API's offline docs page keeps its own inline scripts, so it is left
   out): a CSP without inline scripts or styles, ``X-Frame-Options: DENY``,
-  ``Referrer-Policy: same-origin``, ``X-Content-Type-Options: nosniff``.
+  ``Referrer-Policy: same-origin``, ``X-Content-Type-Options: nosniff``; and, on every
+  page and download but the static files, ``Cache-Control: no-store``.
 - CSRF: the token of a form is the keyed hash (``Vault.lookup_hash``) of what binds the
   browser — the session token when signed in, else an anonymous random cookie. Every POST
   is checked before anything runs; a missing or wrong token is a 403 and nothing changes.
@@ -33,10 +34,24 @@ HEADERS = [
     (b"referrer-policy", b"same-origin"),
     (b"x-content-type-options", b"nosniff"),
 ]  # fmt: skip
+STATIC_PREFIX = "/static/web"
+# pages and downloads are never stored by a browser or a proxy: one URL (/merchant,
+# /merchant/statements?period=…) serves each signed-in user their own data, and a page
+# stays readable from the cache after logging out
+NO_STORE = (b"cache-control", b"no-store")
 
 
 class CsrfRejected(Exception):
     """A POST without the right CSRF token (answered 403, nothing done)."""
+
+
+class BodyTooLarge(Exception):
+    """A POST whose body is over the form's limit or of no declared length (answered 413,
+    nothing read, nothing done)."""
+
+
+def is_static_path(path: str) -> bool:
+    return path.startswith(STATIC_PREFIX + "/")
 
 
 def is_web_path(path: str) -> bool:
@@ -52,10 +67,12 @@ class SecurityHeadersMiddleware:
             await self.app(scope, receive, send)
             return
 
+        headers = HEADERS if is_static_path(scope.get("path", "")) else [*HEADERS, NO_STORE]
+
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 present = {name.lower() for name, _ in message.get("headers", [])}
-                extra = [(n, v) for n, v in HEADERS if n not in present]
+                extra = [(n, v) for n, v in headers if n not in present]
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 

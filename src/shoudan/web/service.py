@@ -354,9 +354,12 @@ class WebAccounts:
 
     def change_password(
         self, identity: Identity, current: str, new: str
-    ) -> tuple[bool, list[PasswordProblem]]:
-        """``(current_ok, problems)``; on success (True, []) every other session of the user
-        is signed out, since a password change usually means the old one leaked."""
+    ) -> tuple[LoginOutcome, list[PasswordProblem]]:
+        """``(outcome of the current password, problems)``; on success (OK, []) every other
+        session of the user is signed out, since a password change usually means the old one
+        leaked. A wrong current password counts toward the login lockout (FAILED, then LOCKED
+        on the fifth): without that, a stolen session could guess the password here."""
+        now = self.clock.now()
         with self.database.transaction() as session:
             row: MerchantUser | StaffUser | None
             if identity.kind is SessionKind.MERCHANT:
@@ -365,17 +368,26 @@ class WebAccounts:
                 row = session.get(StaffUser, identity.user_id, with_for_update=True)
             if row is None:
                 raise DomainError(ErrorCode.NOT_FOUND, "user not found")
+            state = LockState(row.failed_count, row.locked_until)
+            if state.is_locked(now):
+                return LoginOutcome.LOCKED, []
             if not verify_password(current, row.password_hash):
-                return False, []
+                state = state.after_failure(now)
+                row.failed_count, row.locked_until = state.failed_count, state.locked_until
+                if not state.is_locked(now):
+                    return LoginOutcome.FAILED, []
+                self._audit_login(session, identity.kind, row.id, "web.login.locked")
+                return LoginOutcome.LOCKED, []
+            row.failed_count = 0  # the right password ends a series of failures, as at login
             problems = password_problems(
                 new, identities=self._identities(row), old_password=current
             )
             if problems:
-                return True, problems
+                return LoginOutcome.OK, problems
             row.password_hash = hash_password(new)
-            row.password_changed_at = self.clock.now()
+            row.password_changed_at = now
             self._revoke_others(session, identity)
-        return True, []
+        return LoginOutcome.OK, []
 
     def _identities(self, row: MerchantUser | StaffUser) -> tuple[str, ...]:
         if isinstance(row, MerchantUser):
