@@ -282,6 +282,9 @@ class SettlementService:
         grouped payments query, one account lock, one payments ``UPDATE`` and one ledger
         batch. Returns the merchants left for ``_settle_in`` (debt to collect) — all of them
         when anything fails here (rolled back to the savepoint, nothing half done)."""
+        # a merchant listed twice would get a second item (unique per run: the whole batch
+        # would fall back); one by one, its second turn finds the item and does nothing
+        merchants = list({m.merchant_id: m for m in merchants}.values())
         ids = [m.merchant_id for m in merchants]
         if not ids:
             return set()
@@ -381,13 +384,16 @@ class SettlementService:
                     with batch.begin_nested():
                         self._settle_in(batch, run, merchant, plan_d0_fee)
                 return
-            except DBAPIError as error:
+            except (DBAPIError, self.database.engine.dialect.loaded_dbapi.Error) as error:
+                # the ledger locks accounts on the raw driver cursor: its lost races arrive
+                # as the driver's own errors, not wrapped by SQLAlchemy
                 if self._settled_meanwhile(batch, run.id, merchant_id):
                     return  # a concurrent run of the same key settled it first
                 if attempt == ATTEMPTS or not self.database.is_retryable(error):
                     raise
+                cause = error.orig if isinstance(error, DBAPIError) else error
                 log.warning("settlement %s: merchant %s lost a race (%s), trying again",
-                            run.run_key, merchant_id, type(error.orig).__name__)  # fmt: skip
+                            run.run_key, merchant_id, type(cause).__name__)  # fmt: skip
 
     def _settled_meanwhile(self, batch: Session | None, run_id: str, merchant_id: str) -> bool:
         if batch is not None:
