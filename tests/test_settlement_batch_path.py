@@ -298,6 +298,27 @@ def test_a_merchant_listed_twice_in_a_batch_is_settled_once(
     assert calls == []  # settled by the batch path, not left to one by one
 
 
+def test_a_merchant_the_batch_cannot_read_fails_alone(
+    sw: SettlementWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A merchant listed for the run but not found when its batch reads the merchants (an id
+    that stopped resolving): that merchant fails and is logged, the others are settled."""
+    from shoudan.settlement import service as settlement_service
+
+    a, b = sw.world.merchant_a, sw.world.merchant_b
+    sw.pay(MON, 10_000)
+    pb = sw.pay(MON, 20_000, key=sw.world.key_b, terminal_id=sw.world.terminal_b)
+    original = settlement_service.get_merchants
+
+    def without_a(session, merchant_ids):  # type: ignore[no-untyped-def]
+        return {m: v for m, v in original(session, merchant_ids).items() if m != a}
+
+    monkeypatch.setattr(settlement_service, "get_merchants", without_a)
+    run = _open_run(sw, date(2026, 11, 24))
+    assert sw.settlement._settle_batch(run, [a, b], [0, 0]) == 1
+    assert {p.merchant_id: p.amount for p in _payouts(sw)} == {b: pb["net"]}
+
+
 def test_a_database_error_in_the_batch_path_falls_back_to_one_by_one(
     sw: SettlementWorld, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -255,11 +255,13 @@ class SettlementService:
                 try:
                     views = get_merchants(session, merchant_ids)  # once for the whole batch
                     careful = self._settle_plain(session, run, [
-                        views[m] for m, fee in zip(merchant_ids, fees, strict=True) if fee == 0
+                        views[m] for m, fee in zip(merchant_ids, fees, strict=True)
+                        if fee == 0 and m in views
                     ])  # fmt: skip
                     for merchant_id, fee in zip(merchant_ids, fees, strict=True):
-                        if fee == 0 and merchant_id not in careful:
+                        if fee == 0 and merchant_id in views and merchant_id not in careful:
                             continue  # settled with the batch
+                        # (a merchant gone since it was listed fails alone, below: KeyError)
                         try:
                             self._settle_merchant(run, views[merchant_id], fee)
                         except Exception:  # one merchant must not stop the others
