@@ -48,7 +48,8 @@ def seed(database_url: str | None = DATABASE_URL_OPTION) -> None:
             credentials = json.loads(path.read_text())
         else:
             typer.echo("demo data seeded: 4 merchants (one onboarded end to end), terminals, "
-                       "~500 payments, yesterday's settlement")
+                       "~500 payments, yesterday's settlement and card statement "
+                       "reconciled (2 differences in the finance queue)")
         typer.echo(f"credentials file:  {demo_data.credentials_path(container)}")
         typer.echo(f"merchant {credentials['merchant_id']} API key: "
                    f"{credentials['merchant_api_key']}")
