@@ -10,11 +10,9 @@ from typing import Any
 
 import pytest
 
-from shoudan import migrations
-from shoudan.core.db import Database
 from shoudan.web.service import WebAccounts
 from tests.payments_world import World, build_world
-from tests.web_world import serve, shot
+from tests.web_world import migrated_sqlite, serve, shot
 
 PHONE = "13900000009"
 
@@ -23,9 +21,7 @@ PHONE = "13900000009"
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, World, str]]:
     """The app on a loopback port: a world with a sale and a refund, and a merchant login."""
     tmp = tmp_path_factory.mktemp("web")
-    url = f"sqlite:///{tmp / 'web.db'}"
-    migrations.upgrade(url)
-    database = Database(url)
+    database = migrated_sqlite(tmp)
     world = build_world(database, tmp)
     sale = world.pay(amount=12_345)
     refund = world.client.post("/v1/refunds", headers=world.headers(world.key_a), json={

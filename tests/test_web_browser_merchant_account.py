@@ -12,14 +12,13 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from shoudan import migrations
 from shoudan.core.clock import SHANGHAI
 from shoudan.core.db import Database
 from shoudan.deposits.models import DepositRefundRequest
 from shoudan.web.service import WebAccounts
 from tests.settlement_world import build_settlement_world
 from tests.test_deposits import CARD, ID_NUMBER, Onboarded, onboard, paid_deposit
-from tests.web_world import serve, shot
+from tests.web_world import migrated_sqlite, serve, shot
 
 Site = tuple[str, Onboarded, str, Database]
 
@@ -29,9 +28,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """An onboarded merchant with an activated terminal, its deposit paid, a card sale settled
     and paid out, and a web login."""
     tmp = tmp_path_factory.mktemp("web-account")
-    url = f"sqlite:///{tmp / 'web.db'}"
-    migrations.upgrade(url)
-    database = Database(url)
+    database = migrated_sqlite(tmp)
     sw = build_settlement_world(database, tmp)
     merchant = onboard(sw.rw)
     paid_deposit(sw.rw, merchant)

@@ -12,12 +12,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from shoudan import migrations
-from shoudan.core.db import Database
 from shoudan.refunds.models import Refund, RefundEvidence
 from shoudan.web.service import WebAccounts
 from tests.payments_world import World, build_world
-from tests.web_world import serve, shot
+from tests.web_world import migrated_sqlite, serve, shot
 
 PHONE = "13900000021"
 PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
@@ -27,9 +25,7 @@ PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, World, str, Path]]:
     """The app on a loopback port: merchant A with two sales and a web login."""
     tmp = tmp_path_factory.mktemp("web-payments")
-    url = f"sqlite:///{tmp / 'web.db'}"
-    migrations.upgrade(url)
-    database = Database(url)
+    database = migrated_sqlite(tmp)
     world = build_world(database, tmp)
     world.pay(amount=12_345)
     world.pay(method="wechat", auth_code="134567890123456789", amount=5_000)

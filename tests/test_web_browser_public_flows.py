@@ -11,11 +11,9 @@ from typing import Any
 
 import pytest
 
-from shoudan import migrations
-from shoudan.core.db import Database
 from shoudan.web.service import WebAccounts
 from tests.payments_world import World, build_world
-from tests.web_world import serve, shot
+from tests.web_world import migrated_sqlite, serve, shot
 
 APPLICANT_PHONE = "13812345678"
 MERCHANT_PHONE = "13900000021"
@@ -25,9 +23,7 @@ NEW_PASSWORD = "my-new-password-7"
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, World]]:
     tmp = tmp_path_factory.mktemp("web_public_flows")
-    url = f"sqlite:///{tmp / 'web.db'}"
-    migrations.upgrade(url)
-    database = Database(url)
+    database = migrated_sqlite(tmp)
     world = build_world(database, tmp)
     try:
         with serve(world.client.app) as base:  # type: ignore[arg-type]

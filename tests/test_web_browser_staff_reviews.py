@@ -14,9 +14,7 @@ import pyotp
 import pytest
 from sqlalchemy import select
 
-from shoudan import migrations
 from shoudan.auth.domain import Principal, Role
-from shoudan.core.db import Database
 from shoudan.deposits.service import RefundRequestInput
 from shoudan.reconciliation.domain import Channel, ChannelStatus, RecordKind
 from shoudan.reconciliation.generate import ChannelTxn, write_statement
@@ -28,15 +26,13 @@ from tests.payments_world import CREDIT, PIN
 from tests.refunds_world import RefundWorld, build_refund_world
 from tests.test_deposits import CARD, ID_NUMBER, onboard, paid_deposit
 from tests.test_web_staff_reviews import applied
-from tests.web_world import accounts, serve, shot
+from tests.web_world import accounts, migrated_sqlite, serve, shot
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, RefundWorld]]:
     tmp = tmp_path_factory.mktemp("web-reviews")
-    url = f"sqlite:///{tmp / 'web.db'}"
-    migrations.upgrade(url)
-    database = Database(url)
+    database = migrated_sqlite(tmp)
     rw = build_refund_world(database, tmp)
     try:
         with serve(rw.world.client.app) as base:  # type: ignore[arg-type]

@@ -10,19 +10,15 @@ from typing import Any
 import pyotp
 import pytest
 
-from shoudan import migrations
 from shoudan.auth.domain import Role
-from shoudan.core.db import Database
 from tests.payments_world import World, build_world
-from tests.web_world import accounts, serve, shot
+from tests.web_world import accounts, migrated_sqlite, serve, shot
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, World]]:
     tmp = tmp_path_factory.mktemp("web-staff-views")
-    url = f"sqlite:///{tmp / 'web.db'}"
-    migrations.upgrade(url)
-    database = Database(url)
+    database = migrated_sqlite(tmp)
     world = build_world(database, tmp)
     sale = world.pay(amount=12_345)
     refund = world.client.post("/v1/refunds", headers=world.headers(world.key_a), json={

@@ -29,7 +29,9 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from shoudan import migrations
 from shoudan.auth.domain import Role
+from shoudan.core.db import Database
 from shoudan.web.service import NewStaffUser, WebAccounts
 from tests.payments_world import World
 
@@ -122,6 +124,13 @@ def page(browser: Any) -> Iterator[Any]:
 def shot(page: Any, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"web-{name}.png"), full_page=True)
+
+
+def migrated_sqlite(folder: Path) -> Database:
+    """A fresh SQLite database in ``folder``, built by the migrations, for a browser site."""
+    url = f"sqlite:///{folder / 'web.db'}"
+    migrations.upgrade(url)
+    return Database(url)
 
 
 def _free_port() -> int:

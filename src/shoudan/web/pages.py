@@ -35,7 +35,7 @@ from shoudan.web.security import (
     SecurityHeadersMiddleware,
     is_web_path,
 )
-from shoudan.web.service import LoginOutcome
+from shoudan.web.service import LoginOutcome, LoginResult
 
 STATIC = Path(__file__).parent / "static"
 router = APIRouter(include_in_schema=False)
@@ -142,17 +142,29 @@ async def merchant_login(request: Request) -> Response:
     form = await ctx.form()
     values = {"phone": form.get("phone", "").strip()}
     result = ctx.accounts.login_merchant(values["phone"], form.get("password", ""))
+    failed = {"password": ctx._("Wrong phone number or password.")}
+    return _login_answer(ctx, result, "/merchant", "merchant/login.html", values, failed)
+
+
+def _login_answer(
+    ctx: PageContext,
+    result: LoginResult,
+    home: str,
+    template: str,
+    values: dict[str, str],
+    failed: dict[str, str],
+) -> Response:
+    """A login's answer: signed in → the session cookie and home; locked → 429; else the
+    form again with ``failed`` (one message whatever was wrong) → 401."""
     if result.outcome is LoginOutcome.OK:
         assert result.token is not None
-        response = ctx.redirect("/merchant")
-        set_cookie(request, response, SESSION_COOKIE, result.token)
+        response = ctx.redirect(home)
+        set_cookie(ctx.request, response, SESSION_COOKIE, result.token)
         return response
     if result.outcome is LoginOutcome.LOCKED:
         message = ctx._("Too many failed attempts: this account is locked for 15 minutes.")
-        return ctx.render("merchant/login.html", status=429, values=values, errors={},
-                          message=message)  # fmt: skip
-    errors = {"password": ctx._("Wrong phone number or password.")}
-    return ctx.render("merchant/login.html", status=401, values=values, errors=errors)
+        return ctx.render(template, status=429, values=values, errors={}, message=message)
+    return ctx.render(template, status=401, values=values, errors=failed)
 
 
 async def _logout(request: Request, login_page: str) -> Response:
@@ -243,17 +255,8 @@ async def staff_login(request: Request) -> Response:
     result = ctx.accounts.login_staff(
         values["username"], form.get("password", ""), form.get("totp", "")
     )
-    if result.outcome is LoginOutcome.OK:
-        assert result.token is not None
-        response = ctx.redirect("/staff")
-        set_cookie(request, response, SESSION_COOKIE, result.token)
-        return response
-    if result.outcome is LoginOutcome.LOCKED:
-        message = ctx._("Too many failed attempts: this account is locked for 15 minutes.")
-        return ctx.render("staff/login.html", status=429, values=values, errors={},
-                          message=message)  # fmt: skip
-    errors = {"totp": ctx._("Wrong user name, password or code.")}
-    return ctx.render("staff/login.html", status=401, values=values, errors=errors)
+    failed = {"totp": ctx._("Wrong user name, password or code.")}
+    return _login_answer(ctx, result, "/staff", "staff/login.html", values, failed)
 
 
 @router.post("/staff/logout")
