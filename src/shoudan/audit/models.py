@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Integer, String, Text
+from sqlalchemy import BigInteger, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shoudan.core.db import Base
@@ -29,6 +29,13 @@ class AuditRecord(Base):
     after: Mapped[str | None] = mapped_column(Text)  # canonical JSON
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+
+    # the staff console's filters, newest first (``audit.service.search``, ``latest``)
+    __table_args__ = (
+        Index(None, "actor", "seq"),
+        Index(None, "action", "seq"),
+        Index(None, "subject_type", "subject_id", "seq"),
+    )
 
 
 class AuditHead(Base):
