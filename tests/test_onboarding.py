@@ -306,6 +306,23 @@ def test_ten_codes_a_day_per_phone_then_the_next_shanghai_day(world: World) -> N
     world.resend(app_id, token)
 
 
+def test_twenty_codes_a_day_from_one_address_whatever_the_phones(world: World) -> None:
+    """SMS pumping: one visitor may not text thousands of phones at the acquirer's cost."""
+    from shoudan.sms.models import SmsAddressBudget
+
+    for n in range(20):
+        world.apply(phone=f"1380013{n:04d}")
+    before = snapshot(world)
+    refused = world.apply(expect=429, phone="13900139000")
+    assert refused["code"] == "rate_limited" and "network address" in refused["detail"]
+    assert snapshot(world) == before  # nothing stored, nothing texted
+    with world.container.database.read() as session:
+        budget = session.scalars(select(SmsAddressBudget)).one()
+    assert (budget.day, budget.codes) == ("2026-11-23", 20)  # the refusal counted nothing
+    world.clock.set(datetime(2026, 11, 23, 16, 0, tzinfo=UTC))  # midnight in Shanghai
+    world.apply(phone="13900139000")
+
+
 def test_the_token_is_needed_and_a_wrong_one_finds_nothing(world: World) -> None:
     submitted = world.apply()
     app_id, token = submitted["application"]["id"], submitted["application_token"]

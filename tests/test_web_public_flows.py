@@ -290,3 +290,17 @@ def test_forgot_password_tells_nobody_which_phones_have_an_account(world: World)
     ask_code(client, "13900000066")
     assert ask_code(client, "13900000055").status_code == 429
     assert count(world, PasswordResetCode, PasswordResetCode.user_id.is_(None)) == 2
+
+
+def test_forgot_password_codes_share_the_address_daily_budget(
+    sqlite_database: Database, tmp_path: Path
+) -> None:
+    """Unknown phones count too: the budget is the visitor's, not the accounts'."""
+    world = build_world(sqlite_database, tmp_path)
+    client = english(world)
+    for n in range(20):
+        assert ask_code(client, f"1380013{n:04d}").status_code == 200
+    answer = ask_code(client, "13900139000")
+    assert answer.status_code == 429
+    assert "Too many codes from this network today" in answer.text
+    assert count(world, PasswordResetCode) == 20

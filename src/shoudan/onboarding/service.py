@@ -80,7 +80,7 @@ from shoudan.onboarding.domain import (
 from shoudan.onboarding.models import Application, Contract, PhoneCode, StatusHistory
 from shoudan.onboarding.terms import ContractTerms, terms_for
 from shoudan.sms.domain import validate_mobile
-from shoudan.sms.service import SmsProvider
+from shoudan.sms.service import SmsProvider, charge_address
 
 log = logging.getLogger(__name__)
 
@@ -506,14 +506,18 @@ def _already_verified() -> DomainError:
 
 # -- the applicant's steps -----------------------------------------------------------------------
 def submit_application(
-    database: Database, vault: Vault, sms: SmsProvider, data: ApplicationInput, *, clock: Clock
-) -> SubmittedApplication:
+    database: Database, vault: Vault, sms: SmsProvider, data: ApplicationInput, *, clock: Clock,
+    client: str | None = None,
+) -> SubmittedApplication:  # fmt: skip
     """Validate and store an application, text a verification code to its phone, and return
-    the application token (once). Any refusal stores nothing and sends nothing."""
+    the application token (once). Any refusal stores nothing and sends nothing. ``client``
+    (the requester's network address) is charged one code of its daily budget."""
     now = clock.now()
     clean = _clean(data, now)
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     with database.transaction() as session:
+        if client is not None:
+            charge_address(session, vault, client, now)
         row = Application(
             id=new_id("app_"), status=ApplicationStatus.PHONE_PENDING.value,
             kyc_status=KycStatus.PENDING.value, kyc_reasons="[]",
@@ -539,14 +543,17 @@ def submit_application(
 
 def send_code(
     database: Database, vault: Vault, sms: SmsProvider, application_id: str, token: str | None,
-    *, clock: Clock,
+    *, clock: Clock, client: str | None = None,
 ) -> CodeSent:  # fmt: skip
     """Text a new code (the previous one stops working): 60 s after the last one to this
-    phone at the earliest, 10 a day per phone at most."""
+    phone at the earliest, 10 a day per phone at most, and within ``client``'s daily budget
+    of codes (``sms.domain.CODES_PER_ADDRESS_PER_DAY``)."""
     with database.transaction() as session:
         row = _applicant_row(session, application_id, token, for_update=True)
         if row.status != ApplicationStatus.PHONE_PENDING.value:
             raise _already_verified()
+        if client is not None:
+            charge_address(session, vault, client, clock.now())
         outgoing = _issue_code(session, vault, row, clock.now())
     _deliver(sms, outgoing)
     return outgoing.sent

@@ -1,10 +1,11 @@
-"""The development SMS inbox: every text the dev_inbox provider "sent"."""
+"""The development SMS inbox (every text the dev_inbox provider "sent") and the per-address
+budget of verification codes."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Index, LargeBinary, String, Text
+from sqlalchemy import Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shoudan.core.db import Base
@@ -28,3 +29,13 @@ class SmsMessage(Base):
         Index(None, "phone_hash", "created_at"),
         Index(None, "created_at", "id"),
     )
+
+
+class SmsAddressBudget(Base):
+    """Verification codes asked for from one network address (keyed hash) on one day."""
+
+    __tablename__ = "sms_address_budgets"
+
+    address_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)  # YYYY-MM-DD, Shanghai
+    codes: Mapped[int] = mapped_column(Integer)

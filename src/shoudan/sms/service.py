@@ -16,21 +16,42 @@ from datetime import datetime
 from typing import Protocol
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from shoudan.core.clock import Clock
+from shoudan.core.clock import SHANGHAI, Clock
 from shoudan.core.config import Settings
 from shoudan.core.crypto import Vault, mask_phone
-from shoudan.core.db import Database
+from shoudan.core.db import Database, DriverSQL
 from shoudan.core.errors import DomainError, ErrorCode
 from shoudan.core.ids import new_id
-from shoudan.sms.domain import validate_mobile, validate_purpose, validate_text
+from shoudan.sms.domain import (
+    check_address_budget,
+    validate_mobile,
+    validate_purpose,
+    validate_text,
+)
 from shoudan.sms.models import SmsMessage
 
 log = logging.getLogger(__name__)
 
 PHONE_CONTEXT = "sms:phone"
+ADDRESS_CONTEXT = "sms:address"
 DEV_INBOX = "dev_inbox"
 MAX_INBOX_LIMIT = 1000
+
+
+def charge_address(session: Session, vault: Vault, address: str, now: datetime) -> None:
+    """Count one verification code asked for from ``address`` (a client IP) today, in the
+    caller's transaction; ``rate_limited`` past the day's budget — the caller's transaction
+    then rolls back, so a refused request counts nothing. One atomic upsert: concurrent
+    requests from one address cannot both take the last code."""
+    day = now.astimezone(SHANGHAI).date().isoformat()
+    [(codes,)] = DriverSQL(session).execute(
+        "INSERT INTO sms_address_budgets (address_hash, day, codes) VALUES (?, ?, 1)"
+        " ON CONFLICT (address_hash, day) DO UPDATE SET codes = sms_address_budgets.codes + 1"
+        " RETURNING codes", (vault.lookup_hash(address, ADDRESS_CONTEXT), day),
+    )  # fmt: skip
+    check_address_budget(int(codes))
 
 
 class SmsProvider(Protocol):

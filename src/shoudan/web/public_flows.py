@@ -97,11 +97,14 @@ KYC_MESSAGES = {
 assert KYC_MESSAGES.keys() == KYC_REASONS.keys()  # a new reason needs its translation
 
 
+def _host(ctx: PageContext) -> str:
+    return ctx.request.client.host if ctx.request.client else "unknown"
+
+
 def _limited(ctx: PageContext, budget: str) -> str | None:
     """The message to show when this client is over ``budget``'s public rate limit."""
-    host = ctx.request.client.host if ctx.request.client else "unknown"
     try:
-        ctx.request.app.state.public_limiter.hit(f"{budget}:{host}")
+        ctx.request.app.state.public_limiter.hit(f"{budget}:{_host(ctx)}")
     except DomainError as error:
         if error.code is ErrorCode.RATE_LIMITED:
             return ctx._("Too many queries. Please try again in a minute.")
@@ -130,6 +133,8 @@ def send_error(ctx: PageContext, error: DomainError) -> str | None:
         return ctx._("A new code can be sent in %(seconds)s s.") % {"seconds": seconds}
     if error.code is ErrorCode.TOO_MANY_CODES:
         return ctx._("Too many codes for this phone today: try again tomorrow.")
+    if error.code is ErrorCode.RATE_LIMITED:  # the network address's daily budget of codes
+        return ctx._("Too many codes from this network today: try again tomorrow.")
     return None
 
 
@@ -185,7 +190,8 @@ async def apply(request: Request) -> Response:
     container = ctx.container
     try:
         submitted = onboarding.submit_application(
-            container.database, container.vault, container.sms, data, clock=container.clock
+            container.database, container.vault, container.sms, data, clock=container.clock,
+            client=_host(ctx),
         )
     except DomainError as error:
         problem = application_error(ctx, error)
@@ -272,7 +278,7 @@ async def send_code(request: Request, application_id: str) -> Response:
     container = ctx.container
     try:
         onboarding.send_code(container.database, container.vault, container.sms, view.id,
-                             _token(ctx), clock=container.clock)  # fmt: skip
+                             _token(ctx), clock=container.clock, client=_host(ctx))  # fmt: skip
     except DomainError as error:
         refused = send_error(ctx, error)
         if refused is None:
@@ -331,7 +337,7 @@ async def forgot(request: Request) -> Response:
     if limited:
         return _forgot_page(ctx, {"phone": phone}, {}, 429, message=limited)
     try:
-        ctx.accounts.request_password_reset(phone, ctx.container.sms)
+        ctx.accounts.request_password_reset(phone, ctx.container.sms, client=_host(ctx))
     except DomainError as error:
         if error.code is ErrorCode.INVALID_PHONE:
             invalid = ctx._(ERROR_MESSAGES[ErrorCode.INVALID_PHONE])

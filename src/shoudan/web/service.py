@@ -38,7 +38,7 @@ from shoudan.onboarding.domain import (
     wrong_code,
 )
 from shoudan.sms.domain import validate_mobile
-from shoudan.sms.service import SmsProvider
+from shoudan.sms.service import SmsProvider, charge_address
 from shoudan.web.domain import (
     DUMMY_PASSWORD_HASH,
     LAST_SEEN_RESOLUTION,
@@ -396,11 +396,14 @@ class WebAccounts:
         return (row.username,)
 
     # -- 忘记密码: a new password with an SMS code -------------------------------------------------
-    def request_password_reset(self, phone: str, sms: SmsProvider) -> ResetCodeSent:
+    def request_password_reset(
+        self, phone: str, sms: SmsProvider, *, client: str | None = None
+    ) -> ResetCodeSent:
         """Text a reset code to ``phone`` when it has a merchant login. A phone without one
         gets a row too (never texted), so the limits and the answers are the same and the
         page tells nobody which phones have an account. The onboarding code rules apply:
-        60 s between codes and 10 a day per phone, 5 minutes of life, 5 attempts."""
+        60 s between codes and 10 a day per phone, 5 minutes of life, 5 attempts; and
+        ``client``'s daily budget of codes (counted for unknown phones too)."""
         number = validate_mobile(normalize_phone(phone) or phone)
         now = self.clock.now()
         phone_hash = self.vault.lookup_hash(number, PHONE_CONTEXT)
@@ -410,6 +413,8 @@ class WebAccounts:
                 select(MerchantUser).where(MerchantUser.phone_hash == phone_hash).with_for_update()
             )
             self._check_can_send_reset(session, phone_hash, now)
+            if client is not None:
+                charge_address(session, self.vault, client, now)
             user_id = user.id if user is not None and user.disabled_at is None else None
             session.add(PasswordResetCode(
                 id=code_id, phone_hash=phone_hash, user_id=user_id,

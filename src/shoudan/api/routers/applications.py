@@ -45,10 +45,13 @@ ApplicationId = Annotated[str, Path(max_length=32, examples=["app_01JD0000000000
 REVIEW_ROLES = (Role.REVIEWER,)  # and admin
 
 
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
 def _limit(request: Request) -> None:
     limiter: RateLimiter = request.app.state.public_limiter
-    host = request.client.host if request.client else "unknown"
-    limiter.hit(f"applications:{host}")  # its own budget, apart from refund tracking
+    limiter.hit(f"applications:{_client(request)}")  # its own budget, apart from tracking
 
 
 def _require_token(token: str | None) -> str:
@@ -69,8 +72,9 @@ def submit(body: ApplicationIn, request: Request, container: ContainerDep) -> Su
     a warning), texts a 6-digit code to the phone and returns the application token once."""
     _limit(request)
     submitted = service.submit_application(
-        container.database, container.vault, container.sms, body.to_input(), clock=container.clock
-    )
+        container.database, container.vault, container.sms, body.to_input(),
+        clock=container.clock, client=_client(request),
+    )  # fmt: skip
     return SubmittedOut(
         application=ApplicationOut.of(submitted.application),
         application_token=submitted.application_token,
@@ -86,11 +90,12 @@ def send_code(
     token: ApplicationToken = None,
 ) -> CodeSentOut:  # fmt: skip
     """60 s after the previous code at the earliest (`resend_too_soon`), at most 10 codes a
-    day per phone (`too_many_codes`); the previous code stops working."""
+    day per phone (`too_many_codes`) and 20 a day from one network address
+    (`rate_limited`); the previous code stops working."""
     _limit(request)
     sent = service.send_code(
         container.database, container.vault, container.sms, application_id,
-        _require_token(token), clock=container.clock,
+        _require_token(token), clock=container.clock, client=_client(request),
     )  # fmt: skip
     return CodeSentOut.of(sent)
 
