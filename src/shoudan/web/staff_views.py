@@ -39,6 +39,7 @@ from shoudan.deposits.domain import FINAL as FINAL_DEPOSIT_STATES
 from shoudan.deposits.models import Deposit
 from shoudan.ledger.service import Ledger
 from shoudan.merchants import service as merchants
+from shoudan.merchants.domain import is_merchant_id
 from shoudan.merchants.models import Merchant
 from shoudan.onboarding.models import Application
 from shoudan.onboarding.service import PHONE_CONTEXT as APPLICATION_PHONE
@@ -71,13 +72,12 @@ CHART_DAYS = 30
 QUERY_MAX = 64
 _PHONE = re.compile(r"1[3-9][0-9]{9}")
 _RRN = re.compile(r"[0-9]{12}")
-_MERCHANT_ID = re.compile(r"[0-9]{15}")
 _DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 # -- search ---------------------------------------------------------------------------------------
 class QueryKind(StrEnum):
-    MERCHANT_ID = "merchant_id"  # 15 digits (looked up exactly)
+    MERCHANT_ID = "merchant_id"  # a well-formed merchant id (looked up exactly)
     TERMINAL_ID = "terminal_id"  # 8 digits or capitals (also tried as a serial number)
     RRN = "rrn"  # 12 digits
     PHONE = "phone"  # 11 digits, mainland mobile
@@ -109,7 +109,7 @@ KIND_LABELS = {
 
 def query_kind(text: str) -> QueryKind:
     """What a typed query looks like (pure): the search then runs only the matching look-ups."""
-    if _MERCHANT_ID.fullmatch(text):
+    if is_merchant_id(text):  # the merchants domain's own rule (acquirer code, serial)
         return QueryKind.MERCHANT_ID
     if _PHONE.fullmatch(text):
         return QueryKind.PHONE
