@@ -105,17 +105,6 @@ def create_app(
         max_body_bytes=settings.max_upload_bytes + 64 * 1024,  # an upload and its framing
     )  # fmt: skip
     app.add_middleware(RejectNulMiddleware)  # outermost: before anything touches the database
-    install_web(app)  # the web console (shoudan.web): pages, static files, security headers
-    for router in (
-        merchants.router, terminals.router, payments.router, files.router, webhooks.router,
-        refunds.router, refunds.payments_router, refunds.public_router,
-        applications.router, contracts.router,
-        terminals.public_router,
-        deposit_routes.router, deposit_routes.terminals_router,
-        reconciliation_routes.router, reconciliation_routes.exceptions_router,
-        settlements.router,
-    ):
-        app.include_router(router, responses=PROBLEM_RESPONSES)
 
     @app.get("/metrics", tags=["operations"], include_in_schema=False)
     def metrics() -> Response:
@@ -151,4 +140,19 @@ def create_app(
             )
         return Health(status="ok", database=database.dialect, version=__version__)
 
+    # Routes are matched in order, one by one: the busiest (payments, refunds) first and the
+    # web console's many pages last, so an API call does not try every page's pattern.
+    for router in (
+        payments.router, refunds.router, refunds.payments_router, refunds.public_router,
+        merchants.router, terminals.router, files.router, webhooks.router,
+        applications.router, contracts.router,
+        terminals.public_router,
+        deposit_routes.router, deposit_routes.terminals_router,
+        reconciliation_routes.router, reconciliation_routes.exceptions_router,
+        settlements.router,
+    ):
+        app.include_router(router, responses=PROBLEM_RESPONSES)
+
+
+    install_web(app)  # the web console (shoudan.web): pages, static files, security headers
     return app
