@@ -12,14 +12,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Any, TextIO
 
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from shoudan.core.clock import Clock, SystemClock
-from shoudan.core.db import Database
+from shoudan.core.db import Database, DriverSQL
 from shoudan.core.errors import DomainError, ErrorCode
 from shoudan.core.money import CURRENCIES
 from shoudan.ledger.domain import (
@@ -100,6 +100,10 @@ def _check_spec(spec: AccountSpec) -> None:
             raise DomainError(ErrorCode.INVALID_AMOUNT, "balance limits cannot be negative")
 
 
+def _limit(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
 def _view(row: LedgerAccount) -> AccountView:
     return AccountView(
         row.id, AccountType(row.type), row.currency, row.name, row.owner_type, row.owner_id,
@@ -126,48 +130,75 @@ class Ledger:
         ids = [spec.id for spec in specs]
         if len(set(ids)) != len(ids):
             raise DomainError(ErrorCode.INVALID_INPUT, "the same account id appears twice")
+        # Driver statements: every first refund of a payment comes here (docs/benchmarks.md).
+        driver = DriverSQL(session)
+        marks = ", ".join("?" * len(ids))
         existing = {
-            row.id: row
-            for row in session.scalars(select(LedgerAccount).where(LedgerAccount.id.in_(ids)))
-        }
+            row[0]: row[1:]
+            for row in driver.execute(
+                "SELECT id, type, currency, owner_type, owner_id, max_debit_balance,"
+                f" max_credit_balance FROM ledger_accounts WHERE id IN ({marks})",
+                ids,
+            )
+        } if ids else {}  # fmt: skip
         now = self.clock.now()
         for spec in specs:
-            row = existing.get(spec.id)
-            if row is None:
-                session.add(
-                    LedgerAccount(
-                        id=spec.id, type=AccountType(spec.type).value, currency=spec.currency,
-                        name=spec.name, owner_type=spec.owner_type, owner_id=spec.owner_id,
-                        max_debit_balance=spec.max_debit_balance,
-                        max_credit_balance=spec.max_credit_balance, debits_posted=0,
-                        credits_posted=0, debits_pending=0, credits_pending=0, created_at=now,
-                    )
+            stored = existing.get(spec.id)
+            if stored is None:
+                driver.insert(
+                    LedgerAccount,
+                    {
+                        "id": spec.id, "type": AccountType(spec.type).value,
+                        "currency": spec.currency, "name": spec.name,
+                        "owner_type": spec.owner_type, "owner_id": spec.owner_id,
+                        "max_debit_balance": spec.max_debit_balance,
+                        "max_credit_balance": spec.max_credit_balance, "debits_posted": 0,
+                        "credits_posted": 0, "debits_pending": 0, "credits_pending": 0,
+                        "created_at": now,
+                    },
                 )  # fmt: skip
                 continue
-            same = (
-                row.type, row.currency, row.owner_type, row.owner_id,
-                row.max_debit_balance, row.max_credit_balance,
-            ) == (
+            wanted = (
                 AccountType(spec.type).value, spec.currency, spec.owner_type, spec.owner_id,
                 spec.max_debit_balance, spec.max_credit_balance,
             )  # fmt: skip
-            if not same:
+            if tuple(stored[:4]) + tuple(
+                None if v is None else int(v) for v in stored[4:]
+            ) != wanted:
                 raise DomainError(
                     ErrorCode.ACCOUNT_CONFLICT,
                     f"account {spec.id} exists with a different definition",
                 )
-        session.flush()
 
     def account(self, account_id: str) -> AccountView:
         with self.database.read() as session:
             return self.get_account(session, account_id)
 
     def get_account(self, session: Session, account_id: str) -> AccountView:
-        # postings update balances with plain SQL: refresh a row this session already holds
-        row = session.get(LedgerAccount, account_id, populate_existing=True)
-        if row is None:
+        found = self.get_accounts(session, [account_id])
+        if account_id not in found:
             raise DomainError(ErrorCode.ACCOUNT_NOT_FOUND, f"account {account_id} not found")
-        return _view(row)
+        return found[account_id]
+
+    def get_accounts(self, session: Session, account_ids: Sequence[str]) -> dict[str, AccountView]:
+        """The accounts among ``account_ids`` that exist, with their balances as of now (in
+        this transaction), in one driver statement."""
+        if not account_ids:
+            return {}
+        rows = DriverSQL(session).execute(
+            "SELECT id, type, currency, name, owner_type, owner_id, max_debit_balance,"
+            " max_credit_balance, debits_posted, credits_posted, debits_pending, credits_pending"
+            f" FROM ledger_accounts WHERE id IN ({', '.join('?' * len(account_ids))})",
+            list(account_ids),
+        )
+        return {
+            row[0]: AccountView(
+                row[0], AccountType(row[1]), row[2], row[3], row[4], row[5],
+                _limit(row[6]), _limit(row[7]),
+                int(row[8]), int(row[9]), int(row[10]), int(row[11]),
+            )
+            for row in rows
+        }  # fmt: skip
 
     def accounts(self, session: Session) -> list[AccountView]:
         return [_view(r) for r in session.scalars(select(LedgerAccount).order_by(LedgerAccount.id))]

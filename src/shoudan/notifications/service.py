@@ -30,7 +30,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from shoudan.core.clock import Clock, SystemClock
-from shoudan.core.db import Database
+from shoudan.core.db import Database, DriverSQL
 from shoudan.core.errors import DomainError, ErrorCode
 from shoudan.core.ids import new_id
 from shoudan.notifications.domain import (
@@ -131,19 +131,18 @@ def emit(
             ErrorCode.INVALID_INPUT, f"dedupe_key must be 1-{MAX_DEDUPE_KEY} characters"
         )
     now = (clock or SystemClock()).now()
-    session.add(
-        OutboxEvent(
-            id=event_id,
-            topic=topic,
-            payload=body,
-            dedupe_key=dedupe_key,
-            status=EventStatus.PENDING.value,
-            attempts=0,
-            next_attempt_at=max(now, not_before) if not_before is not None else now,
-            created_at=now,
-        )
-    )
-    session.flush()
+    # One driver INSERT, not an ORM add and flush: every payment and refund emits, and the
+    # unit of work cost more than the row (docs/benchmarks.md).
+    DriverSQL(session).insert(
+        OutboxEvent,
+        {
+            "id": event_id, "topic": topic, "payload": body, "dedupe_key": dedupe_key,
+            "status": EventStatus.PENDING.value, "attempts": 0,
+            "next_attempt_at": max(now, not_before) if not_before is not None else now,
+            "locked_by": None, "locked_until": None, "last_error": None,
+            "created_at": now, "delivered_at": None,
+        },
+    )  # fmt: skip
     return event_id
 
 
