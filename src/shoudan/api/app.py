@@ -153,6 +153,5 @@ def create_app(
     ):
         app.include_router(router, responses=PROBLEM_RESPONSES)
 
-
     install_web(app)  # the web console (shoudan.web): pages, static files, security headers
     return app

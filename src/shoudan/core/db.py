@@ -154,6 +154,11 @@ class DriverSQL:
         processor = column.property.columns[0].type._cached_bind_processor(self.dialect)
         return processor(value) if processor else value
 
+    def result(self, column: InstrumentedAttribute[Any], value: Any) -> Any:
+        """A value the driver returned for ``column``, as the ORM would load it."""
+        processor = column.property.columns[0].type._cached_result_processor(self.dialect, None)
+        return processor(value) if processor else value
+
     def insert(
         self,
         model: type[Base],

@@ -8,12 +8,15 @@ out_refund_no.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from shoudan.core.db import DriverSQL
 from shoudan.core.ids import new_id
 from shoudan.gateway.codec import BatchTotals
 from shoudan.gateway.domain import REVERSAL_MTI, Identity, Kind
@@ -53,19 +56,54 @@ def find_with_reversal(
     session: Session, identity: Identity
 ) -> tuple[GatewayRequest | None, GatewayRequest | None]:
     """The journal rows of this identity and of its reversal (same terminal, merchant, batch
-    and STAN, MTI 0400), in one query."""
-    rows = session.scalars(
-        select(GatewayRequest).where(
-            GatewayRequest.terminal_id == identity.terminal_id,
-            GatewayRequest.merchant_id == identity.merchant_id,
-            GatewayRequest.batch == identity.batch,
-            GatewayRequest.stan == identity.stan,
-            GatewayRequest.mti.in_({identity.mti, REVERSAL_MTI}),
-        )
-    ).all()
-    by_mti = {row.mti: row for row in rows}
+    and STAN, MTI 0400), in one driver statement: every request asks, and almost every time
+    the answer is "none" (the ORM's per-query cost was a tenth of a sale, docs/benchmarks.md).
+    The rows come back as detached objects, read only."""
+    driver = DriverSQL(session)
+    rows = driver.execute(
+        f"SELECT {', '.join(JOURNAL_COLUMNS)} FROM gateway_requests"
+        " WHERE terminal_id = ? AND merchant_id = ? AND batch = ? AND stan = ?"
+        " AND mti IN (?, ?)",
+        (identity.terminal_id, identity.merchant_id, identity.batch, identity.stan,
+         identity.mti, REVERSAL_MTI),
+    )  # fmt: skip
+    by_mti = {row.mti: row for row in (_journal_row(driver, values) for values in rows)}
     reversal = by_mti.get(REVERSAL_MTI) if identity.mti != REVERSAL_MTI else None
     return by_mti.get(identity.mti), reversal
+
+
+JOURNAL_COLUMNS = tuple(column.key for column in GatewayRequest.__table__.columns)
+
+
+def _journal_row(driver: DriverSQL, values: Sequence[Any]) -> GatewayRequest:
+    row = dict(zip(JOURNAL_COLUMNS, values, strict=True))
+    row["created_at"] = driver.result(GatewayRequest.created_at, row["created_at"])
+    if isinstance(row["response"], memoryview):  # psycopg gives bytea as a memoryview
+        row["response"] = bytes(row["response"])
+    return GatewayRequest(**row)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionKeys:
+    """A signed-on terminal's working keys (encrypted) and open batch."""
+
+    terminal_id: str
+    pik_enc: bytes
+    mak_enc: bytes
+    batch: str
+
+
+def load_keys(driver: DriverSQL, terminal_id: str) -> SessionKeys | None:
+    """The terminal's session as every request after sign-on needs it, in one driver
+    statement; None before its first sign-on."""
+    rows = driver.execute(
+        "SELECT pik_enc, mak_enc, batch FROM terminal_sessions WHERE terminal_id = ?",
+        (terminal_id,),
+    )
+    if not rows:
+        return None
+    pik, mak, batch = rows[0]
+    return SessionKeys(terminal_id, bytes(pik), bytes(mak), batch)
 
 
 def find_payment(session: Session, merchant_id: str, idempotency_key: str) -> Payment | None:

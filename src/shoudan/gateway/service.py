@@ -313,7 +313,7 @@ class GatewayService:
                 raise _Answer(field_39(error.code), error.message) from None
             if terminal_merchant != merchant_id:
                 raise _Answer(INVALID_MERCHANT, "terminal and merchant do not match our records")
-            row = None if signing_on else repository.load_session(session, terminal_id)
+            row = None if signing_on else repository.load_keys(DriverSQL(session), terminal_id)
         if signing_on:
             return context
         if row is None:
@@ -327,7 +327,7 @@ class GatewayService:
         context.fingerprint = self._fingerprint(message)
         return context
 
-    def _keys(self, row: TerminalSession) -> WorkingKeys:
+    def _keys(self, row: repository.SessionKeys) -> WorkingKeys:
         terminal_id = row.terminal_id
         return WorkingKeys(
             bytes.fromhex(self.vault.decrypt(row.pik_enc, f"{PIK_CONTEXT}:{terminal_id}")),

@@ -754,6 +754,12 @@ def locked_payment(session: Session, payment_id: str) -> Payment:
 
 
 def _by_idempotency_key(session: Session, merchant_id: str, key: str) -> Payment | None:
+    # Every terminal sale carries a key and almost never finds a payment: ask the index with
+    # a driver statement first, and load the row through the ORM only when there is one.
+    if not DriverSQL(session).execute(
+        "SELECT 1 FROM payments WHERE merchant_id = ? AND idempotency_key = ?", (merchant_id, key)
+    ):
+        return None
     return session.scalars(
         select(Payment).where(Payment.merchant_id == merchant_id, Payment.idempotency_key == key)
     ).one_or_none()
