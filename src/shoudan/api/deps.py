@@ -28,13 +28,13 @@ def require_principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
-    from shoudan.auth.service import authenticate
+    from shoudan.auth.service import authenticate_key
 
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise DomainError(ErrorCode.UNAUTHENTICATED, "an API key is required (Bearer)")
     container = get_container(request)
-    with container.database.read() as session:
-        principal = authenticate(session, credentials.credentials, clock=container.clock)
+    with container.database.driver_read() as driver:
+        principal = authenticate_key(driver, credentials.credentials)
     request.state.principal = principal
     return principal
 

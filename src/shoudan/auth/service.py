@@ -46,7 +46,7 @@ from shoudan.auth.domain import (
 )
 from shoudan.auth.models import ApiKey, IdempotencyKey
 from shoudan.core.clock import Clock, SystemClock
-from shoudan.core.db import is_sqlite
+from shoudan.core.db import DriverSQL, is_sqlite
 from shoudan.core.errors import DomainError, ErrorCode
 from shoudan.core.ids import new_id
 
@@ -126,20 +126,27 @@ def authenticate(session: Session, token: str, clock: Clock | None = None) -> Pr
     ``clock`` is accepted for symmetry with the other use cases (and for key expiry, should
     keys ever get one); revocation takes effect at once whatever the clock says."""
     del clock
+    return authenticate_key(DriverSQL(session), token)
+
+
+def authenticate_key(driver: DriverSQL, token: str) -> Principal:
+    """``authenticate`` on a driver connection (every API request: ``Database.driver_read``).
+    Read on every request, never cached, so a revocation takes effect at once."""
     # Hash first, whatever the token looks like, so every refusal costs about the same.
     digest = hash_api_key(token)
     if not is_well_formed_api_key(token):
         raise DomainError(ErrorCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
-    candidates = session.execute(
-        select(ApiKey).where(ApiKey.prefix == api_key_prefix(token))
-    ).scalars()
-    found: ApiKey | None = None
+    candidates = driver.execute(
+        "SELECT id, secret_hash, role, merchant_id, revoked_at FROM api_keys WHERE prefix = ?",
+        (api_key_prefix(token),),
+    )
+    found = None
     for candidate in candidates:
-        if hmac.compare_digest(candidate.secret_hash, digest):
+        if hmac.compare_digest(candidate[1], digest):
             found = candidate
-    if found is None or found.revoked_at is not None:
+    if found is None or found[4] is not None:
         raise DomainError(ErrorCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
-    return Principal(found.id, Role(found.role), found.merchant_id)
+    return Principal(found[0], Role(found[2]), found[3])
 
 
 def get_api_key(session: Session, key_id: str) -> ApiKeyView:

@@ -21,7 +21,7 @@ from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy.engine import Connection, Dialect, Engine, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, InstrumentedAttribute, Session, sessionmaker
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -124,12 +124,31 @@ class DriverSQL:
     stored exactly as the ORM would store them; driver errors come out as SQLAlchemy's
     (``IntegrityError`` …), as callers expect. SQL is written with ``?`` placeholders."""
 
+    connection: Connection  # SQLAlchemy's, of the session's transaction (not ``on_pooled``)
+
     def __init__(self, session: Session) -> None:
         connection = session.connection()
         self.connection = connection
-        self.dialect = connection.dialect
-        self.is_sqlite = self.dialect.name == "sqlite"
-        self.cursor: Any = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        self._setup(connection.dialect, connection.connection, connection.invalidate)
+
+    @classmethod
+    def on_pooled(cls, pooled: PoolProxiedConnection, dialect: Dialect) -> DriverSQL:
+        """On a pooled driver connection of its own (``Database.driver_read``)."""
+        driver = cls.__new__(cls)
+        driver._setup(dialect, pooled, pooled.invalidate)
+        return driver
+
+    def _setup(
+        self,
+        dialect: Dialect,
+        pooled: PoolProxiedConnection,
+        invalidate: Callable[[BaseException], None],
+    ) -> None:
+        self.dialect = dialect
+        self.is_sqlite = dialect.name == "sqlite"
+        self._pooled = pooled
+        self._invalidate = invalidate
+        self.cursor: Any = pooled.driver_connection.cursor()  # type: ignore[union-attr]
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """Run one statement; its rows (a statement with ``RETURNING``, a query) or []."""
@@ -140,9 +159,9 @@ class DriverSQL:
             return list(self.cursor.fetchall()) if self.cursor.description else []
         except self.dialect.loaded_dbapi.Error as error:
             # as SQLAlchemy itself does: a dropped connection must leave the pool at once
-            dropped = self.dialect.is_disconnect(error, self.connection.connection, self.cursor)
+            dropped = self.dialect.is_disconnect(error, self._pooled, self.cursor)
             if dropped:
-                self.connection.invalidate(error)
+                self._invalidate(error)
             raise DBAPIError.instance(
                 sql, params, error, self.dialect.loaded_dbapi.Error, dialect=self.dialect,
                 connection_invalidated=dropped,
@@ -256,6 +275,21 @@ class Database:
         with self._sessions() as session:
             session.connection(execution_options={"sqlite_begin": "DEFERRED"})
             yield session
+
+    @contextmanager
+    def driver_read(self) -> Iterator[DriverSQL]:
+        """A read-only transaction on a pooled driver connection, for the hot reads of every
+        request (the API key, the terminal, the journal): an ORM session costs more to open
+        and close than these statements cost to run (docs/benchmarks.md). Returning the
+        connection to the pool rolls the transaction back."""
+        pooled = self.engine.raw_connection()
+        try:
+            driver = DriverSQL.on_pooled(pooled, self.engine.dialect)
+            if driver.is_sqlite:
+                driver.cursor.execute("BEGIN DEFERRED")  # one snapshot for the block
+            yield driver
+        finally:
+            pooled.close()
 
     @contextmanager
     def driver_transaction(self) -> Iterator[Any]:

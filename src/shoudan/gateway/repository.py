@@ -53,13 +53,12 @@ def find_request(session: Session, identity: Identity) -> GatewayRequest | None:
 
 
 def find_with_reversal(
-    session: Session, identity: Identity
+    driver: DriverSQL, identity: Identity
 ) -> tuple[GatewayRequest | None, GatewayRequest | None]:
     """The journal rows of this identity and of its reversal (same terminal, merchant, batch
     and STAN, MTI 0400), in one driver statement: every request asks, and almost every time
     the answer is "none" (the ORM's per-query cost was a tenth of a sale, docs/benchmarks.md).
     The rows come back as detached objects, read only."""
-    driver = DriverSQL(session)
     rows = driver.execute(
         f"SELECT {', '.join(JOURNAL_COLUMNS)} FROM gateway_requests"
         " WHERE terminal_id = ? AND merchant_id = ? AND batch = ? AND stan = ?"

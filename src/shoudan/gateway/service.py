@@ -109,7 +109,7 @@ from shoudan.gateway.response_codes import (
 from shoudan.payments.domain import Method, PaymentStatus
 from shoudan.payments.models import Payment
 from shoudan.payments.service import CardInput, PaymentFilters, PaymentRequest, PaymentService
-from shoudan.payments.store import load_point
+from shoudan.payments.store import PaymentPoint, load_point
 from shoudan.refunds.domain import RefundReason, RefundStatus, RequesterKind
 from shoudan.refunds.service import RefundRequest, RefundService
 from shoudan.terminals.service import activate_on_sign_on, load_master_key, payment_point
@@ -305,17 +305,20 @@ class GatewayService:
         identity = Identity(message.mti, terminal_id, merchant_id, f60.batch, _text(message, 11))
         principal = Principal(f"terminal:{terminal_id}", Role.MERCHANT, merchant_id)
         context = _Context(frame, message, txn, f60, identity, principal)
-        signing_on = txn.kind is Kind.SIGN_ON
-        with self.database.read() as session:
-            try:
-                terminal_merchant = _checked_point(session, terminal_id, signing_on)
-            except DomainError as error:
-                raise _Answer(field_39(error.code), error.message) from None
-            if terminal_merchant != merchant_id:
+        if txn.kind is Kind.SIGN_ON:
+            # an inactive terminal may sign on (its first sign-on activates it)
+            with self.database.read() as session:
+                point = _answered(lambda: payment_point(session, terminal_id, allow_inactive=True))
+            if point[0].merchant_id != merchant_id:
                 raise _Answer(INVALID_MERCHANT, "terminal and merchant do not match our records")
-            row = None if signing_on else repository.load_keys(DriverSQL(session), terminal_id)
-        if signing_on:
             return context
+        # Every other request: the terminal and merchant (checked as the payment it leads to
+        # checks them) and the session keys, on the driver (docs/benchmarks.md).
+        with self.database.driver_read() as driver:
+            checked = _answered(lambda: _checked_point(driver, terminal_id))
+            if checked.merchant_id != merchant_id:
+                raise _Answer(INVALID_MERCHANT, "terminal and merchant do not match our records")
+            row = repository.load_keys(driver, terminal_id)
         if row is None:
             raise _Answer(SIGN_ON_REQUIRED, "the terminal has not signed on")
         context.keys = self._keys(row)
@@ -350,8 +353,8 @@ class GatewayService:
         if kind is Kind.SIGN_ON:
             return self._respond(ctx, self._sign_on(ctx))
         with self._locks.hold(ctx.identity.lock_key):
-            with self.database.read() as session:
-                stored, reversal = repository.find_with_reversal(session, ctx.identity)
+            with self.database.driver_read() as driver:
+                stored, reversal = repository.find_with_reversal(driver, ctx.identity)
             reversed_first = ctx.txn.reversible and reversal is not None
             if stored is not None:
                 return self._replay(ctx, stored)
@@ -730,15 +733,20 @@ class GatewayService:
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def _checked_point(session: Session, terminal_id: str, signing_on: bool) -> str:
-    """The terminal's merchant, both checked able to take payments; to sign on, an inactive
-    terminal passes too (its first sign-on activates it). Every other request reads the two
-    rows in one statement, as the payment it leads to does."""
-    if signing_on:
-        return payment_point(session, terminal_id, allow_inactive=True)[0].merchant_id
-    point = load_point(DriverSQL(session), terminal_id)
+def _checked_point(driver: DriverSQL, terminal_id: str) -> PaymentPoint:
+    """The terminal and its merchant, both checked able to take payments (the rows the
+    payment reads, in one statement)."""
+    point = load_point(driver, terminal_id)
     point.check_can_pay()
-    return point.merchant_id
+    return point
+
+
+def _answered(read: Callable[[], T]) -> T:
+    """``read()``, its refusal as the terminal's answer (field 39)."""
+    try:
+        return read()
+    except DomainError as error:
+        raise _Answer(field_39(error.code), error.message) from None
 
 
 def _text(message: Message, number: int) -> str:

@@ -160,18 +160,26 @@ class PaymentService:
         answered with the payment recorded before)."""
         _check_shape(request)
         fingerprint = self._fingerprint(request)
-        with self.database.read() as session:
-            driver = DriverSQL(session)
+        # driver statements on a pooled connection: no ORM session for the reads of every
+        # payment (docs/benchmarks.md); the rare retry loads its payment through the ORM
+        with self.database.driver_read() as driver:
             # A retry is answered first, before any rule that its own payment now affects
             # (limits count it; the terminal may have been suspended since).
             point = store.load_point(driver, request.terminal_id)
             if not principal.can_see(point.merchant_id):
                 raise DomainError(ErrorCode.TERMINAL_NOT_FOUND, "terminal not found")
-            if request.idempotency_key is not None:
+            retry = request.idempotency_key is not None and store.has_idempotency_key(
+                driver, point.merchant_id, request.idempotency_key
+            )
+            prepared = None if retry else self._prepare(driver, point, request)
+        if prepared is None:
+            assert request.idempotency_key is not None
+            with self.database.read() as session:
                 existing = _by_idempotency_key(session, point.merchant_id, request.idempotency_key)
-                if existing is not None:
-                    return _same_request(existing, fingerprint)
-            prepared = self._prepare(session, driver, point, request)
+            if existing is not None:
+                return _same_request(existing, fingerprint)
+            with self.database.driver_read() as driver:  # gone meanwhile (a failed write)
+                prepared = self._prepare(driver, point, request)
         payment_id = payment_id_for(prepared.merchant_id, request.idempotency_key)
         result = self._authorize(payment_id, request)
         record = (principal, request, prepared, fingerprint, also)
@@ -232,11 +240,18 @@ class PaymentService:
         # the merchant's own daily limit overrides the plan's
         return replace(plan.limits, per_merchant_daily=point.daily_limit)
 
+    def _plan(self, code: str) -> FeePlan:
+        plan = self._plans.cached(code)
+        if plan is None:
+            with self.database.read() as session:
+                plan = self._plans.get(session, code)
+        return plan
+
     def _prepare(
-        self, session: Session, driver: DriverSQL, point: PaymentPoint, request: PaymentRequest
+        self, driver: DriverSQL, point: PaymentPoint, request: PaymentRequest
     ) -> _Prepared:
         point.check_can_pay()
-        plan = self._plans.get(session, point.fee_plan_code)
+        plan = self._plan(point.fee_plan_code)
         now = self.clock.now()
         funding: str | None = None
         token: str | None = None
@@ -756,9 +771,7 @@ def locked_payment(session: Session, payment_id: str) -> Payment:
 def _by_idempotency_key(session: Session, merchant_id: str, key: str) -> Payment | None:
     # Every terminal sale carries a key and almost never finds a payment: ask the index with
     # a driver statement first, and load the row through the ORM only when there is one.
-    if not DriverSQL(session).execute(
-        "SELECT 1 FROM payments WHERE merchant_id = ? AND idempotency_key = ?", (merchant_id, key)
-    ):
+    if not store.has_idempotency_key(DriverSQL(session), merchant_id, key):
         return None
     return session.scalars(
         select(Payment).where(Payment.merchant_id == merchant_id, Payment.idempotency_key == key)

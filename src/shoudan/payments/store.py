@@ -58,6 +58,9 @@ class PlanCache:
     def __init__(self) -> None:
         self._plans: dict[str, FeePlan] = {}
 
+    def cached(self, code: str) -> FeePlan | None:
+        return self._plans.get(code)
+
     def get(self, session: Session, code: str) -> FeePlan:
         plan = self._plans.get(code)
         if plan is None:
@@ -83,6 +86,16 @@ def load_point(driver: DriverSQL, terminal_id: str) -> PaymentPoint:
         terminal_id, product, status, merchant_id, merchant_status, plan_code,
         None if daily_limit is None else int(daily_limit),
     )  # fmt: skip
+
+
+def has_idempotency_key(driver: DriverSQL, merchant_id: str, key: str) -> bool:
+    """Has the merchant a payment made with this Idempotency-Key (a retry)?"""
+    return bool(
+        driver.execute(
+            "SELECT 1 FROM payments WHERE merchant_id = ? AND idempotency_key = ?",
+            (merchant_id, key),
+        )
+    )
 
 
 def advance_rrn(driver: DriverSQL, day: str, step: int) -> int:
