@@ -117,6 +117,9 @@ def newest_first(query: Select[Any], model: Any, limit: int, after: Keyset | Non
     return query.order_by(model.created_at.desc(), model.id.desc()).limit(limit)
 
 
+_DRIVER_KEY = "shoudan.driver_sql"
+
+
 class DriverSQL:
     """The driver cursor (sqlite3 / psycopg) of a session's current transaction, for the hot
     write paths where SQLAlchemy's per-statement machinery costs more than the statement
@@ -126,15 +129,29 @@ class DriverSQL:
 
     connection: Connection  # SQLAlchemy's, of the session's transaction (not ``on_pooled``)
 
-    def __init__(self, session: Session) -> None:
+    def __new__(cls, session: Session) -> DriverSQL:
+        # One per transaction, kept in the session: a use case asks for it many times (each
+        # store function, the ledger, the outbox), and the connection it wraps stays the same
+        # until the transaction ends. Savepoints do not change it.
+        transaction = session.get_transaction()
+        cached = session.info.get(_DRIVER_KEY)
+        if cached is not None and transaction is not None and cached[0] is transaction:
+            driver: DriverSQL = cached[1]
+            return driver
+        driver = super().__new__(cls)
         connection = session.connection()
-        self.connection = connection
-        self._setup(connection.dialect, connection.connection, connection.invalidate)
+        driver.connection = connection
+        driver._setup(connection.dialect, connection.connection, connection.invalidate)
+        session.info[_DRIVER_KEY] = (session.get_transaction(), driver)
+        return driver
+
+    def __init__(self, session: Session) -> None:
+        pass  # made by __new__ (or found in the session)
 
     @classmethod
     def on_pooled(cls, pooled: PoolProxiedConnection, dialect: Dialect) -> DriverSQL:
         """On a pooled driver connection of its own (``Database.driver_read``)."""
-        driver = cls.__new__(cls)
+        driver = object.__new__(cls)
         driver._setup(dialect, pooled, pooled.invalidate)
         return driver
 

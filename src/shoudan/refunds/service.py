@@ -315,8 +315,10 @@ class RefundService:
             expected_latest=arrival.latest.isoformat(), expected_basis=arrival.basis,
             created_at=now, updated_at=now,
         )  # fmt: skip
+        # Not flushed here: the row is inserted once, at the commit, in its final state for
+        # this request (funded, approved or sent to review) — one INSERT, not an INSERT and
+        # an UPDATE. The unit of work inserts it before the rows that refer to it.
         session.add(refund)
-        session.flush()
         for file_id in dict.fromkeys(req.evidence_ids):
             session.add(RefundEvidence(
                 refund_id=refund.id, file_id=file_id, added_by=principal.id, note="",
