@@ -54,6 +54,26 @@ def normalize_url(url: str) -> str:
     return url
 
 
+def _driver_savepoints(engine: Engine) -> None:
+    """SAVEPOINT, RELEASE and ROLLBACK TO straight to the driver. SQLAlchemy compiles each of
+    them anew (no statement cache for these): group commit runs two per write transaction,
+    and the compiling was a twentieth of a payment's CPU (docs/benchmarks.md). The names are
+    SQLAlchemy's own (``sa_savepoint_N``), never user input."""
+    def statement(template: str) -> Callable[[Connection, str], None]:
+        def run(connection: Connection, name: str) -> None:
+            connection.connection.driver_connection.execute(template.format(name))  # type: ignore[union-attr]
+
+        return run
+
+    overrides = {
+        "do_savepoint": "SAVEPOINT {}",
+        "do_release_savepoint": "RELEASE SAVEPOINT {}",
+        "do_rollback_to_savepoint": "ROLLBACK TO SAVEPOINT {}",
+    }
+    for method, template in overrides.items():
+        setattr(engine.dialect, method, statement(template))
+
+
 def create_engine(url: str, **kwargs: Any) -> Engine:
     url = normalize_url(url)
     parsed = make_url(url)
@@ -65,11 +85,14 @@ def create_engine(url: str, **kwargs: Any) -> Engine:
             kwargs.setdefault("max_overflow", SQLITE_POOL_SIZE)
         engine = sa_create_engine(url, **kwargs)
         _install_sqlite_hooks(engine)
+        _driver_savepoints(engine)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
-    return sa_create_engine(url, **kwargs)
+    engine = sa_create_engine(url, **kwargs)
+    _driver_savepoints(engine)
+    return engine
 
 
 def _install_sqlite_hooks(engine: Engine) -> None:
@@ -132,8 +155,10 @@ class DriverSQL:
     def __new__(cls, session: Session) -> DriverSQL:
         # One per transaction, kept in the session: a use case asks for it many times (each
         # store function, the ledger, the outbox), and the connection it wraps stays the same
-        # until the transaction ends. Savepoints do not change it.
-        transaction = session.get_transaction()
+        # until the transaction ends. Keyed by the innermost transaction: the first use in a
+        # new savepoint must go through ``session.connection()``, which is what emits the
+        # SAVEPOINT (SQLAlchemy starts a nested transaction lazily).
+        transaction = session.get_nested_transaction() or session.get_transaction()
         cached = session.info.get(_DRIVER_KEY)
         if cached is not None and transaction is not None and cached[0] is transaction:
             driver: DriverSQL = cached[1]
@@ -142,7 +167,8 @@ class DriverSQL:
         connection = session.connection()
         driver.connection = connection
         driver._setup(connection.dialect, connection.connection, connection.invalidate)
-        session.info[_DRIVER_KEY] = (session.get_transaction(), driver)
+        current = session.get_nested_transaction() or session.get_transaction()
+        session.info[_DRIVER_KEY] = (current, driver)
         return driver
 
     def __init__(self, session: Session) -> None:
