@@ -95,3 +95,27 @@ def _outbox_row(event_id: str) -> dict[str, object]:
         "status": "pending", "attempts": 0, "next_attempt_at": NOW, "locked_by": None,
         "locked_until": None, "last_error": None, "created_at": NOW, "delivered_at": None,
     }  # fmt: skip
+
+
+def test_load_gives_rows_as_the_orm_loads_them(database: Database) -> None:
+    """Datetimes come back timezone-aware in UTC, integers as integers, NULL as None — equal,
+    column by column, to what the ORM reads."""
+    with database.transaction() as session:
+        event_id = emit(session, "system.ping", {"n": 3}, clock=_Fixed())
+    with database.transaction() as session:
+        (loaded,) = DriverSQL(session).load(
+            OutboxEvent, "id = ?", (event_id,), for_update=True
+        )
+        orm = session.get(OutboxEvent, event_id)
+        assert orm is not None and loaded is not orm  # a detached copy, not the session's
+        columns = [c.key for c in OutboxEvent.__table__.columns]
+        assert {c: getattr(loaded, c) for c in columns} == {c: getattr(orm, c) for c in columns}
+    assert loaded.created_at == NOW and loaded.created_at.tzinfo is not None
+    assert loaded.locked_until is None and loaded.attempts == 0
+    with database.driver_read() as driver:
+        assert driver.load(OutboxEvent, "id = ?", ("evt_missing",)) == []
+
+
+class _Fixed:
+    def now(self) -> datetime:
+        return NOW

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import MetaData, Select, Table, event, select
 from sqlalchemy import create_engine as sa_create_engine
@@ -43,6 +43,9 @@ SQLITE_POOL_SIZE = 48
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+B = TypeVar("B", bound=Base)
 
 
 def normalize_url(url: str) -> str:
@@ -221,6 +224,23 @@ class DriverSQL:
         processor = column.property.columns[0].type._cached_result_processor(self.dialect, None)
         return processor(value) if processor else value
 
+    def load(
+        self, model: type[B], where: str, params: Sequence[Any] = (), *, for_update: bool = False
+    ) -> list[B]:
+        """The rows of ``model``'s table matching ``where`` (SQL with ``?`` placeholders), as
+        detached objects with every column loaded as the ORM loads it: for hot paths that
+        only read them. ``for_update`` locks them on PostgreSQL (SQLite's write transaction
+        is exclusive already)."""
+        table = model.__table__
+        assert isinstance(table, Table)
+        sql, columns, processors = _select_statement(self.dialect, table)
+        sql += f" WHERE {where}" + (" FOR UPDATE" if for_update and not self.is_sqlite else "")
+        loaded = []
+        for row in self.execute(sql, params):
+            values = zip(columns, processors, row, strict=True)
+            loaded.append(model(**{c: process(v) if process else v for c, process, v in values}))
+        return loaded
+
     def insert(
         self,
         model: type[Base],
@@ -243,6 +263,19 @@ class DriverSQL:
         return self.execute(
             sql, [p(v) if p else v for p, v in zip(processors, row.values(), strict=True)]
         )
+
+
+@lru_cache(maxsize=256)
+def _select_statement(
+    dialect: Dialect, table: Table
+) -> tuple[str, tuple[str, ...], tuple[Callable[[Any], Any] | None, ...]]:
+    quote = dialect.identifier_preparer.quote
+    columns = tuple(column.key for column in table.columns)
+    sql = f"SELECT {', '.join(quote(c) for c in columns)} FROM {quote(table.name)}"
+    processors = tuple(
+        table.c[c].type._cached_result_processor(dialect, None) for c in columns
+    )
+    return sql, columns, processors
 
 
 @lru_cache(maxsize=256)

@@ -8,10 +8,9 @@ out_refund_no.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -59,27 +58,15 @@ def find_with_reversal(
     and STAN, MTI 0400), in one driver statement: every request asks, and almost every time
     the answer is "none" (the ORM's per-query cost was a tenth of a sale, docs/benchmarks.md).
     The rows come back as detached objects, read only."""
-    rows = driver.execute(
-        f"SELECT {', '.join(JOURNAL_COLUMNS)} FROM gateway_requests"
-        " WHERE terminal_id = ? AND merchant_id = ? AND batch = ? AND stan = ?"
-        " AND mti IN (?, ?)",
+    rows = driver.load(
+        GatewayRequest,
+        "terminal_id = ? AND merchant_id = ? AND batch = ? AND stan = ? AND mti IN (?, ?)",
         (identity.terminal_id, identity.merchant_id, identity.batch, identity.stan,
          identity.mti, REVERSAL_MTI),
     )  # fmt: skip
-    by_mti = {row.mti: row for row in (_journal_row(driver, values) for values in rows)}
+    by_mti = {row.mti: row for row in rows}
     reversal = by_mti.get(REVERSAL_MTI) if identity.mti != REVERSAL_MTI else None
     return by_mti.get(identity.mti), reversal
-
-
-JOURNAL_COLUMNS = tuple(column.key for column in GatewayRequest.__table__.columns)
-
-
-def _journal_row(driver: DriverSQL, values: Sequence[Any]) -> GatewayRequest:
-    row = dict(zip(JOURNAL_COLUMNS, values, strict=True))
-    row["created_at"] = driver.result(GatewayRequest.created_at, row["created_at"])
-    if isinstance(row["response"], memoryview):  # psycopg gives bytea as a memoryview
-        row["response"] = bytes(row["response"])
-    return GatewayRequest(**row)
 
 
 @dataclass(frozen=True, slots=True)

@@ -88,6 +88,15 @@ def load_point(driver: DriverSQL, terminal_id: str) -> PaymentPoint:
     )  # fmt: skip
 
 
+def lock_payment(driver: DriverSQL, payment_id: str) -> Payment:
+    """The payment, row-locked for the rest of the transaction, read only: a detached copy
+    for a use case that changes other rows because of it (a refund request)."""
+    rows = driver.load(Payment, "id = ?", (payment_id,), for_update=True)
+    if not rows:
+        raise DomainError(ErrorCode.PAYMENT_NOT_FOUND, "payment not found")
+    return rows[0]
+
+
 def has_idempotency_key(driver: DriverSQL, merchant_id: str, key: str) -> bool:
     """Has the merchant a payment made with this Idempotency-Key (a retry)?"""
     return bool(

@@ -56,7 +56,7 @@ from shoudan.notifications.service import emit
 from shoudan.payments.domain import PaymentStatus, business_date
 from shoudan.payments.models import Payment
 from shoudan.payments.service import locked_payment
-from shoudan.payments.store import PlanCache
+from shoudan.payments.store import PlanCache, lock_payment
 from shoudan.refunds.domain import (
     LIVE,
     MAX_REASON_TEXT,
@@ -264,7 +264,8 @@ class RefundService:
         fingerprint: str,
     ) -> Refund:
         now = self.clock.now()
-        payment = locked_payment(session, req.payment_id)
+        # a detached copy on the driver: the request reads the payment, never changes it
+        payment = lock_payment(DriverSQL(session), req.payment_id)
         if not principal.can_see(payment.merchant_id):
             raise DomainError(ErrorCode.PAYMENT_NOT_FOUND, "payment not found")
         live_total, live_count, returned_before = _live_refunds(session, payment.id)
