@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from shoudan.core.db import DriverSQL
 from shoudan.ledger.domain import (
     AccountState,
     EntryRow,
@@ -29,15 +30,17 @@ class LedgerRepository:
     that transaction was opened: an ORM session, a Core connection, or
     ``Database.driver_transaction``."""
 
-    def __init__(self, raw: Any, dialect: str) -> None:
+    def __init__(self, raw: Any, dialect: str, cursor: Any = None) -> None:
         self.dialect = dialect
         self.is_sqlite = dialect == "sqlite"
-        self.cursor: Any = raw.cursor()
+        self.cursor: Any = cursor if cursor is not None else raw.cursor()
 
     @classmethod
     def of(cls, bind: Session | Connection) -> LedgerRepository:
-        connection = bind.connection() if isinstance(bind, Session) else bind
-        return cls(connection.connection.driver_connection, connection.dialect.name)
+        if isinstance(bind, Session):  # the transaction's own driver cursor, made once
+            driver = DriverSQL(bind)
+            return cls(None, driver.dialect.name, driver.cursor)
+        return cls(bind.connection.driver_connection, bind.dialect.name)
 
     # -- SQL helpers ---------------------------------------------------------------------------
     def _sql(self, text: str) -> str:
