@@ -20,15 +20,18 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from shoudan import migrations
 from shoudan.auth.domain import Role
 from shoudan.auth.service import create_api_key
+from shoudan.benchmarks.scratch import scratch_postgres
 from shoudan.bootstrap import bootstrap
 from shoudan.channels.sandbox import PAN_APPROVE_DEBIT, SANDBOX_PIN
 from shoudan.core.clock import Clock, SystemClock
@@ -86,7 +89,7 @@ def _prepare(url: str) -> tuple[str, str]:
         database.dispose()
 
 
-def _start_server(url: str, data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+def _start_server(url: str, data_dir: Path, port: int, workers: int) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "SHOUDAN_DATABASE_URL": url,
@@ -99,7 +102,7 @@ def _start_server(url: str, data_dir: Path, port: int) -> subprocess.Popen[bytes
     command = [
         sys.executable, "-m", "uvicorn", "shoudan.api.app:create_app", "--factory",
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-        "--no-access-log",
+        "--no-access-log", "--workers", str(workers),
     ]  # fmt: skip
     server = subprocess.Popen(command, env=env)  # noqa: S603 - our own interpreter and module
     deadline = time.monotonic() + 30
@@ -205,53 +208,70 @@ def _line(
     }
 
 
-def run(seconds: float = 10.0, settings: Settings | None = None) -> Iterator[dict[str, Any]]:
+def run(
+    seconds: float = 10.0,
+    settings: Settings | None = None,
+    database_url: str | None = None,
+    workers: int = 1,
+) -> Iterator[dict[str, Any]]:
+    """The phases on SQLite in the data directory, or on a scratch database of the PostgreSQL
+    server of ``database_url``; ``workers`` uvicorn processes (on SQLite they share one
+    writer across processes: SQLite's busy handler, not our in-process queue)."""
     data_dir = (settings or get_settings()).data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="bench-api-", dir=data_dir) as tmp:
-        url = f"sqlite:///{Path(tmp) / 'api.db'}"
-        terminal_id, key = _prepare(url)
-        port = _free_port()
-        server = _start_server(url, Path(tmp), port)
-        try:
-            headers = {"Authorization": f"Bearer {key}"}
-            asyncio.run(_load(port, 1.0, "GET", "/livez", None, {}, 200))  # warm up
-            ok, lat, bad = asyncio.run(_load(port, seconds, "GET", "/livez", None, {}, 200))
-            baseline = _line("GET /livez (baseline)", ok, lat, bad, seconds)
-            yield baseline
-            body = {
-                "terminal_id": terminal_id, "amount": 100, "method": "card",
-                "card": {"pan": PAN_APPROVE_DEBIT, "expiry": "2912", "pin": SANDBOX_PIN,
-                         "entry_mode": "chip"},
-            }  # fmt: skip
-            payments: list[str] = []
-            ok, lat, bad = asyncio.run(
-                _load(port, seconds, "POST", "/v1/payments", body, headers, 201, payments)
-            )
-            yield _with_ratio(_line("POST /v1/payments", ok, lat, bad, seconds), baseline)
-            # Refunds of one fen, each payment at most the policy's 50 times: partial refunds
-            # on the day are refunds (only a full one is a void), auto-approved.
-            targets = iter([pid for pid in payments for _ in range(REFUNDS_PER_PAYMENT)])
+    with ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-api-", dir=data_dir))
+        if database_url is None:
+            url = f"sqlite:///{Path(tmp) / 'api.db'}"
+        else:
+            (url,) = stack.enter_context(scratch_postgres(database_url, "api"))
+        yield {"bench": "api", "database": make_url(url).get_backend_name(), "workers": workers}
+        yield from _phases(url, Path(tmp), seconds, workers)
 
-            def refund_body() -> dict[str, Any]:
-                return {"payment_id": next(targets, payments[0]), "amount": 1,
-                        "reason": "customer_request"}  # fmt: skip
 
-            ok, lat, bad = asyncio.run(
-                _load(port, seconds, "POST", "/v1/refunds", refund_body, headers, 201)
-            )
-            line = _with_ratio(_line("POST /v1/refunds", ok, lat, bad, seconds), baseline)
-            line["path"] = "auto-approved (review by score off: SHOUDAN_REFUND_REVIEW_SCORE=101)"
-            yield line
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
-        database = Database(url)
-        try:
-            report = Ledger(database).verify()
-            yield {"bench": "api", "ledger_verified": report.ok, "entries": report.entries}
-        finally:
-            database.dispose()
+def _phases(url: str, tmp: Path, seconds: float, workers: int) -> Iterator[dict[str, Any]]:
+    terminal_id, key = _prepare(url)
+    port = _free_port()
+    server = _start_server(url, tmp, port, workers)
+    try:
+        headers = {"Authorization": f"Bearer {key}"}
+        asyncio.run(_load(port, 1.0, "GET", "/livez", None, {}, 200))  # warm up
+        ok, lat, bad = asyncio.run(_load(port, seconds, "GET", "/livez", None, {}, 200))
+        baseline = _line("GET /livez (baseline)", ok, lat, bad, seconds)
+        yield baseline
+        body = {
+            "terminal_id": terminal_id, "amount": 100, "method": "card",
+            "card": {"pan": PAN_APPROVE_DEBIT, "expiry": "2912", "pin": SANDBOX_PIN,
+                     "entry_mode": "chip"},
+        }  # fmt: skip
+        payments: list[str] = []
+        ok, lat, bad = asyncio.run(
+            _load(port, seconds, "POST", "/v1/payments", body, headers, 201, payments)
+        )
+        yield _with_ratio(_line("POST /v1/payments", ok, lat, bad, seconds), baseline)
+        # Refunds of one fen, each payment at most the policy's 50 times: partial refunds
+        # on the day are refunds (only a full one is a void), auto-approved.
+        targets = iter([pid for pid in payments for _ in range(REFUNDS_PER_PAYMENT)])
+
+        def refund_body() -> dict[str, Any]:
+            return {"payment_id": next(targets, payments[0]), "amount": 1,
+                    "reason": "customer_request"}  # fmt: skip
+
+        ok, lat, bad = asyncio.run(
+            _load(port, seconds, "POST", "/v1/refunds", refund_body, headers, 201)
+        )
+        line = _with_ratio(_line("POST /v1/refunds", ok, lat, bad, seconds), baseline)
+        line["path"] = "auto-approved (review by score off: SHOUDAN_REFUND_REVIEW_SCORE=101)"
+        yield line
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    database = Database(url)
+    try:
+        report = Ledger(database).verify()
+        yield {"bench": "api", "ledger_verified": report.ok, "entries": report.entries}
+    finally:
+        database.dispose()
 
 
 def main(seconds: float = 10.0) -> None:

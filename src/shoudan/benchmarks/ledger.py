@@ -10,7 +10,6 @@ the same schema (built by the same migrations), written by the plain driver with
 from __future__ import annotations
 
 import json
-import os
 import random
 import statistics
 import tempfile
@@ -23,9 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import text
-
 from shoudan import migrations
+from shoudan.benchmarks.scratch import scratch_postgres
 from shoudan.core.config import get_settings
 from shoudan.core.db import Database
 from shoudan.core.ids import new_id
@@ -167,23 +165,8 @@ def _fresh_databases(database_url: str | None) -> Iterator[tuple[str, str]]:
             yield urls
         return
     # PostgreSQL: two scratch databases on the given server, dropped afterwards.
-    admin = Database(database_url, isolation_level="AUTOCOMMIT", poolclass=None)
-    suffix = os.urandom(4).hex()
-    names = (f"shoudan_bench_ours_{suffix}", f"shoudan_bench_raw_{suffix}")
-    base = admin.engine.url
-    try:
-        with admin.engine.connect() as conn:
-            for name in names:
-                conn.execute(text(f'CREATE DATABASE "{name}"'))
-        ours, raw = (base.set(database=n).render_as_string(hide_password=False) for n in names)
-        for url in (ours, raw):
-            migrations.upgrade(url)
+    with scratch_postgres(database_url, "ours", "raw") as (ours, raw):
         yield ours, raw
-    finally:
-        with admin.engine.connect() as conn:
-            for name in names:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def _time_clients(

@@ -41,9 +41,13 @@ def ledger(
 @app.command("api")
 def api(
     seconds: float = typer.Option(10.0, help="Duration of each load phase."),
+    database_url: str | None = typer.Option(
+        None, help="A PostgreSQL server to run on (a scratch database, dropped afterwards)."
+    ),
+    workers: int = typer.Option(1, min=1, help="uvicorn worker processes."),
 ) -> None:
     """Payments/s over HTTP (uvicorn, 32 clients on loopback), p50/p99, against GET /livez."""
-    for line in api_bench.run(seconds):
+    for line in api_bench.run(seconds, database_url=database_url, workers=workers):
         typer.echo(json.dumps(line, ensure_ascii=False))
 
 

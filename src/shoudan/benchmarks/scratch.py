@@ -1,0 +1,35 @@
+"""Scratch databases for the benchmarks that can run on PostgreSQL (``--database-url``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import text
+
+from shoudan import migrations
+from shoudan.core.db import Database
+
+
+@contextmanager
+def scratch_postgres(database_url: str, *labels: str) -> Iterator[list[str]]:
+    """One empty, migrated database per label on the server of ``database_url`` (named
+    ``shoudan_bench_<label>_<random>``), dropped afterwards whatever happens."""
+    admin = Database(database_url, isolation_level="AUTOCOMMIT", poolclass=None)
+    suffix = os.urandom(4).hex()
+    names = [f"shoudan_bench_{label}_{suffix}" for label in labels]
+    base = admin.engine.url
+    try:
+        with admin.engine.connect() as conn:
+            for name in names:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+        urls = [base.set(database=n).render_as_string(hide_password=False) for n in names]
+        for url in urls:
+            migrations.upgrade(url)
+        yield urls
+    finally:
+        with admin.engine.connect() as conn:
+            for name in names:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
