@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from shoudan import migrations
 from shoudan.auth.domain import Role
 from shoudan.auth.service import create_api_key
-from shoudan.benchmarks.scratch import scratch_postgres
+from shoudan.benchmarks.scratch import ledger_line, scratch_postgres
 from shoudan.bootstrap import bootstrap
 from shoudan.channels.sandbox import PAN_APPROVE_DEBIT, SANDBOX_PIN
 from shoudan.core.clock import Clock, SystemClock
@@ -266,12 +266,7 @@ def _phases(url: str, tmp: Path, seconds: float, workers: int) -> Iterator[dict[
     finally:
         server.terminate()
         server.wait(timeout=30)
-    database = Database(url)
-    try:
-        report = Ledger(database).verify()
-        yield {"bench": "api", "ledger_verified": report.ok, "entries": report.entries}
-    finally:
-        database.dispose()
+    yield ledger_line("api", url)
 
 
 def main(seconds: float = 10.0) -> None:

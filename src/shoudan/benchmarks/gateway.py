@@ -45,6 +45,7 @@ from typing import Any, Final
 
 from shoudan import migrations
 from shoudan.benchmarks.api import SECRET, _free_port, bench_merchant, bench_vault
+from shoudan.benchmarks.scratch import ledger_line
 from shoudan.bootstrap import bootstrap
 from shoudan.channels.sandbox import PAN_APPROVE_DEBIT, SANDBOX_PIN
 from shoudan.core.clock import SystemClock
@@ -62,7 +63,6 @@ from shoudan.gateway.simulator import (
     TerminalClient,
     TerminalState,
 )
-from shoudan.ledger.service import Ledger
 from shoudan.terminals.keys import generate_master_key
 from shoudan.terminals.service import TerminalInput, create_terminal
 
@@ -353,12 +353,7 @@ def run(
         if profile:
             yield {"bench": "gateway", "profile": profile, "profiled": True,
                    "top_own_time": top_costs(profile)}  # fmt: skip
-        database = Database(url)
-        try:
-            report = Ledger(database).verify()
-            yield {"bench": "gateway", "ledger_verified": report.ok, "entries": report.entries}
-        finally:
-            database.dispose()
+        yield ledger_line("gateway", url)
 
 
 def main(connections: int = 50, seconds: float = 20.0) -> None:

@@ -1,15 +1,18 @@
-"""Scratch databases for the benchmarks that can run on PostgreSQL (``--database-url``)."""
+"""What the benchmarks share: scratch databases on PostgreSQL (``--database-url``), and the
+ledger check that ends each run."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from sqlalchemy import text
 
 from shoudan import migrations
 from shoudan.core.db import Database
+from shoudan.ledger.service import Ledger
 
 
 @contextmanager
@@ -33,3 +36,13 @@ def scratch_postgres(database_url: str, *labels: str) -> Iterator[list[str]]:
             for name in names:
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def ledger_line(bench: str, url: str) -> dict[str, Any]:
+    """The closing line of a run: the books the run wrote verify (``Ledger.verify``)."""
+    database = Database(url)
+    try:
+        report = Ledger(database).verify()
+        return {"bench": bench, "ledger_verified": report.ok, "entries": report.entries}
+    finally:
+        database.dispose()
