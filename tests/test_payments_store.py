@@ -9,11 +9,18 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from shoudan.auth.domain import Principal, Role
-from shoudan.core.db import DriverSQL
+from shoudan.core.db import Database, DriverSQL
 from shoudan.payments.domain import EntryMode, Method
 from shoudan.payments.models import Payment, PaymentStatusChange, RrnCounter
 from shoudan.payments.service import CardInput, PaymentRequest
-from shoudan.payments.store import PAYMENT_COLUMNS, advance_rrn, count, day_totals
+from shoudan.payments.store import (
+    PAYMENT_COLUMNS,
+    RRN_SEQUENCE_SIZE,
+    advance_rrn,
+    count,
+    day_totals,
+    next_rrn_number,
+)
 from tests.payments_world import DEBIT, NOW, PIN, World, build_world, check_day_totals
 
 
@@ -70,6 +77,50 @@ def test_rrn_counter_and_running_totals_in_one_statement_each(world: World) -> N
         assert day_totals(driver, "tok", world.merchant_a, "2026-01-02") == (300, 300)
         assert day_totals(driver, None, world.merchant_a, "2026-01-02") == (0, 300)
         assert day_totals(driver, "other", world.merchant_b, "2026-01-02") == (0, 0)
+
+
+def test_rrn_numbers_are_distinct_and_wrap_within_their_seven_digits(world: World) -> None:
+    """SQLite: the day's counter. PostgreSQL: a sequence, no day-wide row lock (payments of
+    different merchants commit side by side); at the end of the 7 digits it wraps to 1."""
+    database = world.container.database
+    with database.transaction() as session:
+        driver = DriverSQL(session)
+        first = [next_rrn_number(driver, "2026-01-03") for _ in range(3)]
+    assert first == [first[0], first[0] + 1, first[0] + 2]
+    assert all(1 <= n <= RRN_SEQUENCE_SIZE for n in first)
+    if database.dialect == "sqlite":
+        assert first == [1, 2, 3]  # the day's own counter
+        return
+    with database.transaction() as session:
+        driver = DriverSQL(session)
+        driver.execute(f"SELECT setval('payment_rrn_seq', {RRN_SEQUENCE_SIZE - 1})")
+        assert [next_rrn_number(driver, "2026-01-03") for _ in range(3)] == [
+            RRN_SEQUENCE_SIZE, 1, 2
+        ]
+
+
+def test_payments_of_two_merchants_do_not_wait_for_each_other(world: World) -> None:
+    """With one merchant's payment open (its write transaction holding its rows), another
+    merchant's payment still commits: nothing day-wide is locked. (On SQLite one writer at a
+    time is the design: PostgreSQL only.)"""
+    database = world.container.database
+    if database.dialect == "sqlite":
+        pytest.skip("SQLite has one writer at a time")
+    a = Payment(business_date="2026-01-04", merchant_id=world.merchant_a, card_token="tok-a")
+    b = Payment(business_date="2026-01-04", merchant_id=world.merchant_b, card_token="tok-b")
+    with database.transaction() as first:
+        driver = DriverSQL(first)
+        next_rrn_number(driver, "2026-01-04")
+        count(driver, a, 100)
+        other = Database(database.url)  # another connection, its own transaction
+        try:
+            with other.transaction() as second:
+                theirs = DriverSQL(second)
+                theirs.execute("SET LOCAL lock_timeout = '2s'")  # a wait would fail the test
+                assert next_rrn_number(theirs, "2026-01-04") >= 1
+                assert count(theirs, b, 50) == (50, 50)  # committed while ours is open
+        finally:
+            other.dispose()
 
 
 def test_also_commits_with_the_payment_and_a_failure_undoes_both(world: World, monkeypatch) -> None:

@@ -314,9 +314,9 @@ class PaymentService:
         now = self.clock.now()
         day = business_date(now)
         driver = DriverSQL(session)
-        # The day's RRN counter row is locked first: it serialises the day's payments on
-        # PostgreSQL, so the running totals below see every payment committed before ours.
-        rrn = compose_rrn(day, store.advance_rrn(driver, day.isoformat(), 1))
+        # No day-wide lock: the limits are checked on the running totals' own rows, which the
+        # upsert below locks (a concurrent payment of this merchant or card waits for ours).
+        rrn = compose_rrn(day, store.next_rrn_number(driver, day.isoformat()))
         status = (
             (PaymentStatus.CAPTURED if request.capture else PaymentStatus.AUTHORIZED)
             if result.approved
@@ -413,13 +413,18 @@ class PaymentService:
             )
         with self.database.transaction() as session:
             driver = DriverSQL(session)
-            store.advance_rrn(driver, business_date(self.clock.now()).isoformat(), 0)  # lock
             payment = locked_payment(session, payment_id)
             check_capture(_facts(payment), amount, self.completion_limit_percent)
-            _check_completion_limits(driver, payment, amount, limits)  # and under the lock
             now = self.clock.now()
-            # the day's totals held the authorised amount; from now on, the captured one
-            _count(driver, payment, fee_quote.amount - payment.amount)
+            # the day's totals held the authorised amount; from now on, the captured one —
+            # and the limits again on the totals this upsert returns, under its row locks
+            card_total, merchant_total = store.count(
+                driver, payment, fee_quote.amount - payment.amount
+            )
+            check_limits(
+                limits, amount, card_total - amount if payment.card_token else 0,
+                merchant_total - amount,
+            )  # fmt: skip
             _apply_capture(payment, fee_quote, now)
             self._move(session, payment, PaymentStatus.CAPTURED, principal, "completion", now)
             self.ledger.post(session, Linked((

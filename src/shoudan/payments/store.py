@@ -107,11 +107,24 @@ def has_idempotency_key(driver: DriverSQL, merchant_id: str, key: str) -> bool:
     )
 
 
+RRN_SEQUENCE_SIZE = 9_999_999  # the 7-digit sequence part of an RRN (``compose_rrn``)
+
+
+def next_rrn_number(driver: DriverSQL, day: str) -> int:
+    """The sequence part of a new payment's RRN, 1 … 9,999,999, never the same twice in a
+    business day while the day has fewer payments than that. PostgreSQL: a sequence (no lock:
+    payments commit side by side); its values wrap around, and any run of fewer than
+    9,999,999 consecutive values is distinct. SQLite: the day's counter row (the write
+    transaction is exclusive anyway)."""
+    if driver.is_sqlite:
+        return advance_rrn(driver, day, 1)
+    ((value,),) = driver.execute("SELECT nextval('payment_rrn_seq')")
+    return (int(value) - 1) % RRN_SEQUENCE_SIZE + 1
+
+
 def advance_rrn(driver: DriverSQL, day: str, step: int) -> int:
     """Add ``step`` to the business day's RRN counter (created at 0 if needed) and return its
-    value. The row stays locked for the rest of the transaction on PostgreSQL (``step`` 0:
-    only lock it): it serialises the day's payments, so the running totals read after it see
-    every payment committed before ours. On SQLite the write transaction is exclusive."""
+    value (SQLite's RRNs: ``next_rrn_number``)."""
     ((value,),) = driver.execute(
         "INSERT INTO rrn_counters (business_date, last_value) VALUES (?, ?)"
         " ON CONFLICT (business_date) DO UPDATE"
