@@ -219,11 +219,6 @@ class DriverSQL:
         processor = column.property.columns[0].type._cached_bind_processor(self.dialect)
         return processor(value) if processor else value
 
-    def result(self, column: InstrumentedAttribute[Any], value: Any) -> Any:
-        """A value the driver returned for ``column``, as the ORM would load it."""
-        processor = column.property.columns[0].type._cached_result_processor(self.dialect, None)
-        return processor(value) if processor else value
-
     def load(
         self, model: type[B], where: str, params: Sequence[Any] = (), *, for_update: bool = False
     ) -> list[B]:
