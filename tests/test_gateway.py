@@ -24,6 +24,8 @@ from shoudan.auth.domain import Principal, Role
 from shoudan.channels.domain import EntryMode
 from shoudan.cli.main import app as cli
 from shoudan.cli.serve import _serve_with_gateway
+from shoudan.core.config import Settings
+from shoudan.core.db import Database
 from shoudan.gateway import keys
 from shoudan.gateway.codec import MAC_FIELD, Message, decode, encode
 from shoudan.gateway.domain import Kind
@@ -52,13 +54,16 @@ PIN = "123456"
 
 
 @pytest.fixture
-def gw(database, tmp_path):
+def gw(db_url, tmp_path):
+    # as `shoudan gateway` opens it: on SQLite with group commit, so with the baton
+    database = Database(db_url, group_commit=Settings().sqlite_group_commit)
     world = build_world(database, tmp_path)
     gateway = start_gateway(world)
     try:
         yield gateway
     finally:
         gateway.background.stop()
+        database.dispose()
     report = world.container.ledger.verify()
     assert report.ok, report.violations[:5]
     check_day_totals(world)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
 
+from shoudan.core.baton import releasing
 from shoudan.core.clock import Clock, SystemClock
 from shoudan.core.config import Settings, get_settings, load_secret_key
 from shoudan.core.crypto import Vault
@@ -63,12 +64,20 @@ class Container:
         if self.bank is None:
             self.bank = SandboxBank(store=store, latency_seconds=latency)
 
+    def _network(self) -> Channel:
+        """The channel as the services call it: with the baton down, for the network's wait
+        (core/baton.py)."""
+        assert self.channel is not None
+        return releasing(self.channel, self.database.baton)
+
     @cached_property
     def payments(self) -> PaymentService:
         from shoudan.payments.service import PaymentService
 
         assert self.channel is not None
-        return PaymentService(self.database, self.ledger, self.vault, self.channel, self.clock)
+        return PaymentService(
+            self.database, self.ledger, self.vault, self._network(), self.clock
+        )
 
     @cached_property
     def gateway(self) -> GatewayService:
@@ -76,7 +85,7 @@ class Container:
 
         assert self.channel is not None
         return GatewayService(
-            self.database, self.vault, self.payments, self.channel, self.clock,
+            self.database, self.vault, self.payments, self._network(), self.clock,
             self.settings.iso_acquirer_id, refunds=self.refunds,
         )  # fmt: skip
 
@@ -86,7 +95,7 @@ class Container:
 
         assert self.channel is not None and self.bank is not None
         return RefundService(
-            self.database, self.ledger, self.vault, self.channel, self.bank, self.clock,
+            self.database, self.ledger, self.vault, self._network(), self.bank, self.clock,
             self.settings,
         )  # fmt: skip
 

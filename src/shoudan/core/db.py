@@ -23,6 +23,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, InstrumentedAttribute, Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
+from shoudan.core.baton import Baton
+
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -314,6 +316,8 @@ class Database:
             if group_commit > 1 and self._writer is not None
             else None
         )
+        # request threads take turns running Python (core/baton.py); with group commit only
+        self.baton = self._group.baton if self._group is not None else Baton(enabled=False)
 
     @property
     def dialect(self) -> str:
@@ -435,6 +439,8 @@ class GroupCommit:
         self._count_lock = threading.Lock()
         self._batch: _Batch | None = None
         self._local = threading.local()
+        self.baton = Baton()
+        self.baton.on_idle = self.settle
 
     @contextmanager
     def member(self) -> Iterator[Session]:
@@ -446,6 +452,9 @@ class GroupCommit:
             self._queued += 1
         failure: BaseException | None = None
         with self._writer:
+            # the baton stays with a member whatever it waits for: the next holder would
+            # wait for this writer lock
+            self.baton.pin()
             with self._count_lock:
                 self._queued -= 1
             try:
@@ -461,13 +470,15 @@ class GroupCommit:
                     savepoint.rollback()
                     failure = error
             finally:
+                self.baton.unpin()
                 self._local.inside = False
                 self._local.session = None
                 # always: a member that failed may be the last, and the others wait on it
                 self._after_member()
         # Even a failed member waits for its group: its caller may look for the row it
         # collided with (an Idempotency-Key's winner) and must find it committed.
-        batch.done.wait()
+        with self.baton.released():
+            batch.done.wait()
         if failure is not None:
             raise failure
         if batch.error is not None:
@@ -492,9 +503,19 @@ class GroupCommit:
             return
         batch.members += 1
         with self._count_lock:
-            nobody_waiting = self._queued == 0
+            nobody_waiting = self._queued == 0 and not self.baton.waiting()
         if nobody_waiting or batch.members >= self._limit:
             self.commit_open()
+
+    def settle(self) -> None:
+        """The baton went idle: commit the open group unless a member is about to join it."""
+        if self._batch is None:
+            return
+        with self._writer:
+            with self._count_lock:
+                nobody_waiting = self._queued == 0 and not self.baton.waiting()
+            if nobody_waiting:
+                self.commit_open()
 
     def commit_open(self) -> None:
         """Commit the open group, if any (the writer lock must be held)."""

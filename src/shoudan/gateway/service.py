@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 
 from shoudan.auth.domain import Principal, Role
 from shoudan.channels.domain import CardData, Channel, ChannelResult, ChannelTimeout
+from shoudan.core.baton import Baton
 from shoudan.core.clock import SHANGHAI, Clock
 from shoudan.core.crypto import Vault
 from shoudan.core.db import Database, DriverSQL
@@ -198,9 +199,10 @@ class _Slot:
 class _KeyedLocks:
     """One lock per key, alive while someone holds or waits for it."""
 
-    def __init__(self) -> None:
+    def __init__(self, baton: Baton) -> None:
         self._guard = threading.Lock()
         self._slots: dict[tuple[str, ...], _Slot] = {}
+        self._baton = baton  # a holder of the key may be waiting for the baton
 
     @contextmanager
     def hold(self, key: tuple[str, ...]) -> Iterator[None]:
@@ -208,8 +210,11 @@ class _KeyedLocks:
             slot = self._slots.setdefault(key, _Slot())
             slot.users += 1
         try:
-            with slot.lock:
+            self._baton.acquire(slot.lock)
+            try:
                 yield
+            finally:
+                slot.lock.release()
         finally:
             with self._guard:
                 slot.users -= 1
@@ -235,7 +240,7 @@ class GatewayService:
         self.clock = clock
         self.acquirer_id = acquirer_id
         self.refunds = refunds  # None: refund advices are answered 12
-        self._locks = _KeyedLocks()
+        self._locks = _KeyedLocks(database.baton)
         self._handlers: dict[Kind, Callable[[_Context], _Result]] = {
             Kind.BALANCE: self._balance,
             Kind.SALE: lambda ctx: self._authorize(ctx, capture=True),
@@ -251,7 +256,12 @@ class GatewayService:
     # -- the entry point --------------------------------------------------------------------------
     def handle(self, payload: bytes) -> Outcome:
         """One frame's payload (after the length prefix) → the reply's payload, or None to
-        close the connection. Never raises."""
+        close the connection. Never raises. Runs holding the database's baton (one request's
+        Python at a time, core/baton.py)."""
+        with self.database.baton.held():
+            return self._handle_frame(payload)
+
+    def _handle_frame(self, payload: bytes) -> Outcome:
         try:
             frame = split(payload)
             mti = read_mti(frame.body)

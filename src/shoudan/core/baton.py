@@ -1,0 +1,135 @@
+"""One request's Python at a time: the baton that a process's request threads pass around.
+
+Why: with SQLite every statement is a few microseconds in C, and ``sqlite3`` lets go of the GIL
+around each one. With 32 request threads runnable at once, each statement hands the GIL to
+another thread and waits to get it back: a sale's ~30 statements became ~30 GIL hand-offs,
+and a sale cost 4.2 ms of CPU on 32 threads against 2.3 ms on one (docs/benchmarks.md, sixth
+session). A thread holding the baton is the only request thread that wants the GIL, so its
+statements get it straight back.
+
+Whoever would wait puts the baton down first (``released()``): for the network (a channel
+call), for its group's commit, for a lock another thread holds. A thread never waits holding
+it for something only a baton holder could give, so the baton cannot deadlock. When the
+baton is put down and nobody is waiting for it, ``on_idle`` runs: group commit uses that to
+commit the transactions it was keeping open for the next request (there is none).
+
+Disabled (the default on PostgreSQL, whose connections are truly concurrent), every method
+is a no-op.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar, cast
+
+
+class Baton:
+    def __init__(self, *, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.on_idle: Callable[[], None] | None = None
+        self._lock = threading.Lock()
+        self._count_lock = threading.Lock()
+        self._waiting = 0
+        self._local = threading.local()
+
+    def holding(self) -> bool:
+        """Does this thread hold the baton now?"""
+        return bool(getattr(self._local, "held", False))
+
+    def pin(self) -> None:
+        """Keep the baton until ``unpin``, whatever waits meanwhile: inside a write
+        transaction, whose writer lock the next holder would wait for."""
+        self._local.pinned = self._pinned() + 1
+
+    def unpin(self) -> None:
+        self._local.pinned -= 1
+
+    def _pinned(self) -> int:
+        pinned: int = getattr(self._local, "pinned", 0)
+        return pinned
+
+    def waiting(self) -> int:
+        """Threads waiting to take the baton."""
+        return self._waiting
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold the baton for the block (a request); re-entrant."""
+        if not self.enabled or self.holding():
+            yield
+            return
+        self._take()
+        try:
+            yield
+        finally:
+            self._give()
+
+    @contextmanager
+    def released(self) -> Iterator[None]:
+        """Put the baton down for a block that waits, and take it again after it."""
+        if not self.enabled or not self.holding() or self._pinned():
+            yield
+            return
+        self._give()
+        try:
+            yield
+        finally:
+            self._take()
+
+    def acquire(self, lock: threading.Lock) -> None:
+        """Acquire ``lock``; if another thread holds it, wait with the baton down."""
+        if not lock.acquire(blocking=False):
+            with self.released():
+                lock.acquire()
+
+    def _take(self) -> None:
+        if not self._lock.acquire(blocking=False):
+            with self._count_lock:
+                self._waiting += 1
+            try:
+                self._lock.acquire()
+            finally:
+                with self._count_lock:
+                    self._waiting -= 1
+        self._local.held = True
+
+    def _give(self) -> None:
+        self._local.held = False
+        self._lock.release()
+        if self._waiting == 0 and self.on_idle is not None:
+            self.on_idle()
+
+
+T = TypeVar("T")
+
+
+class _Releasing:
+    def __init__(self, inner: object, baton: Baton) -> None:
+        self._inner = inner
+        self._baton = baton
+
+    def __repr__(self) -> str:
+        return repr(self._inner)
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._inner, name)
+        if not callable(value) or name.startswith("_"):
+            return value
+
+        @functools.wraps(value)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self._baton.released():
+                return value(*args, **kwargs)
+
+        return call
+
+
+def releasing(inner: T, baton: Baton) -> T:
+    """``inner`` with every public method called with the baton down: for a client of
+    something remote (the card network), whose calls wait on the network."""
+    if not baton.enabled:
+        return inner
+    return cast(T, _Releasing(inner, baton))

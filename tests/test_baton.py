@@ -1,0 +1,245 @@
+"""The baton (core/baton.py): one holder at a time, put down around waits, never a deadlock;
+and group commit driven by it (core/db.py): a seated member's group commits when the baton
+goes idle."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Protocol, runtime_checkable
+
+import pytest
+from sqlalchemy import text
+
+from shoudan.core.baton import Baton, releasing
+from shoudan.core.db import Database
+
+WAIT = 10.0  # seconds: a join that takes this long is a deadlock
+
+
+def run(target: object, *args: object) -> threading.Thread:
+    thread = threading.Thread(target=target, args=args, daemon=True)  # type: ignore[arg-type]
+    thread.start()
+    return thread
+
+
+def finished(*threads: threading.Thread) -> bool:
+    for thread in threads:
+        thread.join(WAIT)
+    return not any(thread.is_alive() for thread in threads)
+
+
+def wait_until(condition: object) -> None:
+    deadline = time.monotonic() + WAIT
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.001)
+
+
+def test_one_holder_at_a_time() -> None:
+    baton = Baton()
+    inside, most = [0], [0]
+    guard = threading.Lock()
+
+    def request() -> None:
+        for _ in range(50):
+            with baton.held():
+                with guard:
+                    inside[0] += 1
+                    most[0] = max(most[0], inside[0])
+                time.sleep(0)  # let the others try
+                with guard:
+                    inside[0] -= 1
+
+    assert finished(*[run(request) for _ in range(8)])
+    assert most[0] == 1 and not baton.holding() and baton.waiting() == 0
+
+
+def hold(baton: Baton, until: threading.Event, log: list[str] | None = None) -> None:
+    with baton.held():
+        if log is not None:
+            log.append("in")
+        until.wait(WAIT)
+        if log is not None:
+            log.append("out")
+
+
+def test_released_hands_the_baton_over_and_takes_it_back() -> None:
+    baton = Baton()
+    log: list[str] = []
+    go = threading.Event()
+    with baton.held():
+        with baton.held():  # re-entrant: the inner block does not give it away
+            assert baton.holding()
+        assert baton.holding()
+        other = run(hold, baton, go, log)
+        wait_until(lambda: baton.waiting() == 1)
+        assert log == []  # waits while we hold it
+        with baton.released():
+            assert not baton.holding()
+            wait_until(lambda: log == ["in"])
+            go.set()
+        # back only once the other thread gave it up
+        assert log == ["in", "out"] and baton.holding()
+    assert finished(other) and not baton.holding()
+
+
+def test_acquire_waits_with_the_baton_down() -> None:
+    """A holds lock L and needs the baton; B holds the baton and needs L. B must put the
+    baton down while it waits for L, or both wait forever."""
+    baton = Baton()
+    lock = threading.Lock()
+    steps: list[str] = []
+
+    def a() -> None:
+        with lock:
+            wait_until(lambda: baton.waiting() == 0 and "b holds" in steps)
+            with baton.held():
+                steps.append("a ran")
+
+    def b() -> None:
+        with baton.held():
+            steps.append("b holds")
+            wait_until(lock.locked)
+            baton.acquire(lock)
+            steps.append("b got the lock")
+            lock.release()
+
+    first = run(a)
+    wait_until(lock.locked)
+    assert finished(run(b), first)
+    assert steps == ["b holds", "a ran", "b got the lock"]
+
+
+def test_on_idle_runs_when_nobody_waits() -> None:
+    baton = Baton()
+    idle: list[bool] = []
+    baton.on_idle = lambda: idle.append(baton.waiting() == 0)
+    with baton.held():
+        pass
+    assert idle == [True]
+    go, log = threading.Event(), []
+    with baton.held():
+        waiter = run(hold, baton, go, log)
+        wait_until(lambda: baton.waiting() == 1)
+    wait_until(lambda: log == ["in"])
+    assert idle == [True]  # someone was waiting: not idle
+    go.set()
+    assert finished(waiter)
+    assert idle == [True, True]  # the waiter gave it up with nobody behind it
+
+
+def test_pinned_keeps_the_baton_and_disabled_does_nothing() -> None:
+    baton = Baton()
+    with baton.held():
+        baton.pin()
+        with baton.released():
+            assert baton.holding()
+        baton.unpin()
+        with baton.released():
+            assert not baton.holding()
+    off = Baton(enabled=False)
+    with off.held(), off.released():
+        assert not off.holding() and off.waiting() == 0
+
+
+@runtime_checkable
+class Pinger(Protocol):
+    def ping(self) -> str: ...
+
+
+class Remote:
+    region = "cn-east"
+
+    def __init__(self, baton: Baton) -> None:
+        self.baton = baton
+
+    def ping(self) -> str:
+        return "held" if self.baton.holding() else "down"
+
+
+def test_releasing_calls_with_the_baton_down() -> None:
+    baton = Baton()
+    remote = Remote(baton)
+    proxy = releasing(remote, baton)
+    with baton.held():
+        assert remote.ping() == "held"
+        assert proxy.ping() == "down"  # the wait on the network, with the baton down
+        assert baton.holding()  # and back afterwards
+    assert proxy.region == "cn-east" and isinstance(proxy, Pinger)
+    assert releasing(remote, Baton(enabled=False)) is remote
+
+
+# -- group commit with the baton -----------------------------------------------------------------
+@pytest.fixture
+def grouped(sqlite_url: str) -> Iterator[Database]:
+    database = Database(sqlite_url, group_commit=32)
+    with database.engine.begin() as connection:
+        connection.execute(text("CREATE TABLE baton_rows (n INTEGER PRIMARY KEY)"))
+    try:
+        yield database
+    finally:
+        database.dispose()
+
+
+def committed(database: Database) -> set[int]:
+    with database.read() as session:  # a reader: never waits for the open group
+        return {row[0] for row in session.execute(text("SELECT n FROM baton_rows"))}
+
+
+def insert(database: Database, n: int) -> None:
+    with database.baton.held(), database.transaction() as session:
+        session.execute(text("INSERT INTO baton_rows (n) VALUES (:n)"), {"n": n})
+
+
+def test_a_seated_member_waits_for_its_group_and_the_idle_baton_commits_it(
+    grouped: Database,
+) -> None:
+    baton = grouped.baton
+    assert baton.enabled
+    inside = threading.Event()
+
+    def write() -> None:
+        with baton.held(), grouped.transaction() as session:
+            session.execute(text("INSERT INTO baton_rows (n) VALUES (1)"))
+            inside.set()
+            wait_until(lambda: baton.waiting() == 1)  # we are back in the queue
+
+    with baton.held():
+        writer = run(write)
+        wait_until(lambda: baton.waiting() == 1)
+        with baton.released():
+            inside.wait(WAIT)  # the writer runs its transaction; we queue for the baton, so ...
+        # ... it left its group open for us and waits for the commit with the baton down
+        assert committed(grouped) == set() and writer.is_alive()
+    # we gave the baton up with nobody waiting for it: the open group commits
+    assert finished(writer)
+    assert committed(grouped) == {1}
+
+
+def test_seated_members_share_commits_and_all_land(grouped: Database) -> None:
+    commits = [0]
+    original = grouped._group.commit_open  # type: ignore[union-attr]
+
+    def counting() -> None:
+        if grouped._group._batch is not None:  # type: ignore[union-attr]
+            commits[0] += 1
+        original()
+
+    grouped._group.commit_open = counting  # type: ignore[union-attr, method-assign]
+    threads = [run(lambda k=k: [insert(grouped, k * 100 + i) for i in range(20)]) for k in range(8)]
+    assert finished(*threads)
+    assert committed(grouped) == {k * 100 + i for k in range(8) for i in range(20)}
+    assert 1 <= commits[0] < 160  # grouped: fewer commits than transactions
+
+
+def test_a_failed_seated_member_is_undone_alone(grouped: Database) -> None:
+    def failing() -> None:
+        with pytest.raises(RuntimeError), grouped.baton.held(), grouped.transaction() as s:
+            s.execute(text("INSERT INTO baton_rows (n) VALUES (999)"))
+            raise RuntimeError("refused")
+
+    threads = [run(insert, grouped, n) for n in range(5)] + [run(failing)]
+    assert finished(*threads)
+    assert committed(grouped) == set(range(5))
