@@ -5,7 +5,9 @@ asserted: the figures belong to docs/benchmarks.md, not to a test."""
 from __future__ import annotations
 
 import cProfile
+import json
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -68,3 +70,42 @@ def test_top_costs_reads_a_profile(tmp_path: Path) -> None:
     assert 1 <= len(costs) <= 3
     assert costs[0].keys() == {"function", "calls", "own_s", "cumulative_s"}
     assert costs[0]["own_s"] >= costs[-1]["own_s"]
+
+
+def test_spread_cards_are_valid_distinct_and_ordinary() -> None:
+    from shoudan.channels.domain import card_funding, luhn_valid
+
+    special = set(json.loads(
+        resources.files("shoudan.channels").joinpath("fixtures/sandbox_cards.json").read_text()
+    ).values())  # fmt: skip
+    cards = [bench.spread_card(number) for number in range(1, 51)]
+    assert len({card.pan for card in cards}) == 50
+    for card in cards:
+        assert luhn_valid(card.pan) and card_funding(card.pan).value == "debit"
+        assert card.pan not in special
+
+
+@pytest.mark.postgres
+def test_spread_over_merchants_on_postgresql(pg_server: str, tmp_path: Path) -> None:
+    """Terminals of two merchants, each with its own card, on a scratch PostgreSQL database
+    that is dropped afterwards; every sale approved and the books verified."""
+    from sqlalchemy import text
+
+    from shoudan.core.db import Database
+
+    settings = Settings(data_dir=tmp_path)
+    _baseline, gateway, ledger = bench.run(
+        2, 1.0, settings, warmup=0.2, merchants=2, database_url=pg_server
+    )
+    assert gateway["database"] == "postgresql" and gateway["merchants"] == 2
+    assert gateway["approved"] > 0 and gateway["failures"] == {}
+    assert ledger["ledger_verified"] is True and ledger["entries"] >= gateway["approved"]
+    admin = Database(pg_server)
+    try:
+        with admin.engine.connect() as connection:
+            left = connection.execute(
+                text("SELECT count(*) FROM pg_database WHERE datname LIKE 'shoudan_bench_%'")
+            ).scalar_one()
+    finally:
+        admin.dispose()
+    assert left == 0  # the scratch database is gone

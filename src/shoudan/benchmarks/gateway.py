@@ -13,6 +13,10 @@ seconds are not counted; then ``seconds`` are: approved sales/s (39 = ``00`` and
 MAC checks), p50/p99 latency from the request written to the answer read, failures by code,
 and the peak RSS of the server process (``VmHWM``).
 
+``merchants`` > 1 spreads the terminals over that many merchants, each terminal selling with a
+card of its own; ``database_url`` runs both phases on a scratch database of a PostgreSQL
+server (created, migrated, dropped).
+
 The baseline, in the same run, with the same client code, connections and duration: the
 gateway's own TCP server whose handler decodes and re-encodes and does nothing else
 (``gateway_echo.py``). Its answers carry no MAC of ours, so the client checks the MAC (same
@@ -39,13 +43,17 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from sqlalchemy.engine import make_url
+from stdnum import luhn
+
 from shoudan import migrations
 from shoudan.benchmarks.api import SECRET, _free_port, bench_merchant, bench_vault
-from shoudan.benchmarks.scratch import ledger_line
+from shoudan.benchmarks.scratch import ledger_line, scratch_postgres
 from shoudan.bootstrap import bootstrap
 from shoudan.channels.sandbox import PAN_APPROVE_DEBIT, SANDBOX_PIN
 from shoudan.core.clock import SystemClock
@@ -79,6 +87,14 @@ class BenchTerminal:
     terminal_id: str
     merchant_id: str
     master_key: bytes = field(repr=False)
+    card: Card = field(default=CARD, repr=False)
+
+
+def spread_card(number: int) -> Card:
+    """The ``number``-th card of a spread load: a debit card (BIN 622202, Luhn-valid) that the
+    sandbox approves with its PIN; none of the sandbox table's special cards."""
+    body = f"622202{7_000_000_000 + number:012d}"
+    return Card(pan=body + luhn.calc_check_digit(body), pin=SANDBOX_PIN)
 
 
 @dataclass
@@ -101,8 +117,11 @@ class Tally:
 
 
 # -- the database and the servers ----------------------------------------------------------------
-def _prepare(url: str, count: int) -> list[BenchTerminal]:
-    """A migrated database with one merchant and ``count`` terminals with known master keys."""
+def _prepare(url: str, count: int, merchants: int = 1) -> list[BenchTerminal]:
+    """A migrated database with ``count`` terminals with known master keys: all of one
+    merchant, selling with one card; or spread over ``merchants`` merchants, each terminal
+    with a card of its own (so on PostgreSQL no two merchants' or cards' running totals and
+    accounts are the same rows)."""
     migrations.upgrade(url)
     database = Database(url)
     try:
@@ -110,18 +129,20 @@ def _prepare(url: str, count: int) -> list[BenchTerminal]:
         vault, clock = bench_vault(), SystemClock()
         terminals = []
         with database.transaction() as session:
-            merchant = bench_merchant(session, database, vault, clock, "网关压测商户")
+            owners = [
+                bench_merchant(session, database, vault, clock, f"网关压测商户{n}").merchant_id
+                for n in range(1, merchants + 1)
+            ]
             for number in range(1, count + 1):
                 key = generate_master_key()
+                owner = owners[number % merchants]
                 view = create_terminal(
                     session, vault,
-                    TerminalInput(f"BENCH-GW-{number:05d}", f"BG{number:06d}", "epos",
-                                  merchant.merchant_id, key),
+                    TerminalInput(f"BENCH-GW-{number:05d}", f"BG{number:06d}", "epos", owner, key),
                     actor="bench", clock=clock,
                 )[0]  # fmt: skip
-                terminals.append(
-                    BenchTerminal(view.terminal_id, merchant.merchant_id, bytes.fromhex(key))
-                )
+                card = CARD if merchants == 1 else spread_card(number)
+                terminals.append(BenchTerminal(view.terminal_id, owner, bytes.fromhex(key), card))
         return terminals
     finally:
         database.dispose()
@@ -233,16 +254,18 @@ def _maced(mak: bytes, message: Message) -> bytes:
 
 # -- the load ------------------------------------------------------------------------------------
 async def _sales(
-    port: int, state: TerminalState, window: tuple[float, float], tally: Tally, mac_expected: bool
+    port: int, lane: tuple[TerminalState, Card], window: tuple[float, float], tally: Tally,
+    mac_expected: bool,
 ) -> None:
     """One connection: sales back to back until the window closes; counted once it opens."""
     counted_from, stop_at = window
+    state, card = lane
     factory = TerminalClient("127.0.0.1", port, state)  # builds messages; never connects
     mak = state.keys.mak
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         while time.perf_counter() < stop_at:
-            body = _maced(mak, factory.card_message(Kind.SALE, CARD, AMOUNT))
+            body = _maced(mak, factory.card_message(Kind.SALE, card, AMOUNT))
             frame = frame_bytes(DEFAULT_TPDU, DEFAULT_HEADER, body)
             started = time.perf_counter()
             writer.write(frame)
@@ -261,13 +284,14 @@ async def _sales(
 
 
 async def _load(
-    port: int, states: list[TerminalState], seconds: float, warmup: float, mac_expected: bool,
+    port: int, lanes: list[tuple[TerminalState, Card]], seconds: float, warmup: float,
+    mac_expected: bool,
     server_pid: int,
 ) -> Tally:
     tally = Tally()
     start = time.perf_counter()
     window = (start + warmup, start + warmup + seconds)
-    clients = asyncio.gather(*(_sales(port, s, window, tally, mac_expected) for s in states))
+    clients = asyncio.gather(*(_sales(port, lane, window, tally, mac_expected) for lane in lanes))
     await asyncio.sleep(warmup)
     cpu_before = _cpu_seconds(server_pid)
     await clients
@@ -301,7 +325,7 @@ def _line(server: str, tally: Tally, connections: int, seconds: float) -> dict[s
 class _Phase:
     server: str
     command: Callable[[int], list[str]]
-    states: Callable[[int], list[TerminalState]]  # port → one terminal per connection
+    lanes: Callable[[int], list[tuple[TerminalState, Card]]]  # port → a terminal per connection
     mac_expected: bool
 
 
@@ -311,14 +335,14 @@ def _measure(
     port = _free_port()
     server = _start(phase.command(port), env, port, log)
     try:
-        states = phase.states(port)
+        lanes = phase.lanes(port)
         tally = asyncio.run(
-            _load(port, states, seconds, warmup, phase.mac_expected, server.pid)
+            _load(port, lanes, seconds, warmup, phase.mac_expected, server.pid)
         )
         rss = _peak_rss_mb(server.pid)
     finally:
         _stop(server)
-    return _line(phase.server, tally, len(states), seconds) | {"peak_rss_mb": rss}
+    return _line(phase.server, tally, len(lanes), seconds) | {"peak_rss_mb": rss}
 
 
 def run(
@@ -326,22 +350,30 @@ def run(
     seconds: float = 20.0,
     settings: Settings | None = None,
     warmup: float = WARMUP_SECONDS,
+    merchants: int = 1,
+    database_url: str | None = None,
 ) -> Iterator[dict[str, Any]]:
+    """The echo phase, then the gateway's, on SQLite in the data directory or on a scratch
+    database of the PostgreSQL server of ``database_url``."""
     data_dir = (settings or get_settings()).data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     profile = os.environ.get(PROFILE_ENV) or None
-    with tempfile.TemporaryDirectory(prefix="bench-gateway-", dir=data_dir) as name:
-        tmp = Path(name)
-        url = f"sqlite:///{tmp / 'gateway.db'}"
-        terminals = _prepare(url, connections)
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-gateway-",
+                                                                   dir=data_dir)))  # fmt: skip
+        if database_url is None:
+            url = f"sqlite:///{tmp / 'gateway.db'}"
+        else:
+            (url,) = stack.enter_context(scratch_postgres(database_url, "gateway"))
+        terminals = _prepare(url, connections, merchants)
         env = _environment(tmp, url)
         echo = _Phase(
             "echo (baseline)", _echo_command,
-            lambda _port: [_with_own_keys(t) for t in terminals], mac_expected=False,
+            lambda _port: [(_with_own_keys(t), t.card) for t in terminals], mac_expected=False,
         )  # fmt: skip
         gateway = _Phase(
             "gateway", lambda port: _gateway_command(port, profile),
-            lambda port: [_signed_on(port, t) for t in terminals], mac_expected=True,
+            lambda port: [(_signed_on(port, t), t.card) for t in terminals], mac_expected=True,
         )  # fmt: skip
         baseline = _measure(echo, env, tmp / "echo.log", seconds, warmup)
         yield baseline
@@ -349,6 +381,7 @@ def run(
         line["baseline_per_s"] = baseline["approved_per_s"]
         ratio = line["approved_per_s"] / baseline["approved_per_s"] if baseline["approved"] else 0
         line["ratio"] = round(ratio, 3)
+        line |= {"merchants": merchants, "database": make_url(url).get_backend_name()}
         yield line
         if profile:
             yield {"bench": "gateway", "profile": profile, "profiled": True,

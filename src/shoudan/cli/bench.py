@@ -55,10 +55,19 @@ def api(
 def gateway(
     connections: int = typer.Option(50, min=1, help="Concurrent terminals, one connection each."),
     seconds: float = typer.Option(20.0, help="Duration of each load phase."),
+    merchants: int = typer.Option(
+        1, min=1, help="Spread the terminals over this many merchants, each with its own card."
+    ),
+    database_url: str | None = typer.Option(
+        None, help="A PostgreSQL server to run on (a scratch database, dropped afterwards)."
+    ),
 ) -> None:
     """Approved ISO 8583 sales/s (MACed, PIN), p50/p99 and peak RSS of `shoudan gateway`,
     against an echo server on the same framing and codec; then the ledger is verified."""
-    for line in gateway_bench.run(connections, seconds):
+    lines = gateway_bench.run(
+        connections, seconds, merchants=merchants, database_url=database_url
+    )
+    for line in lines:
         typer.echo(json.dumps(line, ensure_ascii=False))
 
 
