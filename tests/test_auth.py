@@ -388,6 +388,53 @@ def test_cli_create_prints_the_key_alone_on_the_last_line(
         _authenticate(database, key)
 
 
+def test_cli_binds_a_staff_key_to_a_console_staff_user(
+    database: Database, make_merchant: Callable[[], str], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SHOUDAN_SECRET_KEY", "11" * 32)
+    monkeypatch.setenv("SHOUDAN_DATA_DIR", str(tmp_path))
+    runner, url = CliRunner(), database.url
+    made = runner.invoke(cli_app, ["web", "user", "create-staff", "--username", "li.approver",
+                                   "--role", "approver", "--database-url", url])  # fmt: skip
+    assert made.exit_code == 0, made.output
+    user_id = made.stdout.split()[2]
+    assert user_id.startswith("su_")
+
+    create = ["apikey", "create", "--database-url", url]
+    bound = runner.invoke(cli_app, [*create, "--role", "approver", "--staff-user", "li.approver"])
+    assert bound.exit_code == 0, bound.output
+    assert "held by staff user li.approver" in bound.stdout
+    principal = _authenticate(database, bound.stdout.splitlines()[-1])
+    assert (principal.role, principal.person, principal.who) == (Role.APPROVER, user_id, user_id)
+    listed = runner.invoke(cli_app, ["apikey", "list", "--database-url", url])
+    assert f"{principal.id}\t" in listed.stdout and user_id in listed.stdout
+
+    for args, code in (
+        (["--role", "finance", "--staff-user", "li.approver"], ErrorCode.INVALID_INPUT),
+        (["--role", "approver", "--staff-user", "nobody.here"], ErrorCode.NOT_FOUND),
+    ):
+        result = runner.invoke(cli_app, ["apikey", "create", *args, "--database-url", url])
+        assert isinstance(result.exception, DomainError), result.output
+        assert result.exception.code is code
+    mixed = runner.invoke(
+        cli_app, [*create, "--merchant", make_merchant(), "--staff-user", "li.approver"]
+    )
+    assert mixed.exit_code == 2 and "--staff-user goes with --role" in mixed.output
+    with database.read() as session:
+        keys = session.scalars(select(ApiKey)).all()
+    assert [key.person_id for key in keys] == [user_id]  # the refused ones wrote nothing
+
+
+def test_a_merchant_key_never_has_a_staff_member(database: Database) -> None:
+    with pytest.raises(ValueError, match="staff"):
+        Principal("key_x", Role.MERCHANT, "898310058120001", person="su_x")
+    with database.transaction() as session, pytest.raises(DomainError) as refused:
+        service.create_api_key(session, role=Role.MERCHANT, merchant_id="898310058120001",
+                               person_id="su_x")  # fmt: skip
+    assert refused.value.code is ErrorCode.INVALID_INPUT
+
+
 def test_cli_refuses_bad_combinations(database: Database, make_merchant: Callable[[], str]) -> None:
     runner = CliRunner()
     url = database.url

@@ -42,6 +42,7 @@ from shoudan.onboarding.terms import DEFAULT_TERMS, ContractTerms, DepositCollec
 from shoudan.pricing.domain import Product
 from shoudan.sms.models import SmsMessage
 from shoudan.terminals.service import TerminalInput, create_terminal
+from shoudan.web.service import WebAccounts
 from shoudan.webhooks.models import Event
 from tests.gateway_world import start_gateway
 from tests.payments_world import NOW
@@ -520,6 +521,25 @@ def test_approval_needs_a_verified_card_and_another_person(rw: RefundWorld) -> N
                                 headers=rw.headers("approver1"))  # fmt: skip
     assert unverified.status_code == 422
     assert unverified.json()["code"] == "settlement_account_not_verified"
+
+
+def test_a_staff_member_never_approves_what_they_asked_for_with_another_login(
+    rw: RefundWorld,
+) -> None:
+    """Asked in the console, approved with an API key of the same person: refused."""
+    container = rw.world.container
+    accounts = WebAccounts(container.database, container.vault, container.clock)
+    li = accounts.create_staff_user("li.reviewer", (Role.REVIEWER,)).user_id
+    with container.database.transaction() as session:
+        key = create_api_key(session, role=Role.REVIEWER, person_id=li)[1]
+    merchant = onboard(rw, phone="13700000000", serial="SN-C-0002")
+    paid_deposit(rw, merchant)
+    request = service(rw).request_refund(Principal(li, Role.REVIEWER), RefundRequestInput(
+        merchant.serial, merchant.phone, ID_NUMBER, CARD[-4:], "on the merchant's behalf",
+    ))  # fmt: skip
+    own = rw.client.post(f"/v1/deposit-refunds/{request.id}/approve",
+                         headers={"Authorization": f"Bearer {key}"})  # fmt: skip
+    assert own.status_code == 403 and own.json()["code"] == "self_approval"
 
 
 def test_two_requests_at_once_make_one(rw: RefundWorld) -> None:

@@ -10,11 +10,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from shoudan.auth.domain import Principal, Role
+from shoudan.auth.service import create_api_key
 from shoudan.core.db import Database
+from shoudan.core.errors import DomainError, ErrorCode
 from shoudan.ledger import chart
 from shoudan.notifications.service import stats as outbox_stats
 from shoudan.refunds.models import Refund
 from shoudan.sms.models import SmsMessage
+from shoudan.web.service import WebAccounts
 from shoudan.webhooks.models import Event
 from tests.payments_world import CREDIT, DEBIT, PIN, check_day_totals
 from tests.refunds_world import RefundWorld, build_refund_world
@@ -259,6 +263,45 @@ def test_very_large_refund_needs_two_different_approvers(rw: RefundWorld) -> Non
     assert second["status"] == "approved"
     assert len(rw.get(second["id"])["approvals"]) == 2
     assert rw.act(refund["id"], "approve", "admin", expect=409)["code"] == "invalid_transition"
+
+
+def staff_member_with_key(rw: RefundWorld, username: str, role: Role) -> tuple[str, str]:
+    """A console staff user and an API key of theirs (``apikey create --staff-user``)."""
+    container = rw.world.container
+    accounts = WebAccounts(container.database, container.vault, container.clock)
+    user_id = accounts.create_staff_user(username, (role,)).user_id
+    with container.database.transaction() as session:
+        key = create_api_key(session, role=role, name=username, person_id=user_id)[1]
+    rw.staff[username] = key
+    return user_id, key
+
+
+def test_one_person_is_one_approver_whether_console_or_key(rw: RefundWorld) -> None:
+    """Maker-checker counts people: a staff member's console login and their API key are
+    one approver, and never approve what either of them asked for."""
+    li, _key = staff_member_with_key(rw, "li.approver", Role.APPROVER)
+    console = Principal(li, Role.APPROVER)  # as the console signs her in
+    payment = rw.earlier_payment(amount=5_000_000, card=card(CREDIT))
+    rw.earlier_payment(amount=5_000_000)
+    refund = rw.refund(payment_id=payment["id"], amount=5_000_000, reason="product_return")
+    assert refund["approvals_required"] == 2
+    rw.world.container.refunds.approve(console, refund["id"], "checked in the console")
+    again = rw.act(refund["id"], "approve", "li.approver", expect=409)  # her key: still her
+    assert again["code"] == "already_approved"
+    assert rw.act(refund["id"], "approve", "approver1")["status"] == "approved"
+    assert {a["approver"] for a in rw.get(refund["id"])["approvals"]} == {
+        li, rw.staff_ids["approver1"],
+    }  # fmt: skip
+
+    # what she asked for with her key, she cannot approve in the console
+    other = rw.earlier_payment(amount=1_000_000)
+    asked = rw.refund("li.approver", payment_id=other["id"], amount=600_000)
+    assert asked["requested_by"] == li
+    with pytest.raises(DomainError) as refused:
+        rw.world.container.refunds.approve(console, asked["id"])
+    assert refused.value.code is ErrorCode.SELF_APPROVAL
+    # a service key (no staff member behind it) stays an identity of its own
+    assert rw.act(asked["id"], "approve", "approver2")["status"] == "approved"
 
 
 def test_needs_info_round_trip_and_rejection_release_the_money(rw: RefundWorld) -> None:

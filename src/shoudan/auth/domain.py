@@ -36,10 +36,20 @@ class Principal:
     id: str  # the API key id, user id, or "system:<name>"
     role: Role
     merchant_id: str | None = None  # set exactly when role is MERCHANT
+    person: str | None = None  # the staff member holding this API key, if it has one
 
     def __post_init__(self) -> None:
         if (self.role is Role.MERCHANT) != (self.merchant_id is not None):
             raise ValueError("a merchant principal has a merchant_id, and only it")
+        if self.person is not None and self.role is Role.MERCHANT:
+            raise ValueError("only a staff key belongs to a staff member")
+
+    @property
+    def who(self) -> str:
+        """The person acting, for maker-checker: a staff member is one person whether they
+        sign in to the console (their user id) or use an API key of theirs; a key of no one
+        in particular (a service key) is its own identity."""
+        return self.person or self.id
 
     @property
     def is_staff(self) -> bool:
@@ -110,13 +120,16 @@ def parse_role(value: str) -> Role:
         ) from None
 
 
-def check_key_owner(role: Role, merchant_id: str | None) -> None:
-    """A merchant key belongs to exactly one merchant; a staff key to none."""
+def check_key_owner(role: Role, merchant_id: str | None, person_id: str | None = None) -> None:
+    """A merchant key belongs to exactly one merchant; a staff key to none, and perhaps to
+    one staff member."""
     if role is Role.MERCHANT:
         if not merchant_id:
             raise DomainError(ErrorCode.INVALID_INPUT, "a merchant key needs a merchant_id")
         if len(merchant_id) > MAX_MERCHANT_ID_LENGTH:
             raise DomainError(ErrorCode.MERCHANT_NOT_FOUND, "merchant not found")
+        if person_id is not None:
+            raise DomainError(ErrorCode.INVALID_INPUT, "a merchant key has no staff member")
     elif merchant_id is not None:
         raise DomainError(ErrorCode.INVALID_INPUT, "a staff key cannot belong to a merchant")
 
@@ -141,13 +154,14 @@ class ApiKeyView:
     name: str
     created_at: datetime
     revoked_at: datetime | None
+    person_id: str | None = None  # the staff member holding it
 
     @property
     def active(self) -> bool:
         return self.revoked_at is None
 
     def principal(self) -> Principal:
-        return Principal(self.id, self.role, self.merchant_id)
+        return Principal(self.id, self.role, self.merchant_id, self.person_id)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -155,6 +169,7 @@ class ApiKeyView:
             "prefix": self.prefix,
             "role": str(self.role),
             "merchant_id": self.merchant_id,
+            "person_id": self.person_id,
             "name": self.name,
             "created_at": self.created_at,
             "revoked_at": self.revoked_at,

@@ -31,6 +31,9 @@ class ApiKey(Base):
     secret_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex of the key
     role: Mapped[str] = mapped_column(String(16))
     merchant_id: Mapped[str | None] = mapped_column(String(15), index=True)
+    # the staff member holding a staff key (su_<ULID>), so maker-checker sees one person
+    # behind their console login and their keys; None for a service key
+    person_id: Mapped[str | None] = mapped_column(String(32))
     name: Mapped[str] = mapped_column(String(255), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -40,6 +43,7 @@ class ApiKey(Base):
         CheckConstraint(
             "(role = 'merchant') = (merchant_id IS NOT NULL)", name="merchant_key_has_merchant"
         ),
+        CheckConstraint("person_id IS NULL OR role <> 'merchant'", name="person_only_staff"),
     )
 
 

@@ -64,6 +64,7 @@ def _view(row: ApiKey) -> ApiKeyView:
         name=row.name,
         created_at=row.created_at,
         revoked_at=row.revoked_at,
+        person_id=row.person_id,
     )
 
 
@@ -75,19 +76,25 @@ def create_api_key(
     name: str = "",
     clock: Clock | None = None,
     actor: Principal = SYSTEM,
+    person_id: str | None = None,
 ) -> tuple[ApiKeyView, str]:
     """Create a key and return its view and the plaintext key, which is shown this once.
 
-    A merchant key needs an existing merchant; a staff key belongs to no merchant. Only
-    an admin (the default actor is the system, for the CLI) may create keys."""
+    A merchant key needs an existing merchant; a staff key belongs to no merchant, and to
+    ``person_id`` when a staff member holds it (the caller checks that they exist and hold
+    ``role``: staff members live in the web console's domain). Only an admin (the default
+    actor is the system, for the CLI) may create keys."""
     actor.require_staff(Role.ADMIN)
-    return _insert_key(session, Role(role), merchant_id, name, clock or SystemClock(), actor.id)
+    return _insert_key(
+        session, Role(role), merchant_id, name, clock or SystemClock(), actor.id, person_id
+    )
 
 
 def _insert_key(
-    session: Session, role: Role, merchant_id: str | None, name: str, clock: Clock, actor_id: str
+    session: Session, role: Role, merchant_id: str | None, name: str, clock: Clock,
+    actor_id: str, person_id: str | None = None,
 ) -> tuple[ApiKeyView, str]:
-    check_key_owner(role, merchant_id)
+    check_key_owner(role, merchant_id, person_id)
     name = clean_key_name(name)
     if merchant_id is not None:
         # Lazy: merchants sit below auth in the layers, and only this path needs them.
@@ -101,6 +108,7 @@ def _insert_key(
         secret_hash=hash_api_key(token),
         role=str(role),
         merchant_id=merchant_id,
+        person_id=person_id,
         name=name,
         created_at=clock.now(),
         revoked_at=None,
@@ -137,7 +145,8 @@ def authenticate_key(driver: DriverSQL, token: str) -> Principal:
     if not is_well_formed_api_key(token):
         raise DomainError(ErrorCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
     candidates = driver.execute(
-        "SELECT id, secret_hash, role, merchant_id, revoked_at FROM api_keys WHERE prefix = ?",
+        "SELECT id, secret_hash, role, merchant_id, revoked_at, person_id FROM api_keys"
+        " WHERE prefix = ?",
         (api_key_prefix(token),),
     )
     found = None
@@ -146,7 +155,7 @@ def authenticate_key(driver: DriverSQL, token: str) -> Principal:
             found = candidate
     if found is None or found[4] is not None:
         raise DomainError(ErrorCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
-    return Principal(found[0], Role(found[2]), found[3])
+    return Principal(found[0], Role(found[2]), found[3], found[5])
 
 
 def get_api_key(session: Session, key_id: str) -> ApiKeyView:

@@ -10,8 +10,10 @@ import typer
 
 from shoudan.auth import service
 from shoudan.auth.domain import Role, parse_role
-from shoudan.cli.common import DATABASE_URL_OPTION, open_database
+from shoudan.cli.common import DATABASE_URL_OPTION, open_database, settings
+from shoudan.container import build_container
 from shoudan.core.errors import DomainError, ErrorCode
+from shoudan.web.service import WebAccounts
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -27,6 +29,13 @@ def create(
         None, "--role", metavar="ROLE", help=f"A staff key with this role ({STAFF_ROLE_NAMES})."
     ),
     name: str = typer.Option("", "--name", help="A label to tell keys apart."),
+    staff_user: str | None = typer.Option(
+        None,
+        "--staff-user",
+        metavar="USERNAME",
+        help="With --role: the console staff member who holds the key (they must hold the "
+        "role); maker-checker then counts their console login and this key as one person.",
+    ),
     database_url: str | None = DATABASE_URL_OPTION,
 ) -> None:
     """Create a key: either --merchant MID or --role ROLE (exactly one). The key is printed
@@ -39,15 +48,19 @@ def create(
             raise DomainError(ErrorCode.INVALID_INPUT, "a merchant key is made with --merchant MID")
     else:
         chosen = Role.MERCHANT
+    if staff_user is not None and merchant is not None:
+        raise typer.BadParameter("--staff-user goes with --role: a merchant key has no staff user")
+    person = None if staff_user is None else _staff_member(staff_user, chosen, database_url)
     database = open_database(database_url)
     try:
         with database.transaction() as session:
             view, key = service.create_api_key(
-                session, role=chosen, merchant_id=merchant, name=name
+                session, role=chosen, merchant_id=merchant, name=name, person_id=person
             )
     finally:
         database.dispose()
     owner = f" for merchant {view.merchant_id}" if view.merchant_id else ""
+    owner += f" held by staff user {staff_user}" if staff_user else ""
     typer.echo(
         f"created API key {view.id} ({view.role}{owner}, prefix {view.prefix}); "
         "store it now, it will not be shown again:"
@@ -55,12 +68,22 @@ def create(
     typer.echo(key)
 
 
+def _staff_member(username: str, role: Role, database_url: str | None) -> str:
+    container = build_container(settings(database_url))
+    try:
+        accounts = WebAccounts(container.database, container.vault, container.clock)
+        return accounts.staff_member(username, role)
+    finally:
+        container.dispose()
+
+
 @app.command("list")
 def list_keys(
     merchant: str | None = typer.Option(None, "--merchant", metavar="MID", help="Only these."),
     database_url: str | None = DATABASE_URL_OPTION,
 ) -> None:
-    """List keys (id, prefix, role, merchant, state, name); never the keys themselves."""
+    """List keys (id, prefix, role, merchant, state, name, staff member holding it); never
+    the keys themselves."""
     database = open_database(database_url)
     try:
         with database.read() as session:
@@ -71,7 +94,7 @@ def list_keys(
         state = "active" if view.active else f"revoked {view.revoked_at:%Y-%m-%dT%H:%M:%SZ}"
         typer.echo(
             f"{view.id}\t{view.prefix}\t{view.role}\t{view.merchant_id or '-'}\t{state}\t"
-            f"{view.name}"
+            f"{view.name}\t{view.person_id or '-'}"
         )
 
 

@@ -896,7 +896,7 @@ class DepositService:
             request = DepositRefundRequest(
                 id=new_id("dr_"), deposit_id=deposit.id, merchant_id=deposit.merchant_id,
                 serial_number=deposit.serial_number, status=RequestStatus.IN_REVIEW.value,
-                reason=reason, requested_by=principal.id, created_at=now, updated_at=now,
+                reason=reason, requested_by=principal.who, created_at=now, updated_at=now,
             )  # fmt: skip
             session.add(request)
             _move(session, deposit, DepositStatus.IN_REVIEW, principal.id,
@@ -911,7 +911,7 @@ class DepositService:
         principal.require_staff(*REVIEW_ROLES)
         with self.database.transaction() as session:
             request, deposit = self._open_request(session, request_id)
-            if request.requested_by == principal.id:
+            if request.requested_by == principal.who:  # the person, whatever their login
                 raise DomainError(ErrorCode.SELF_APPROVAL, "nobody approves their own request")
             try:  # paid only to the merchant's own verified card (一清)
                 settlement_card_number(session, self.vault, deposit.merchant_id)

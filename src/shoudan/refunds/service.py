@@ -302,7 +302,7 @@ class RefundService:
             out_refund_no=out_refund_no, request_hash=fingerprint,
             status=RefundStatus.REQUESTED.value, currency=payment.currency, amount=req.amount,
             fee_returned=fee_back, charge_unsettled=0, charge_settled=0, funded=False,
-            reason=reason.value, reason_text=text, requested_by=principal.id,
+            reason=reason.value, reason_text=text, requested_by=principal.who,
             requester_kind=(req.requester_kind or _kind_of(principal)).value,
             consumer_phone_enc=self.vault.encrypt(phone, PHONE_CONTEXT) if phone else None,
             consumer_phone_hash=self.vault.lookup_hash(phone, PHONE_CONTEXT) if phone else None,
@@ -427,13 +427,13 @@ class RefundService:
                     select(RefundApproval.approver).where(RefundApproval.refund_id == refund.id)
                 )
             )
-            check_approval(
-                requested_by=refund.requested_by, approver=principal.id,
+            check_approval(  # people, not credentials: a console login and a key of one person
+                requested_by=refund.requested_by, approver=principal.who,
                 role=principal.role.value, approved_by=approved_by,
                 required=refund.approvals_required,
             )  # fmt: skip
             session.add(RefundApproval(
-                refund_id=refund.id, approver=principal.id, role=principal.role.value,
+                refund_id=refund.id, approver=principal.who, role=principal.role.value,
                 note=note, created_at=now,
             ))  # fmt: skip
             self._audit(session, principal, refund, "refund.approve", note, now)

@@ -206,6 +206,26 @@ class WebAccounts:
         uri = pyotp.TOTP(secret).provisioning_uri(name=name, issuer_name=TOTP_ISSUER)
         return NewStaffUser(row.id, name, roles, password, secret, uri)
 
+    def staff_member(self, username: str, role: Role) -> str:
+        """The id of the active staff member ``username``, who must hold ``role`` (or be an
+        admin): the person an API key of that role is bound to (``apikey create
+        --staff-user``), so that maker-checker sees one person behind both."""
+        name = normalize_username(username)
+        with self.database.read() as session:
+            row = (
+                session.scalar(select(StaffUser).where(StaffUser.username == name))
+                if name is not None
+                else None
+            )
+        if row is None or row.disabled_at is not None:
+            raise DomainError(ErrorCode.NOT_FOUND, "no active staff user with this user name")
+        held = set(row.roles.split(","))
+        if role.value not in held and Role.ADMIN.value not in held:
+            raise DomainError(
+                ErrorCode.INVALID_INPUT, f"staff user {row.username} does not hold the role {role}"
+            )
+        return row.id
+
     # -- logging in and out ----------------------------------------------------------------------
     def login_merchant(self, phone: str, password: str) -> LoginResult:
         number = normalize_phone(phone)
