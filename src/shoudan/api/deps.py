@@ -33,7 +33,7 @@ def require_principal(
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise DomainError(ErrorCode.UNAUTHENTICATED, "an API key is required (Bearer)")
     container = get_container(request)
-    with container.database.driver_read() as driver:
+    with container.database.baton.held(), container.database.driver_read() as driver:
         principal = authenticate_key(driver, credentials.credentials)
     request.state.principal = principal
     return principal

@@ -225,10 +225,11 @@ class IdempotencyMiddleware:
                 return
             # TAKE_OVER (or the row disappeared): claim again.
 
-    # -- database steps (each its own short transaction, run in a worker thread) ---------------
+    # -- database steps (each its own short transaction, run in a worker thread holding the
+    #    database's baton: core/baton.py) ------------------------------------------------------
 
     def _claim(self, database: Database, caller: str, key: str, request_hash: str) -> Claim:
-        with database.transaction() as session:
+        with database.baton.held(), database.transaction() as session:
             return claim_idempotency_key(
                 session,
                 scope=caller,
@@ -241,7 +242,7 @@ class IdempotencyMiddleware:
     def _peek(
         self, database: Database, caller: str, key: str, request_hash: str
     ) -> StoredResponse | IdempotencyDecision:
-        with database.read() as session:
+        with database.baton.held(), database.read() as session:
             record = get_idempotency_record(session, scope=caller, key=key)
         if record is None:
             return IdempotencyDecision.TAKE_OVER  # gone: whoever claims first runs it
@@ -254,13 +255,13 @@ class IdempotencyMiddleware:
     def _complete(
         self, database: Database, lock: IdempotencyLock, response: StoredResponse
     ) -> None:
-        with database.transaction() as session:
+        with database.baton.held(), database.transaction() as session:
             kept = complete_idempotency_key(session, lock, response, now=self.clock.now())
         if not kept:
             log.warning("idempotency record %s was taken over before completion", lock.id)
 
     def _release(self, database: Database, lock: IdempotencyLock) -> None:
-        with database.transaction() as session:
+        with database.baton.held(), database.transaction() as session:
             release_idempotency_key(session, lock)
 
     # -- steps -----------------------------------------------------------------------------

@@ -52,7 +52,8 @@ def create_payment(
         description=body.description,
         idempotency_key=idempotency_key,
     )
-    return PaymentOut.of(container.payments.create(principal, request))
+    with container.database.baton.held():  # one request's Python at a time (core/baton.py)
+        return PaymentOut.of(container.payments.create(principal, request))
 
 
 @router.get("", response_model=Page[PaymentOut])

@@ -53,7 +53,8 @@ def create_refund(
         reason_text=body.reason_text, out_refund_no=body.out_refund_no,
         consumer_phone=body.consumer_phone, evidence_ids=tuple(body.evidence_ids),
     )  # fmt: skip
-    return RefundOut.of(container.refunds.request(principal, request))
+    with container.database.baton.held():  # one request's Python at a time (core/baton.py)
+        return RefundOut.of(container.refunds.request(principal, request))
 
 
 @router.get("", response_model=Page[RefundOut])
