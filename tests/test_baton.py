@@ -112,22 +112,31 @@ def test_acquire_waits_with_the_baton_down() -> None:
     assert steps == ["b holds", "a ran", "b got the lock"]
 
 
-def test_on_idle_runs_when_nobody_waits() -> None:
+def test_on_give_is_told_how_many_wait_and_its_failure_breaks_nothing() -> None:
     baton = Baton()
-    idle: list[bool] = []
-    baton.on_idle = lambda: idle.append(baton.waiting() == 0)
+    given: list[int] = []
+    baton.on_give = given.append
     with baton.held():
         pass
-    assert idle == [True]
+    assert given == [0]
     go, log = threading.Event(), []
     with baton.held():
         waiter = run(hold, baton, go, log)
         wait_until(lambda: baton.waiting() == 1)
+    assert given == [0, 1]  # someone was waiting
     wait_until(lambda: log == ["in"])
-    assert idle == [True]  # someone was waiting: not idle
     go.set()
-    assert finished(waiter)
-    assert idle == [True, True]  # the waiter gave it up with nobody behind it
+    assert finished(waiter) and given == [0, 1, 0]
+
+    def broken(_waiting: int) -> None:
+        raise RuntimeError("hook failed")
+
+    baton.on_give = broken
+    with baton.held():
+        with baton.released():
+            assert not baton.holding()
+        assert baton.holding()  # taken back despite the hook
+    assert not baton.holding() and finished(run(lambda: baton.held().__enter__()))
 
 
 def test_pinned_keeps_the_baton_and_disabled_does_nothing() -> None:
@@ -216,6 +225,29 @@ def test_a_seated_member_waits_for_its_group_and_the_idle_baton_commits_it(
     # we gave the baton up with nobody waiting for it: the open group commits
     assert finished(writer)
     assert committed(grouped) == {1}
+
+
+def test_readers_keeping_the_baton_busy_do_not_hold_a_commit_back(grouped: Database) -> None:
+    """A writer's group is committed within its window even when other requests, which
+    only read, keep the baton handed from one to the next without a pause."""
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            with grouped.baton.held(), grouped.driver_read() as driver:
+                driver.execute("SELECT count(*) FROM baton_rows")
+                sum(range(2_000))  # a little Python, as a request has
+
+    readers = [run(reader) for _ in range(3)]
+    try:
+        wait_until(lambda: grouped.baton.waiting() >= 1)
+        writer = run(insert, grouped, 7)
+        writer.join(WAIT)
+        assert not writer.is_alive(), "the commit waited for the readers to stop"
+        assert committed(grouped) == {7}
+    finally:
+        stop.set()
+        assert finished(*readers)
 
 
 def test_seated_members_share_commits_and_all_land(grouped: Database) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import event, func, select
 
+from shoudan.core import db
 from shoudan.core.db import Database
 from shoudan.notifications.models import OutboxEvent
 from shoudan.notifications.service import emit
@@ -123,9 +124,12 @@ def test_payments_through_group_commit_keep_the_books(
     world.container.database.dispose()
 
 
-def test_a_failed_member_returns_only_after_its_group_commits(grouped: Database) -> None:
+def test_a_failed_member_returns_only_after_its_group_commits(
+    grouped: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A caller that collided with a neighbour's row (an Idempotency-Key's winner) looks the
     winner up at once: it must be committed by then."""
+    monkeypatch.setattr(db, "GROUP_WINDOW_SECONDS", 60.0)  # the group waits for its member
     group = grouped._group
     assert group is not None
     with group._count_lock:

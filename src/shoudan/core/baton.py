@@ -9,9 +9,11 @@ statements get it straight back.
 
 Whoever would wait puts the baton down first (``released()``): for the network (a channel
 call), for its group's commit, for a lock another thread holds. A thread never waits holding
-it for something only a baton holder could give, so the baton cannot deadlock. When the
-baton is put down and nobody is waiting for it, ``on_idle`` runs: group commit uses that to
-commit the transactions it was keeping open for the next request (there is none).
+it for something only a baton holder could give, so the baton cannot deadlock. Whenever the
+baton is put down, ``on_give`` runs with the number of threads waiting for it: group commit
+uses that to commit the transactions it was keeping open for the next request, when there is
+none or when the group has waited its window (a steady stream of readers must not hold a
+writer's commit back).
 
 Disabled (the default on PostgreSQL, whose connections are truly concurrent), every method
 is a no-op.
@@ -20,16 +22,19 @@ is a no-op.
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar, cast
 
+log = logging.getLogger(__name__)
+
 
 class Baton:
     def __init__(self, *, enabled: bool = True) -> None:
         self.enabled = enabled
-        self.on_idle: Callable[[], None] | None = None
+        self.on_give: Callable[[int], None] | None = None  # called with waiting()
         self._lock = threading.Lock()
         self._count_lock = threading.Lock()
         self._waiting = 0
@@ -65,7 +70,8 @@ class Baton:
         try:
             yield
         finally:
-            self._give()
+            if self.holding():
+                self._give()
 
     @contextmanager
     def released(self) -> Iterator[None]:
@@ -81,9 +87,16 @@ class Baton:
 
     def acquire(self, lock: threading.Lock) -> None:
         """Acquire ``lock``; if another thread holds it, wait with the baton down."""
-        if not lock.acquire(blocking=False):
+        if lock.acquire(blocking=False):
+            return
+        got = False
+        try:
             with self.released():
-                lock.acquire()
+                got = lock.acquire()
+        except BaseException:
+            if got:  # the baton could not be taken back: leave nothing locked
+                lock.release()
+            raise
 
     def _take(self) -> None:
         if not self._lock.acquire(blocking=False):
@@ -99,8 +112,11 @@ class Baton:
     def _give(self) -> None:
         self._local.held = False
         self._lock.release()
-        if self._waiting == 0 and self.on_idle is not None:
-            self.on_idle()
+        if self.on_give is not None:
+            try:
+                self.on_give(self._waiting)
+            except Exception:  # the hook's own failure (its waiters get the error)
+                log.exception("baton: on_give failed")
 
 
 T = TypeVar("T")

@@ -9,6 +9,7 @@ PostgreSQL is production, reached through psycopg 3.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -408,12 +409,19 @@ class Database:
         self.engine.dispose()
 
 
+GROUP_WINDOW_SECONDS = 0.010  # the longest a group waits for more members (with the baton)
+
+
 class _Batch:
     def __init__(self, session: Session) -> None:
         self.session = session
         self.members = 0
         self.done = threading.Event()
         self.error: BaseException | None = None
+        self.opened = time.monotonic()
+
+    def overdue(self) -> bool:
+        return time.monotonic() - self.opened >= GROUP_WINDOW_SECONDS
 
 
 class GroupCommit:
@@ -440,7 +448,7 @@ class GroupCommit:
         self._batch: _Batch | None = None
         self._local = threading.local()
         self.baton = Baton()
-        self.baton.on_idle = self.settle
+        self.baton.on_give = self.settle
 
     @contextmanager
     def member(self) -> Iterator[Session]:
@@ -504,17 +512,23 @@ class GroupCommit:
         batch.members += 1
         with self._count_lock:
             nobody_waiting = self._queued == 0 and not self.baton.waiting()
-        if nobody_waiting or batch.members >= self._limit:
+        if nobody_waiting or batch.members >= self._limit or batch.overdue():
             self.commit_open()
 
-    def settle(self) -> None:
-        """The baton went idle: commit the open group unless a member is about to join it."""
-        if self._batch is None:
+    def settle(self, waiting: int) -> None:
+        """The baton was put down with ``waiting`` threads waiting for it: commit the open
+        group if none of them may join it, or if it has waited its window — the waiters may
+        all be readers, and the members' answers wait for this commit."""
+        batch = self._batch
+        if batch is None or (waiting and not batch.overdue()):
             return
         with self._writer:
+            batch = self._batch
+            if batch is None:
+                return
             with self._count_lock:
                 nobody_waiting = self._queued == 0 and not self.baton.waiting()
-            if nobody_waiting:
+            if nobody_waiting or batch.overdue():
                 self.commit_open()
 
     def commit_open(self) -> None:
