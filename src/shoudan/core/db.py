@@ -432,9 +432,10 @@ class GroupCommit:
     result: a transaction that raises is rolled back to its savepoint and its caller gets the
     error, while its neighbours commit.
 
-    No timer: a member that finishes commits at once when nobody is queued behind it (so a
-    lone request pays no wait), and otherwise leaves the transaction open for the next one,
-    up to ``limit`` members. Under load the queue itself forms the groups.
+    No timer thread: a member that finishes commits at once when nobody is queued behind it
+    (so a lone request pays no wait), and otherwise leaves the transaction open for the next
+    one, up to ``limit`` members or ``GROUP_WINDOW_SECONDS`` — checked at each member's end
+    and each hand-over of the baton (``settle``). Under load the queue itself forms the groups.
     """
 
     def __init__(
