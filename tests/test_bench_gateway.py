@@ -109,3 +109,14 @@ def test_spread_over_merchants_on_postgresql(pg_server: str, tmp_path: Path) -> 
     finally:
         admin.dispose()
     assert left == 0  # the scratch database is gone
+
+
+def test_a_database_url_that_is_not_postgresql_is_refused(tmp_path: Path) -> None:
+    from shoudan.core.errors import DomainError, ErrorCode
+
+    settings = Settings(data_dir=tmp_path)
+    target = tmp_path / "other.db"
+    with pytest.raises(DomainError) as refused:
+        list(bench.run(1, 0.1, settings, database_url=f"sqlite:///{target}"))
+    assert refused.value.code is ErrorCode.INVALID_INPUT
+    assert "PostgreSQL" in refused.value.message and not target.exists()

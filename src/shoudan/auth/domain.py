@@ -160,9 +160,6 @@ class ApiKeyView:
     def active(self) -> bool:
         return self.revoked_at is None
 
-    def principal(self) -> Principal:
-        return Principal(self.id, self.role, self.merchant_id, self.person_id)
-
     def as_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
