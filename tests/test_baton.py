@@ -153,6 +153,27 @@ def test_pinned_keeps_the_baton_and_disabled_does_nothing() -> None:
         assert not off.holding() and off.waiting() == 0
 
 
+def test_set_aside_puts_even_a_pinned_baton_down_and_restores_the_pin() -> None:
+    baton = Baton()
+    other_held = threading.Event()
+
+    def other() -> None:
+        with baton.held():
+            other_held.set()
+
+    with baton.held():
+        baton.pin()
+        with baton.set_aside():
+            assert not baton.holding()
+            assert finished(run(other)) and other_held.is_set()  # another thread ran
+        assert baton.holding()
+        with baton.released():  # still pinned after it
+            assert baton.holding()
+        baton.unpin()
+    with baton.set_aside():  # not holding it: nothing to put down
+        assert not baton.holding()
+
+
 @runtime_checkable
 class Pinger(Protocol):
     def ping(self) -> str: ...

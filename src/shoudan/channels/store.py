@@ -30,6 +30,8 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Final, Protocol
 
+from shoudan.core.filelock import InterProcessLock, lock_path_for
+
 MEMORY: Final = ":memory:"
 KEY_BYTES: Final = 32
 BUSY_TIMEOUT_SECONDS: Final = 30.0
@@ -137,6 +139,8 @@ class SqliteStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        # processes take turns in the kernel, not in SQLite's sleeping busy handler
+        self._turns = InterProcessLock(lock_path_for(self.path))
         self._connection: sqlite3.Connection | None = None
         self._pid = 0
         with self._transaction() as connection:
@@ -175,13 +179,17 @@ class SqliteStore:
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             connection = self._connected()
-            connection.execute("BEGIN IMMEDIATE")  # the write lock before the first read
+            self._turns.acquire()
             try:
-                yield connection
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
-            connection.execute("COMMIT")
+                connection.execute("BEGIN IMMEDIATE")  # the write lock before the first read
+                try:
+                    yield connection
+                except BaseException:
+                    connection.execute("ROLLBACK")
+                    raise
+                connection.execute("COMMIT")
+            finally:
+                self._turns.release()
 
     @contextmanager
     def session(self) -> Iterator[StoreSession]:

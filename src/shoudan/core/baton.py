@@ -85,7 +85,23 @@ class Baton:
         finally:
             self._take()
 
-    def acquire(self, lock: threading.Lock) -> None:
+    @contextmanager
+    def set_aside(self) -> Iterator[None]:
+        """Put the baton down even inside a pinned block, for a wait that no thread of this
+        process can shorten (another process's turn to write), and take it back after. The
+        caller keeps what the pin protected (the writer lock) and still holds it then."""
+        if not self.enabled or not self.holding():
+            yield
+            return
+        pinned, self._local.pinned = self._pinned(), 0
+        self._give()
+        try:
+            yield
+        finally:
+            self._take()
+            self._local.pinned = pinned
+
+    def acquire(self, lock: threading.Lock | threading.RLock) -> None:
         """Acquire ``lock``; if another thread holds it, wait with the baton down."""
         if lock.acquire(blocking=False):
             return

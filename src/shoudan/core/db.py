@@ -25,6 +25,7 @@ from sqlalchemy.orm import DeclarativeBase, InstrumentedAttribute, Session, sess
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from shoudan.core.baton import Baton
+from shoudan.core.filelock import InterProcessLock, lock_path_for
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -310,10 +311,12 @@ class Database:
         # under load that turns into multi-second tail latencies. Other processes still
         # meet the busy timeout. Re-entrant, so a use case may nest a ledger call.
         self._writer = threading.RLock() if self.engine.dialect.name == "sqlite" else None
+        # ... and processes take turns in the kernel (core/filelock.py), not in that handler
+        self._turns = _interprocess_lock(self.engine)
         # SQLite: concurrent write transactions of this process share one commit (see
         # GroupCommit); ``group_commit`` is the most transactions one commit may hold.
         self._group = (
-            GroupCommit(self._sessions, self._writer, group_commit)
+            GroupCommit(self._sessions, self._writer, group_commit, self._turns)
             if group_commit > 1 and self._writer is not None
             else None
         )
@@ -338,10 +341,20 @@ class Database:
         if self._writer is None:
             yield
             return
-        with self._writer:
+        self.baton.acquire(self._writer)  # a waiting writer lets this process's readers run
+        try:
             if self._group is not None and not self._group.inside():
                 self._group.commit_open()  # a raw writer must not find a batch in the way
-            yield
+            if self._turns is None:
+                yield
+                return
+            take_turn(self._turns, self.baton)
+            try:
+                yield
+            finally:
+                self._turns.release()
+        finally:
+            self._writer.release()
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -407,6 +420,29 @@ class Database:
             with self._writer or threading.RLock():
                 self._group.commit_open()
         self.engine.dispose()
+        if self._turns is not None:
+            self._turns.close()
+
+
+def take_turn(turns: InterProcessLock, baton: Baton) -> None:
+    """This process's turn to write (the writer lock held): at once if no other process
+    writes (or this one already does), else waited for with the baton set aside, so that the
+    process's other requests run meanwhile — and are ready to join the group."""
+    if turns.try_acquire():
+        return
+    with baton.set_aside():
+        turns.acquire()
+
+
+def _interprocess_lock(engine: Engine) -> InterProcessLock | None:
+    """The lock file beside a SQLite database file (none for an in-memory database, which
+    no other process can open)."""
+    if engine.dialect.name != "sqlite":
+        return None
+    database = engine.url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return InterProcessLock(lock_path_for(database))
 
 
 GROUP_WINDOW_SECONDS = 0.010  # the longest a group waits for more members (with the baton)
@@ -439,11 +475,16 @@ class GroupCommit:
     """
 
     def __init__(
-        self, sessions: sessionmaker[Session], writer: threading.RLock, limit: int
+        self,
+        sessions: sessionmaker[Session],
+        writer: threading.RLock,
+        limit: int,
+        turns: InterProcessLock | None = None,
     ) -> None:
         self._sessions = sessions
         self._writer = writer
         self._limit = limit
+        self._turns = turns
         self._queued = 0
         self._count_lock = threading.Lock()
         self._batch: _Batch | None = None
@@ -460,9 +501,12 @@ class GroupCommit:
         with self._count_lock:
             self._queued += 1
         failure: BaseException | None = None
-        with self._writer:
-            # the baton stays with a member whatever it waits for: the next holder would
-            # wait for this writer lock
+        # wait for the writer lock with the baton down: its holder may need the baton back
+        # (it sets the baton aside while another process writes, in ``_open``)
+        self.baton.acquire(self._writer)
+        try:
+            # from here the baton stays with the member whatever it waits for: the next
+            # holder would wait for this writer lock
             self.baton.pin()
             with self._count_lock:
                 self._queued -= 1
@@ -484,6 +528,8 @@ class GroupCommit:
                 self._local.session = None
                 # always: a member that failed may be the last, and the others wait on it
                 self._after_member()
+        finally:
+            self._writer.release()
         # Even a failed member waits for its group: its caller may look for the row it
         # collided with (an Idempotency-Key's winner) and must find it committed.
         with self.baton.released():
@@ -499,10 +545,21 @@ class GroupCommit:
 
     def _open(self) -> _Batch:
         if self._batch is None:
-            session = self._sessions()
-            session.begin()
+            self._take_turn()
+            try:
+                session = self._sessions()
+                session.begin()
+            except BaseException:
+                if self._turns is not None:
+                    self._turns.release()
+                raise
             self._batch = _Batch(session)
         return self._batch
+
+    def _take_turn(self) -> None:
+        # held until the group's commit
+        if self._turns is not None:
+            take_turn(self._turns, self.baton)
 
     def _after_member(self) -> None:
         """Holding the writer lock: count the member, commit if the group is full or nobody
@@ -523,7 +580,11 @@ class GroupCommit:
         batch = self._batch
         if batch is None or (waiting and not batch.overdue()):
             return
-        with self._writer:
+        # Never wait here: whoever holds the writer lock decides at its own end (a member's
+        # ``_after_member``, a raw writer's ``commit_open``).
+        if not self._writer.acquire(blocking=False):
+            return
+        try:
             batch = self._batch
             if batch is None:
                 return
@@ -531,6 +592,8 @@ class GroupCommit:
                 nobody_waiting = self._queued == 0 and not self.baton.waiting()
             if nobody_waiting or batch.overdue():
                 self.commit_open()
+        finally:
+            self._writer.release()
 
     def commit_open(self) -> None:
         """Commit the open group, if any (the writer lock must be held)."""
@@ -544,4 +607,6 @@ class GroupCommit:
             batch.session.rollback()
         finally:
             batch.session.close()
+            if self._turns is not None:
+                self._turns.release()  # after COMMIT or ROLLBACK: the next process may write
             batch.done.set()
