@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import cProfile
 import json
+import os
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -120,3 +121,56 @@ def test_a_database_url_that_is_not_postgresql_is_refused(tmp_path: Path) -> Non
         list(bench.run(1, 0.1, settings, database_url=f"sqlite:///{target}"))
     assert refused.value.code is ErrorCode.INVALID_INPUT
     assert "PostgreSQL" in refused.value.message and not target.exists()
+
+
+def test_two_processes_of_each_server_and_their_summed_costs(tmp_path: Path) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv(bench.PROFILE_ENV, raising=False)
+        baseline, gateway, ledger = bench.run(
+            4, 1.0, Settings(data_dir=tmp_path), warmup=0.2, processes=2
+        )
+    assert gateway["processes"] == 2 and gateway["approved"] > 0 and gateway["failures"] == {}
+    assert baseline["approved"] > 0 and baseline["failures"] == {}
+    assert ledger["ledger_verified"] is True
+
+
+def _own_peak_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+
+
+def test_peak_memory_is_counted_over_the_supervisor_and_its_children() -> None:
+    import subprocess
+    import sys
+    import time
+
+    parent = subprocess.Popen(  # a supervisor of one sleeping child
+        [sys.executable, "-c", "import subprocess, sys, time; subprocess.Popen([sys.executable,"
+         " '-c', 'import time; time.sleep(60)']); time.sleep(60)"],
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while len(bench._family(parent.pid)) < 2:
+            assert time.monotonic() < deadline, "the child never appeared"
+            time.sleep(0.05)
+        family = bench._family(parent.pid)
+        assert family[0] == parent.pid and len(family) == 2
+        each = [_own_peak_kib(pid) for pid in family]
+        assert bench._peak_rss_mb(parent.pid) == pytest.approx(sum(each) / 1024, abs=0.2)
+        assert bench._peak_rss_mb(family[1]) == pytest.approx(each[1] / 1024, abs=0.2)
+    finally:
+        for pid in bench._family(parent.pid)[1:]:
+            os.kill(pid, 9)
+        parent.kill()
+        parent.wait()
+
+
+def test_profiling_with_several_processes_is_refused(tmp_path: Path) -> None:
+    from shoudan.core.errors import DomainError, ErrorCode
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(bench.PROFILE_ENV, str(tmp_path / "out.prof"))
+        with pytest.raises(DomainError) as refused:
+            list(bench.run(1, 0.1, Settings(data_dir=tmp_path), processes=2))
+    assert refused.value.code is ErrorCode.INVALID_INPUT
+    assert not any(tmp_path.iterdir())  # refused before anything was made

@@ -143,17 +143,23 @@ class Lane:
                 approved.release()
 
 
-def test_sigkill_under_load_loses_and_doubles_nothing(sqlite_url: str, tmp_path: Path) -> None:
+def three_terminals(sqlite_url: str, tmp_path: Path) -> list[tuple[str, str, bytes]]:
+    """The payments world in ``sqlite_url``: its three terminals as (terminal, merchant,
+    master key), for a gateway started as a process to serve."""
     world = build_world(Database(sqlite_url), tmp_path)
     terminals = (world.terminal_a, world.terminal_a2, world.terminal_b)
     owners = (world.merchant_a, world.merchant_a, world.merchant_b)
     with world.container.database.read() as session:
         keys = [load_master_key(session, world.container.vault, t) for t in terminals]
     world.container.dispose()
+    return list(zip(terminals, owners, keys, strict=True))
+
+
+def test_sigkill_under_load_loses_and_doubles_nothing(sqlite_url: str, tmp_path: Path) -> None:
     port = free_port()
     lanes = [
         Lane(TerminalClient("127.0.0.1", port, TerminalState(t, m), timeout=DEADLINE), key)
-        for t, m, key in zip(terminals, owners, keys, strict=True)
+        for t, m, key in three_terminals(sqlite_url, tmp_path)
     ]
 
     # -- under load, then SIGKILL ------------------------------------------------------------------

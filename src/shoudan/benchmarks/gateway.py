@@ -59,6 +59,7 @@ from shoudan.channels.sandbox import PAN_APPROVE_DEBIT, SANDBOX_PIN
 from shoudan.core.clock import SystemClock
 from shoudan.core.config import Settings, get_settings
 from shoudan.core.db import Database
+from shoudan.core.errors import DomainError, ErrorCode
 from shoudan.gateway.codec import MAC_BYTES, MAC_FIELD, Message, decode, encode, mac_input
 from shoudan.gateway.domain import Kind
 from shoudan.gateway.framing import LENGTH_BYTES, frame_bytes, payload_length, split
@@ -159,16 +160,17 @@ def _environment(tmp: Path, url: str) -> dict[str, str]:
     }
 
 
-def _gateway_command(port: int, profile: str | None) -> list[str]:
+def _gateway_command(port: int, profile: str | None, processes: int = 1) -> list[str]:
     arguments = ["gateway", "--host", "127.0.0.1", "--iso-port", str(port)]
+    arguments += ["--processes", str(processes)]
     if profile:
         return [sys.executable, "-m", "shoudan.benchmarks.gateway", PROFILE_FLAG, profile,
                 *arguments]  # fmt: skip
     return [sys.executable, "-m", "shoudan.cli.main", *arguments]
 
 
-def _echo_command(port: int) -> list[str]:
-    return [sys.executable, "-m", "shoudan.benchmarks.gateway_echo", str(port)]
+def _echo_command(port: int, processes: int = 1) -> list[str]:
+    return [sys.executable, "-m", "shoudan.benchmarks.gateway_echo", str(port), str(processes)]
 
 
 def _start(
@@ -205,26 +207,48 @@ def _stop(server: subprocess.Popen[bytes]) -> None:
         server.wait()
 
 
-def _cpu_seconds(pid: int) -> float | None:
-    """User + system CPU the process has used so far (Linux /proc), or None."""
+def _family(pid: int) -> list[int]:
+    """The process and its children (``shoudan gateway --processes N`` supervises N), from
+    Linux /proc; just the process where /proc cannot tell."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return [pid]
+    return [pid, *(int(child) for child in children)]
+
+
+def _family_files(pid: int, name: str) -> list[str] | None:
+    """``/proc/<p>/<name>`` of the process and each of its children, or None if one is gone."""
+    try:
+        return [Path(f"/proc/{member}/{name}").read_text() for member in _family(pid)]
     except OSError:
         return None
-    fields = stat.rpartition(")")[2].split()  # after the command name, which may hold spaces
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU the process and its children have used so far (Linux /proc), or
+    None."""
+    stats = _family_files(pid, "stat")
+    if stats is None:
+        return None
+    ticks = 0
+    for stat in stats:
+        fields = stat.rpartition(")")[2].split()  # after the command name (it may hold spaces)
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _peak_rss_mb(pid: int) -> float | None:
-    """The process's peak resident set (Linux ``VmHWM``), or None where /proc has none."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    for line in status.splitlines():
-        if line.startswith("VmHWM:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return None
+    """Peak resident set (Linux ``VmHWM``) of the process plus its children's, or None where
+    /proc has none."""
+    statuses = _family_files(pid, "status")
+    kib = sum(
+        int(line.split()[1])
+        for status in statuses or []
+        for line in status.splitlines()
+        if line.startswith("VmHWM:")
+    )
+    return round(kib / 1024, 1) if kib else None
 
 
 # -- terminals -----------------------------------------------------------------------------------
@@ -352,12 +376,19 @@ def run(
     warmup: float = WARMUP_SECONDS,
     merchants: int = 1,
     database_url: str | None = None,
+    processes: int = 1,
 ) -> Iterator[dict[str, Any]]:
-    """The echo phase, then the gateway's, on SQLite in the data directory or on a scratch
-    database of the PostgreSQL server of ``database_url``."""
+    """The echo phase, then the gateway's (``processes`` gateway processes on the port), on
+    SQLite in the data directory or on a scratch database of the PostgreSQL server of
+    ``database_url``."""
     data_dir = (settings or get_settings()).data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     profile = os.environ.get(PROFILE_ENV) or None
+    if profile and processes > 1:
+        raise DomainError(
+            ErrorCode.INVALID_INPUT,
+            f"{PROFILE_ENV} profiles one gateway process: leave out --processes to profile",
+        )
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-gateway-",
                                                                    dir=data_dir)))  # fmt: skip
@@ -368,11 +399,11 @@ def run(
         terminals = _prepare(url, connections, merchants)
         env = _environment(tmp, url)
         echo = _Phase(
-            "echo (baseline)", _echo_command,
+            "echo (baseline)", lambda port: _echo_command(port, processes),
             lambda _port: [(_with_own_keys(t), t.card) for t in terminals], mac_expected=False,
         )  # fmt: skip
         gateway = _Phase(
-            "gateway", lambda port: _gateway_command(port, profile),
+            "gateway", lambda port: _gateway_command(port, profile, processes),
             lambda port: [(_signed_on(port, t), t.card) for t in terminals], mac_expected=True,
         )  # fmt: skip
         baseline = _measure(echo, env, tmp / "echo.log", seconds, warmup)
@@ -381,7 +412,10 @@ def run(
         line["baseline_per_s"] = baseline["approved_per_s"]
         ratio = line["approved_per_s"] / baseline["approved_per_s"] if baseline["approved"] else 0
         line["ratio"] = round(ratio, 3)
-        line |= {"merchants": merchants, "database": make_url(url).get_backend_name()}
+        line |= {
+            "merchants": merchants, "processes": processes,
+            "database": make_url(url).get_backend_name(),
+        }  # fmt: skip
         yield line
         if profile:
             yield {"bench": "gateway", "profile": profile, "profiled": True,

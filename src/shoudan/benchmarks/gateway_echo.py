@@ -4,12 +4,15 @@ request and re-encodes an answer with the same codec — TPDU swapped, header ec
 the gateway echoes, ``39=00`` and the request's field 64 (so the answer is as long as a MACed
 one) — and does nothing else: no database, no keys, no payment.
 
-Run by the benchmark as ``python -m shoudan.benchmarks.gateway_echo PORT``; SIGTERM stops it.
+Run by the benchmark as ``python -m shoudan.benchmarks.gateway_echo PORT [PROCESSES]``
+(PROCESSES echo servers sharing the port, as ``shoudan gateway --processes N`` does, under the
+same supervisor); SIGTERM stops it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 from shoudan.gateway.codec import MAC_FIELD, CodecError, Message, decode, encode
@@ -37,9 +40,17 @@ def echo(payload: bytes) -> Outcome:
     return Outcome(reply_payload(frame, body), request.mti, APPROVED)
 
 
-def main(port: int) -> None:
-    asyncio.run(serve_until_signalled(GatewayServer(echo, "127.0.0.1", port)))
+SHARED = "--reuse-port"
+
+
+def main(port: int, processes: int = 1, shared: bool = False) -> None:
+    if processes > 1:
+        one = [sys.executable, "-m", "shoudan.benchmarks.gateway_echo", str(port), "1", SHARED]
+        supervisor = [sys.executable, "-m", "shoudan.gateway.processes", "--count", str(processes)]
+        os.execv(sys.executable, [*supervisor, "--", *one])  # noqa: S606 - our own modules
+    server = GatewayServer(echo, "127.0.0.1", port, reuse_port=shared)
+    asyncio.run(serve_until_signalled(server))
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]))
+    main(int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 1, SHARED in sys.argv)

@@ -61,12 +61,16 @@ def gateway(
     database_url: str | None = typer.Option(
         None, help="A PostgreSQL server to run on (a scratch database, dropped afterwards)."
     ),
+    processes: int = typer.Option(
+        1, min=1, max=64, help="`shoudan gateway --processes N`: gateways sharing the port."
+    ),
 ) -> None:
     """Approved ISO 8583 sales/s (MACed, PIN), p50/p99 and peak RSS of `shoudan gateway`,
     against an echo server on the same framing and codec; then the ledger is verified."""
     lines = gateway_bench.run(
-        connections, seconds, merchants=merchants, database_url=database_url
-    )
+        connections, seconds, merchants=merchants, database_url=database_url,
+        processes=processes,
+    )  # fmt: skip
     for line in lines:
         typer.echo(json.dumps(line, ensure_ascii=False))
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 import typer
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import make_url
 
+from shoudan import migrations
 from shoudan.core.config import Settings, get_settings
-from shoudan.core.db import Database
+from shoudan.core.db import Database, normalize_url
 from shoudan.core.errors import DomainError
 
 
@@ -33,3 +37,28 @@ def fail(error: DomainError | str, exit_code: int = 1) -> NoReturn:
 DATABASE_URL_OPTION = typer.Option(
     None, "--database-url", envvar="SHOUDAN_DATABASE_URL", help="Database URL."
 )
+
+UPGRADE_HINT = "run `shoudan db upgrade` first"
+
+
+def schema_problem(url: str) -> str | None:
+    """Why the database at ``url`` cannot be served as it is, or None when it is current."""
+    parsed = make_url(normalize_url(url))
+    if parsed.get_backend_name() == "sqlite":
+        path = parsed.database
+        if path and path != ":memory:" and not Path(path).exists():
+            # Checked first: connecting would create an empty file as a side effect.
+            return f"no database at {path}: {UPGRADE_HINT}"
+    script = ScriptDirectory.from_config(migrations.alembic_config(url))
+    head = script.get_current_head()
+    try:
+        current = migrations.current(url)
+    except Exception as exc:
+        return f"cannot reach the database ({type(exc).__name__}: {exc})"
+    if current is None:
+        return f"the database has no schema: {UPGRADE_HINT}"
+    if current == head:
+        return None
+    if current not in {rev.revision for rev in script.walk_revisions()}:
+        return f"the database schema ({current}) is newer than this code ({head}): upgrade shoudan"
+    return f"the database schema is at {current}, this code needs {head}: {UPGRADE_HINT}"

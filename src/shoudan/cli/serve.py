@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 from typing import Annotated
 
 import typer
 import uvicorn
-from alembic.script import ScriptDirectory
-from sqlalchemy.engine import make_url
 
-from shoudan import migrations
 from shoudan.api.app import create_app
-from shoudan.cli.common import DATABASE_URL_OPTION, fail, open_database, settings
+from shoudan.cli.common import (
+    DATABASE_URL_OPTION,
+    fail,
+    open_database,
+    schema_problem,
+    settings,
+)
 from shoudan.container import Container
 from shoudan.core.config import Settings
-from shoudan.core.db import Database, normalize_url
+from shoudan.core.db import Database
 
 HOST_OPTION = typer.Option(None, "--host", help="Address to listen on [default: SHOUDAN_HOST].")
 PORT_OPTION = typer.Option(None, "--port", help="Port to listen on [default: SHOUDAN_PORT].")
@@ -31,30 +33,6 @@ IsoPortOption = Annotated[
     int | None,
     typer.Option("--iso-port", help="Also run the ISO 8583 gateway on this port, in this process."),
 ]
-UPGRADE_HINT = "run `shoudan db upgrade` first"
-
-
-def schema_problem(url: str) -> str | None:
-    """Why the database at ``url`` cannot be served as it is, or None when it is current."""
-    parsed = make_url(normalize_url(url))
-    if parsed.get_backend_name() == "sqlite":
-        path = parsed.database
-        if path and path != ":memory:" and not Path(path).exists():
-            # Checked first: connecting would create an empty file as a side effect.
-            return f"no database at {path}: {UPGRADE_HINT}"
-    script = ScriptDirectory.from_config(migrations.alembic_config(url))
-    head = script.get_current_head()
-    try:
-        current = migrations.current(url)
-    except Exception as exc:
-        return f"cannot reach the database ({type(exc).__name__}: {exc})"
-    if current is None:
-        return f"the database has no schema: {UPGRADE_HINT}"
-    if current == head:
-        return None
-    if current not in {rev.revision for rev in script.walk_revisions()}:
-        return f"the database schema ({current}) is newer than this code ({head}): upgrade shoudan"
-    return f"the database schema is at {current}, this code needs {head}: {UPGRADE_HINT}"
 
 
 def _run(

@@ -47,6 +47,7 @@ class GatewayServer:
         max_connections: int = 1000,
         workers: int = 32,
         grace: float = 10.0,
+        reuse_port: bool = False,
     ) -> None:
         self.handler = handler
         self.host = host
@@ -54,6 +55,7 @@ class GatewayServer:
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
         self.grace = grace
+        self.reuse_port = reuse_port  # share the port with other processes (SO_REUSEPORT)
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="iso8583")
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], _Connection] = {}
@@ -68,8 +70,9 @@ class GatewayServer:
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(
-            self._serve_connection, self.host, self.requested_port, reuse_address=True
-        )
+            self._serve_connection, self.host, self.requested_port, reuse_address=True,
+            reuse_port=self.reuse_port or None,
+        )  # fmt: skip
         log.info("iso8583 gateway listening on %s:%s", self.host, self.port)
 
     async def stop(self) -> None:
