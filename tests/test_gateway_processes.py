@@ -27,6 +27,7 @@ from shoudan.core.db import Database
 from shoudan.gateway.simulator import Card, TerminalClient, TerminalState
 from shoudan.payments.models import Payment
 from tests.payments_world import DEBIT, PIN, build_world
+from tests.process_helpers import children, running
 from tests.test_gateway_crash import (
     DEADLINE,
     SECRET_KEY,
@@ -62,9 +63,6 @@ def _two_free_ports() -> int:
         return port
     raise AssertionError("no two free ports in a row")
 
-
-def _children(pid: int) -> list[int]:
-    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def _wait_for(condition: object, what: str) -> None:
@@ -126,7 +124,7 @@ def test_processes_share_the_port_and_are_restarted_and_stopped(
             command, stdout=output, stderr=subprocess.STDOUT, env=_environment(tmp_path)
         )
     try:
-        _wait_for(lambda: len(_children(supervisor.pid)) == 2, "two gateway processes")
+        _wait_for(lambda: len(children(supervisor.pid)) == 2, "two gateway processes")
         _wait_for(lambda: _metrics_up(metrics) and _metrics_up(metrics + 1), "both listening")
         _wait_for(lambda: _accepting(port), "the port accepts")
         states = [TerminalState(terminal, merchant) for terminal, merchant, _ in terminals]
@@ -142,20 +140,20 @@ def test_processes_share_the_port_and_are_restarted_and_stopped(
         assert sum(served) == len(codes)
 
         # a gateway dies: the supervisor starts it again, and terminals carry on
-        victim = _children(supervisor.pid)[0]
+        victim = children(supervisor.pid)[0]
         os.kill(victim, signal.SIGKILL)
         _wait_for(
-            lambda: len(_children(supervisor.pid)) == 2 and victim not in _children(supervisor.pid),
+            lambda: len(children(supervisor.pid)) == 2 and victim not in children(supervisor.pid),
             "the killed gateway replaced",
         )
         _wait_for(lambda: _metrics_up(metrics) and _metrics_up(metrics + 1), "both listening")
         after = _sell(port, states, 2)
         assert after == ["00"] * 2 * len(states)
 
-        gateways = _children(supervisor.pid)
+        gateways = children(supervisor.pid)
         supervisor.send_signal(signal.SIGTERM)
         assert supervisor.wait(timeout=DEADLINE) == 0, log.read_text()[-3000:]
-        assert not any(Path(f"/proc/{pid}").exists() for pid in gateways)
+        assert not any(running(pid) for pid in gateways)
     finally:
         if supervisor.poll() is None:
             supervisor.kill()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Annotated
 
 import typer
@@ -69,11 +70,21 @@ async def _serve_with_gateway(
         await gateway.stop()
 
 
+WorkersOption = Annotated[
+    int,
+    typer.Option(
+        "--workers", min=1, max=64,
+        help="HTTP processes (uvicorn workers) sharing the port, about one per core.",
+    ),
+]  # fmt: skip
+
+
 def serve(
     host: str | None = HOST_OPTION,
     port: int | None = PORT_OPTION,
     database_url: str | None = DATABASE_URL_OPTION,
     iso_port: IsoPortOption = None,
+    workers: WorkersOption = 1,
 ) -> None:
     """Serve the HTTP API (and, with --iso-port, the ISO 8583 gateway). The database schema
     must be current (see `shoudan db upgrade`)."""
@@ -81,4 +92,27 @@ def serve(
     problem = schema_problem(config.resolved_database_url())
     if problem:
         fail(problem)
-    _run(config, open_database(database_url), host or config.host, port or config.port, iso_port)
+    listen_host, listen_port = host or config.host, port or config.port
+    if workers > 1:
+        if iso_port is not None:
+            fail(
+                "--iso-port runs the gateway inside one HTTP process: with --workers, run "
+                "`shoudan gateway --processes N` beside it"
+            )
+        _run_workers(database_url, listen_host, listen_port, workers)
+        return
+    _run(config, open_database(database_url), listen_host, listen_port, iso_port)
+
+
+def _run_workers(database_url: str | None, host: str, port: int, workers: int) -> None:
+    """uvicorn's own process manager: ``workers`` processes accept on one socket, each
+    building the app from the environment (``create_app``'s settings). On SQLite they take
+    turns to write through the lock file beside the database (docs/architecture.md)."""
+    if database_url:  # by environment: a password on a command line is on show in ps
+        os.environ["SHOUDAN_DATABASE_URL"] = database_url
+    base = f"http://{host}:{port}"
+    typer.echo(f"shoudan on {base}, {workers} processes  (health: {base}/healthz)")
+    uvicorn.run(
+        "shoudan.api.app:create_app", factory=True, host=host, port=port, workers=workers,
+        log_level="info",
+    )  # fmt: skip
