@@ -2,7 +2,33 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
+
+DEADLINE = 60.0  # seconds for one step of a process (a bound for a broken build, not a timing)
+
+
+def shoudan_cli() -> str:
+    return str(Path(sys.executable).parent / "shoudan")
+
+
+def stop_gracefully(process: subprocess.Popen[bytes], log: Path) -> None:
+    """SIGTERM, then exit status 0 and none of its children left running."""
+    left_behind = children(process.pid)
+    process.terminate()
+    assert process.wait(timeout=DEADLINE) == 0, log.read_text()[-3000:]
+    still = [pid for pid in left_behind if running(pid)]
+    assert not still, [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in still]
+
+
+def assert_ledger_verifies(url: str) -> None:
+    """``shoudan ledger verify``, the operator's command, run as a process."""
+    verify = subprocess.run(
+        [shoudan_cli(), "ledger", "verify", "--database-url", url],
+        check=False, capture_output=True, text=True, timeout=DEADLINE,
+    )  # fmt: skip
+    assert verify.returncode == 0 and "ledger OK" in verify.stdout, verify.stdout + verify.stderr
 
 
 def children(pid: int) -> list[int]:

@@ -27,7 +27,7 @@ from shoudan.core.db import Database
 from shoudan.gateway.simulator import Card, TerminalClient, TerminalState
 from shoudan.payments.models import Payment
 from tests.payments_world import DEBIT, PIN, build_world
-from tests.process_helpers import children, running
+from tests.process_helpers import children, stop_gracefully
 from tests.test_gateway_crash import (
     DEADLINE,
     SECRET_KEY,
@@ -150,10 +150,7 @@ def test_processes_share_the_port_and_are_restarted_and_stopped(
         after = _sell(port, states, 2)
         assert after == ["00"] * 2 * len(states)
 
-        gateways = children(supervisor.pid)
-        supervisor.send_signal(signal.SIGTERM)
-        assert supervisor.wait(timeout=DEADLINE) == 0, log.read_text()[-3000:]
-        assert not any(running(pid) for pid in gateways)
+        stop_gracefully(supervisor, log)
     finally:
         if supervisor.poll() is None:
             supervisor.kill()

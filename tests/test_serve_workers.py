@@ -5,7 +5,6 @@ verifies; SIGTERM stops every process; ``--iso-port`` with ``--workers`` is refu
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from shoudan.cli.main import app
 from shoudan.core.db import Database
 from shoudan.payments.models import Payment
 from tests.payments_world import DEBIT, PIN, build_world
-from tests.process_helpers import children, running
+from tests.process_helpers import children, stop_gracefully
 from tests.test_gateway_crash import DEADLINE, SECRET_KEY, free_port, shoudan_cli
 
 pytestmark = [pytest.mark.skipif(sys.platform != "linux", reason="/proc")]
@@ -69,11 +68,7 @@ def test_workers_share_the_port_and_the_database(sqlite_url: str, tmp_path: Path
             assert answer.json()["status"] == "captured"
             created.append(answer.json()["id"])
 
-        workers = children(server.pid)
-        server.send_signal(signal.SIGTERM)
-        assert server.wait(timeout=DEADLINE) == 0, log.read_text()[-3000:]
-        left = [pid for pid in workers if running(pid)]
-        assert not left, [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in left]
+        stop_gracefully(server, log)
     finally:
         if server.poll() is None:
             server.kill()
