@@ -1,8 +1,8 @@
 """``shoudan bench api``: payments created per second over HTTP, against a trivial endpoint.
 
-The server is the real app under uvicorn in its own process, on a fresh SQLite database in
-the data directory, on loopback. 32 concurrent keep-alive connections (a minimal asyncio
-HTTP/1.1 client, one process) first
+The server is ``shoudan serve [--workers N]`` (the real app under uvicorn, its access log
+off) in its own process(es), on a fresh SQLite database in the data directory, on loopback.
+32 concurrent keep-alive connections (a minimal asyncio HTTP/1.1 client, one process) first
 call ``GET /livez`` (no database: the framework's own cost) for the same duration — the
 baseline — then ``POST /v1/payments`` with a sandbox debit card. Each line gives requests/s
 and p50/p99 latency; the payments line gives the ratio to the baseline.
@@ -98,13 +98,14 @@ def _start_server(url: str, data_dir: Path, port: int, workers: int) -> subproce
         # every refund takes the auto-approved path: payments made seconds ago would
         # otherwise score "refund within 10 minutes" and go to review
         "SHOUDAN_REFUND_REVIEW_SCORE": "101",
+        "SHOUDAN_ACCESS_LOG": "false",
     }
     command = [
-        sys.executable, "-m", "uvicorn", "shoudan.api.app:create_app", "--factory",
-        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-        "--no-access-log", "--workers", str(workers),
+        sys.executable, "-m", "shoudan.cli.main", "serve", "--host", "127.0.0.1",
+        "--port", str(port), "--workers", str(workers),
     ]  # fmt: skip
-    server = subprocess.Popen(command, env=env)  # noqa: S603 - our own interpreter and module
+    with (data_dir / "server.log").open("ab") as log:  # this command's output is JSON lines
+        server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603 - our own interpreter and module
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -215,8 +216,8 @@ def run(
     workers: int = 1,
 ) -> Iterator[dict[str, Any]]:
     """The phases on SQLite in the data directory, or on a scratch database of the PostgreSQL
-    server of ``database_url``; ``workers`` uvicorn processes (on SQLite they share one
-    writer across processes: SQLite's busy handler, not our in-process queue)."""
+    server of ``database_url``; ``workers`` server processes sharing the port (on SQLite
+    they take turns to write through the lock file beside the database)."""
     data_dir = (settings or get_settings()).data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -62,3 +63,26 @@ def schema_problem(url: str) -> str | None:
     if current not in {rev.revision for rev in script.walk_revisions()}:
         return f"the database schema ({current}) is newer than this code ({head}): upgrade shoudan"
     return f"the database schema is at {current}, this code needs {head}: {UPGRADE_HINT}"
+
+
+def become_supervisor(
+    database_url: str | None, count: int, server: list[str], metrics_port: int | None = None
+) -> NoReturn:
+    """Bootstrap the database once (before the processes could race to), then replace this
+    process by the supervisor of ``count`` copies of ``server`` (core/processes.py), which
+    needs none of the modules the ``shoudan`` command loaded."""
+    from shoudan.bootstrap import bootstrap
+
+    database = open_database(database_url)
+    try:
+        bootstrap(database)
+    finally:
+        database.dispose()
+    if database_url:  # by environment: a password on a command line is on show in ps
+        os.environ["SHOUDAN_DATABASE_URL"] = database_url
+    supervisor = [sys.executable, "-m", "shoudan.core.processes", "--count", str(count)]
+    if metrics_port:
+        supervisor += ["--metrics-port", str(metrics_port)]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [*supervisor, "--", *server])  # noqa: S606 - our own modules

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
-from typing import NoReturn
 
 import typer
 from prometheus_client import start_http_server
@@ -16,6 +14,7 @@ from prometheus_client import start_http_server
 from shoudan.bootstrap import bootstrap
 from shoudan.cli.common import (
     DATABASE_URL_OPTION,
+    become_supervisor,
     fail,
     open_database,
     schema_problem,
@@ -82,7 +81,12 @@ def gateway(
     listen_host, port = host or config.iso_host, iso_port or config.iso_port
     count = 1 if supervised else processes or config.iso_processes
     if count > 1:
-        _become_supervisor(database_url, listen_host, port, metrics_port, count)
+        typer.echo(f"shoudan ISO 8583 gateway on {listen_host}:{port}, {count} processes")
+        one = [
+            sys.executable, "-m", "shoudan.cli.gateway", "--host", listen_host,
+            "--iso-port", str(port), "--supervised",
+        ]  # fmt: skip
+        become_supervisor(database_url, count, one, metrics_port)
     database = open_database(database_url)
     container = build_container(config, database)
     if not supervised:  # the supervisor did it once, before its processes could race to
@@ -95,32 +99,6 @@ def gateway(
         asyncio.run(serve_until_signalled(server))
     finally:
         container.dispose()
-
-
-def _become_supervisor(
-    database_url: str | None, host: str, port: int, metrics_port: int | None, count: int
-) -> NoReturn:
-    """Bootstrap once, then replace this process by the supervisor of ``count`` gateways
-    (gateway/processes.py): it needs none of the modules the ``shoudan`` command loaded, and
-    each gateway loads only its own (``python -m shoudan.cli.gateway``)."""
-    database = open_database(database_url)
-    try:
-        bootstrap(database)
-    finally:
-        database.dispose()
-    if database_url:  # by environment: a password on a command line is on show in ps
-        os.environ["SHOUDAN_DATABASE_URL"] = database_url
-    gateway_command = [
-        sys.executable, "-m", "shoudan.cli.gateway", "--host", host, "--iso-port", str(port),
-        "--supervised",
-    ]  # fmt: skip
-    supervisor = [sys.executable, "-m", "shoudan.gateway.processes", "--count", str(count)]
-    if metrics_port:
-        supervisor += ["--metrics-port", str(metrics_port)]
-    typer.echo(f"shoudan ISO 8583 gateway on {host}:{port}, {count} processes")
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(sys.executable, [*supervisor, "--", *gateway_command])  # noqa: S606 - our own
 
 
 if __name__ == "__main__":  # a supervised gateway process: only the modules it needs

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
+import socket
+import sys
 from typing import Annotated
 
 import typer
@@ -18,6 +19,7 @@ import uvicorn
 from shoudan.api.app import create_app
 from shoudan.cli.common import (
     DATABASE_URL_OPTION,
+    become_supervisor,
     fail,
     open_database,
     schema_problem,
@@ -37,22 +39,52 @@ IsoPortOption = Annotated[
 
 
 def _run(
-    config: Settings, database: Database, host: str, port: int, iso_port: int | None = None
+    config: Settings,
+    database: Database,
+    host: str,
+    port: int,
+    iso_port: int | None = None,
+    *,
+    shared: bool = False,
 ) -> None:
     base = f"http://{host}:{port}"
     typer.echo(f"shoudan on {base}  (health: {base}/healthz, API docs: {base}/docs)")
     app = create_app(config, database=database)
     try:
-        if iso_port is None:
-            uvicorn.run(app, host=host, port=port, log_level="info")
+        if shared:  # one of --workers N: a socket of its own on the shared port
+            server = uvicorn.Server(
+                uvicorn.Config(app, log_level="info", access_log=config.access_log)
+            )
+            asyncio.run(server.serve(sockets=[_shared_socket(host, port)]))
+        elif iso_port is None:
+            uvicorn.run(
+                app, host=host, port=port, log_level="info", access_log=config.access_log
+            )
         else:
             typer.echo(f"ISO 8583 gateway on {config.iso_host}:{iso_port}")
             # uvicorn configures only its own loggers: the gateway's lines go to the root's
             logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
-            server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info"))
+            server = uvicorn.Server(uvicorn.Config(
+                app, host=host, port=port, log_level="info", access_log=config.access_log
+            ))  # fmt: skip
             asyncio.run(_serve_with_gateway(server, app.state.container, config.iso_host, iso_port))
     finally:
         database.dispose()
+
+
+def _shared_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` that other processes may listen on too
+    (``SO_REUSEPORT``: the kernel spreads new connections over them)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP said outright: asyncio sets TCP_NODELAY on accepted sockets only when the
+    # protocol is TCP, and without it a response's head and body wait on delayed ACKs (40 ms)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
 
 
 async def _serve_with_gateway(
@@ -74,9 +106,11 @@ WorkersOption = Annotated[
     int,
     typer.Option(
         "--workers", min=1, max=64,
-        help="HTTP processes (uvicorn workers) sharing the port, about one per core.",
+        help="HTTP processes sharing the port (SO_REUSEPORT), about one per core.",
     ),
 ]  # fmt: skip
+# one of --workers N's processes: listens on the shared port; the supervisor bootstrapped
+SupervisedOption = Annotated[bool, typer.Option("--supervised", hidden=True)]
 
 
 def serve(
@@ -85,6 +119,7 @@ def serve(
     database_url: str | None = DATABASE_URL_OPTION,
     iso_port: IsoPortOption = None,
     workers: WorkersOption = 1,
+    supervised: SupervisedOption = False,
 ) -> None:
     """Serve the HTTP API (and, with --iso-port, the ISO 8583 gateway). The database schema
     must be current (see `shoudan db upgrade`)."""
@@ -93,26 +128,21 @@ def serve(
     if problem:
         fail(problem)
     listen_host, listen_port = host or config.host, port or config.port
-    if workers > 1:
+    if workers > 1 and not supervised:
         if iso_port is not None:
             fail(
                 "--iso-port runs the gateway inside one HTTP process: with --workers, run "
                 "`shoudan gateway --processes N` beside it"
             )
-        _run_workers(database_url, listen_host, listen_port, workers)
-        return
-    _run(config, open_database(database_url), listen_host, listen_port, iso_port)
+        typer.echo(f"shoudan on http://{listen_host}:{listen_port}, {workers} processes")
+        one = [
+            sys.executable, "-m", "shoudan.cli.serve", "--host", listen_host,
+            "--port", str(listen_port), "--supervised",
+        ]  # fmt: skip
+        become_supervisor(database_url, workers, one)
+    database = open_database(database_url)
+    _run(config, database, listen_host, listen_port, iso_port, shared=supervised)
 
 
-def _run_workers(database_url: str | None, host: str, port: int, workers: int) -> None:
-    """uvicorn's own process manager: ``workers`` processes accept on one socket, each
-    building the app from the environment (``create_app``'s settings). On SQLite they take
-    turns to write through the lock file beside the database (docs/architecture.md)."""
-    if database_url:  # by environment: a password on a command line is on show in ps
-        os.environ["SHOUDAN_DATABASE_URL"] = database_url
-    base = f"http://{host}:{port}"
-    typer.echo(f"shoudan on {base}, {workers} processes  (health: {base}/healthz)")
-    uvicorn.run(
-        "shoudan.api.app:create_app", factory=True, host=host, port=port, workers=workers,
-        log_level="info",
-    )  # fmt: skip
+if __name__ == "__main__":  # one of ``--workers N``'s processes
+    typer.run(serve)

@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     database_url: str = ""  # empty: a SQLite file in data_dir
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    access_log: bool = True  # one line per HTTP request (uvicorn's access log)
     iso_host: str = "127.0.0.1"
     iso_port: int = Field(default=8583, ge=1, le=65535)
     # ISO 8583 gateway (gateway/server.py): idle connections closed after this many seconds;

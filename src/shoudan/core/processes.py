@@ -1,19 +1,20 @@
-"""Several gateway processes on one port: ``shoudan gateway --processes N``.
+"""Several processes of one server on one port: ``shoudan gateway --processes N`` and
+``shoudan serve --workers N``.
 
-One Python process runs one request's Python at a time (the GIL), so one gateway uses one
-core. With ``--processes N`` the command bootstraps the database once and then becomes the
-supervisor in this module (``python -m shoudan.gateway.processes``: nothing but the standard
-library, so it costs little memory). The supervisor starts N gateways
-(``python -m shoudan.cli.gateway --supervised``) that each listen on the same address with
-``SO_REUSEPORT`` (the kernel spreads new connections over them), forwards SIGINT/SIGTERM to
-them (each stops gracefully: in-flight requests are answered), and waits for them. A gateway
-that dies is started again after a second; one that exits with an error within
-``EARLY_EXIT_SECONDS`` of its start (the port taken, the schema behind) stops the whole command
-with its exit code, instead of restarting forever.
+One Python process runs one request's Python at a time (the GIL), so one server process uses
+one core. With N > 1 the command does what must happen once (bootstrapping the database) and
+then becomes the supervisor in this module (``python -m shoudan.core.processes``: nothing but
+the standard library, so it costs little memory). The supervisor starts N copies of the server
+(each told ``--supervised``) that each listen on the same address with ``SO_REUSEPORT``: the
+kernel spreads new connections over them by their addresses (where one shared listening
+socket, as uvicorn's own ``--workers`` has, may hand every connection of a burst to one
+process). It forwards SIGINT/SIGTERM to them (each stops gracefully: in-flight requests are
+answered), and waits for them. A process that dies is started again after a second; one that
+exits with an error within ``EARLY_EXIT_SECONDS`` of its start (the port taken, the schema
+behind) stops the whole command with its exit code, instead of restarting forever.
 
-They share everything else through the database: a terminal signed on through one process is
-served by any other (its session keys are in the database), and on SQLite the processes take
-turns to write through the lock file beside the database (core/filelock.py).
+The processes share everything else through the database; on SQLite they take turns to write
+through the lock file beside it (core/filelock.py).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
-log = logging.getLogger("shoudan.gateway.processes")  # also when run as __main__
+log = logging.getLogger("shoudan.core.processes")  # also when run as __main__
 
 EARLY_EXIT_SECONDS = 5.0
 RESTART_DELAY_SECONDS = 1.0
@@ -43,7 +44,7 @@ class _Child:
 
 
 class Supervisor:
-    """``command(i)`` is the argument list of gateway ``i`` (0 … count-1)."""
+    """``command(i)`` is the argument list of process ``i`` (0 … count-1)."""
 
     def __init__(self, command: Callable[[int], list[str]], count: int) -> None:
         self.command = command
@@ -52,7 +53,7 @@ class Supervisor:
         self._children: dict[int, _Child] = {}
 
     def run(self) -> int:
-        """Start the gateways and wait for them; returns the command's exit code."""
+        """Start the processes and wait for them; returns the command's exit code."""
         previous = {
             signum: signal.signal(signum, self._on_signal)
             for signum in (signal.SIGINT, signal.SIGTERM)
@@ -75,7 +76,7 @@ class Supervisor:
     def _start(self, index: int) -> None:
         process = subprocess.Popen(self.command(index))  # noqa: S603 - our own interpreter and CLI
         self._children[index] = _Child(index, process, time.monotonic())
-        log.info("gateway process %d started (pid %d)", index, process.pid)
+        log.info("process %d started (pid %d)", index, process.pid)
 
     def _watch(self) -> int:
         while not self._stopping:
@@ -88,15 +89,15 @@ class Supervisor:
                 # it again would fail the same way; killed by a signal, it is started again
                 failed_at_start = code > 0 and time.monotonic() - child.started < EARLY_EXIT_SECONDS
                 if failed_at_start:
-                    log.error("gateway process %d exited with %d at start: stopping", index, code)
+                    log.error("process %d exited with %d at start: stopping", index, code)
                     return code or 1
-                log.error("gateway process %d exited with %d: starting it again", index, code)
+                log.error("process %d exited with %d: starting it again", index, code)
                 time.sleep(RESTART_DELAY_SECONDS)
                 self._start(index)
         return 0
 
     def _stop_all(self) -> None:
-        """SIGTERM to every gateway (a graceful stop each), then wait for them."""
+        """SIGTERM to every process (a graceful stop each), then wait for them."""
         for child in self._children.values():
             if child.process.poll() is None:
                 child.process.terminate()
@@ -105,15 +106,15 @@ class Supervisor:
             try:
                 child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.error("gateway process %d did not stop in time: killed", child.index)
+                log.error("process %d did not stop in time: killed", child.index)
                 child.process.kill()
                 child.process.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m shoudan.gateway.processes --count N [--metrics-port P] -- GATEWAY...``:
-    N copies of the gateway command, the i-th with ``--metrics-port P+i`` when P is given."""
-    parser = argparse.ArgumentParser(prog="shoudan.gateway.processes")
+    """``python -m shoudan.core.processes --count N [--metrics-port P] -- COMMAND...``: N
+    copies of the server command, the i-th with ``--metrics-port P+i`` when P is given."""
+    parser = argparse.ArgumentParser(prog="shoudan.core.processes")
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--metrics-port", type=int)
     parser.add_argument("command", nargs=argparse.REMAINDER)
@@ -122,15 +123,15 @@ def main(argv: list[str] | None = None) -> int:
     if command[:1] == ["--"]:
         command = command[1:]
     if arguments.count < 1 or not command:
-        parser.error("a --count of at least 1 and a gateway command after --")
+        parser.error("a --count of at least 1 and a command after --")
 
-    def gateway(index: int) -> list[str]:
+    def copy(index: int) -> list[str]:
         if arguments.metrics_port is None:
             return command
         return [*command, "--metrics-port", str(arguments.metrics_port + index)]
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    return Supervisor(gateway, arguments.count).run()
+    return Supervisor(copy, arguments.count).run()
 
 
 if __name__ == "__main__":
