@@ -296,3 +296,46 @@ def test_a_failed_seated_member_is_undone_alone(grouped: Database) -> None:
     threads = [run(insert, grouped, n) for n in range(5)] + [run(failing)]
     assert finished(*threads)
     assert committed(grouped) == set(range(5))
+
+
+def test_a_writer_without_the_baton_is_not_left_waiting_on_its_open_group(
+    grouped: Database,
+) -> None:
+    """A writer that holds no baton (a web page) leaves its group open because a reader waits
+    for the baton; the reader takes and gives the baton while the writer still holds the
+    writer lock, so that hand-over's ``settle`` cannot commit, and nothing else would: the
+    writer must close its group itself once the window has passed (found by review)."""
+    group, baton = grouped._group, grouped.baton
+    assert group is not None
+    decided, go = threading.Event(), threading.Event()
+    after_member = group._after_member
+
+    def after_member_then_pause() -> None:  # widens the window a GIL switch can open
+        after_member()
+        decided.set()
+        go.wait(WAIT)
+
+    group._after_member = after_member_then_pause  # type: ignore[method-assign]
+    holder_may_go, seated = threading.Event(), []
+    holder = run(hold, baton, holder_may_go, seated)
+    wait_until(lambda: seated == ["in"])
+
+    def read() -> None:
+        with baton.held():
+            pass
+
+    reader = run(read)
+    wait_until(lambda: baton.waiting() == 1)
+
+    def write() -> None:  # holds no baton
+        with grouped.transaction() as session:
+            session.execute(text("INSERT INTO baton_rows (n) VALUES (1)"))
+
+    writer = run(write)
+    assert decided.wait(WAIT)
+    assert group._batch is not None  # left open: a reader was waiting to join
+    holder_may_go.set()  # the reader takes the baton and gives it: settle finds the lock held
+    assert finished(holder, reader)
+    go.set()  # the writer lets go of the writer lock only now, and waits for its group
+    assert finished(writer), "the writer waits for a commit nobody makes"
+    assert committed(grouped) == {1}

@@ -6,6 +6,7 @@ lock while another process holds it fails at once."""
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 import textwrap
@@ -54,9 +55,29 @@ def test_a_forked_child_does_not_share_its_parents_lock(tmp_path: Path) -> None:
     lock.acquire()
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the child
+        try:
+            lock.release()  # as a commit of a group it inherited would: it holds nothing
+            os._exit(3)
+        except RuntimeError:
+            pass
         os._exit(0 if not lock.try_acquire() else 1)
     _, status = os.waitpid(child, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, "the child took the lock its parent holds"
+    assert os.waitstatus_to_exitcode(status) == 0, "the child let go of, or took, its parent's"
+    assert not _another_process_may_take(lock.path)  # the parent's turn is still held
+    lock.release()
+    lock.close()
+
+
+def test_the_lock_file_takes_the_databases_permissions(tmp_path: Path) -> None:
+    database = tmp_path / "db.sqlite3"
+    database.write_bytes(b"")
+    database.chmod(0o640)
+    lock = InterProcessLock(lock_path_for(database), like=database)
+    assert lock.try_acquire()
+    assert stat.S_IMODE(lock.path.stat().st_mode) == 0o640
+    lock.release()
+    lock.acquire()
+    lock.close()  # held: left open for its own release
     lock.release()
     lock.close()
 

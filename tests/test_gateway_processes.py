@@ -27,7 +27,12 @@ from shoudan.core.db import Database
 from shoudan.gateway.simulator import Card, TerminalClient, TerminalState
 from shoudan.payments.models import Payment
 from tests.payments_world import DEBIT, PIN, build_world
-from tests.process_helpers import children, stop_gracefully
+from tests.process_helpers import (
+    assert_ledger_verifies,
+    children,
+    running,
+    stop_gracefully,
+)
 from tests.test_gateway_crash import (
     DEADLINE,
     SECRET_KEY,
@@ -165,11 +170,7 @@ def test_processes_share_the_port_and_are_restarted_and_stopped(
     finally:
         database.dispose()
     assert captured == len(codes) + len(after)  # every 00 once
-    verify = subprocess.run(
-        [shoudan_cli(), "ledger", "verify", "--database-url", sqlite_url],
-        check=False, capture_output=True, text=True, timeout=DEADLINE,
-    )  # fmt: skip
-    assert verify.returncode == 0 and "ledger OK" in verify.stdout, verify.stdout + verify.stderr
+    assert_ledger_verifies(sqlite_url)
 
 
 def test_gateways_that_cannot_start_stop_the_command(sqlite_url: str, tmp_path: Path) -> None:
@@ -186,3 +187,25 @@ def test_gateways_that_cannot_start_stop_the_command(sqlite_url: str, tmp_path: 
         )  # fmt: skip
     assert finished.returncode != 0
     assert "exited with" in finished.stdout + finished.stderr
+
+
+def test_the_servers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    """SIGKILL leaves the supervisor no time to stop anything: the kernel tells each server
+    (PR_SET_PDEATHSIG), and each stops gracefully, so none is left serving the port."""
+    port = free_port()
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "shoudan.benchmarks.gateway_echo", str(port), "2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        _wait_for(lambda: len(children(supervisor.pid)) == 2, "two echo servers")
+        _wait_for(lambda: _accepting(port), "the port accepts")
+        servers = children(supervisor.pid)
+        supervisor.kill()
+        supervisor.wait(timeout=DEADLINE)
+        _wait_for(lambda: not any(running(pid) for pid in servers), "the servers stopped")
+        assert not _accepting(port)
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.wait(timeout=30)

@@ -19,7 +19,11 @@ from shoudan.cli.main import app
 from shoudan.core.db import Database
 from shoudan.payments.models import Payment
 from tests.payments_world import DEBIT, PIN, build_world
-from tests.process_helpers import children, stop_gracefully
+from tests.process_helpers import (
+    assert_ledger_verifies,
+    children,
+    stop_gracefully,
+)
 from tests.test_gateway_crash import DEADLINE, SECRET_KEY, free_port, shoudan_cli
 
 pytestmark = [pytest.mark.skipif(sys.platform != "linux", reason="/proc")]
@@ -83,11 +87,7 @@ def test_workers_share_the_port_and_the_database(sqlite_url: str, tmp_path: Path
         database.dispose()
     assert set(created) <= ids and len(created) == len(set(created)) == PAYMENTS
     assert count == len(ids)
-    verify = subprocess.run(
-        [shoudan_cli(), "ledger", "verify", "--database-url", sqlite_url],
-        check=False, capture_output=True, text=True, timeout=DEADLINE,
-    )  # fmt: skip
-    assert verify.returncode == 0 and "ledger OK" in verify.stdout, verify.stdout + verify.stderr
+    assert_ledger_verifies(sqlite_url)
 
 
 def test_the_gateway_inside_several_http_processes_is_refused(sqlite_url: str) -> None:

@@ -45,8 +45,9 @@ SHARED = "--reuse-port"
 
 def main(port: int, processes: int = 1, shared: bool = False) -> None:
     if processes > 1:
-        one = [sys.executable, "-m", "shoudan.benchmarks.gateway_echo", str(port), "1", SHARED]
-        supervisor = [sys.executable, "-m", "shoudan.core.processes", "--count", str(processes)]
+        python = [sys.executable, "-P", "-m"]
+        one = [*python, "shoudan.benchmarks.gateway_echo", str(port), "1", SHARED]
+        supervisor = [*python, "shoudan.core.processes", "--count", str(processes)]
         os.execv(sys.executable, [*supervisor, "--", *one])  # noqa: S606 - our own modules
     server = GatewayServer(echo, "127.0.0.1", port, reuse_port=shared)
     asyncio.run(serve_until_signalled(server))

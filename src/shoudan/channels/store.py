@@ -140,7 +140,7 @@ class SqliteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         # processes take turns in the kernel, not in SQLite's sleeping busy handler
-        self._turns = InterProcessLock(lock_path_for(self.path))
+        self._turns = InterProcessLock(lock_path_for(self.path), like=self.path)
         self._connection: sqlite3.Connection | None = None
         self._pid = 0
         with self._transaction() as connection:

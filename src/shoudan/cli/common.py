@@ -80,7 +80,9 @@ def become_supervisor(
         database.dispose()
     if database_url:  # by environment: a password on a command line is on show in ps
         os.environ["SHOUDAN_DATABASE_URL"] = database_url
-    supervisor = [sys.executable, "-m", "shoudan.core.processes", "--count", str(count)]
+    # -P: the working directory is not put on the module path (no look-alike module there
+    # may be imported in its place)
+    supervisor = [sys.executable, "-P", "-m", "shoudan.core.processes", "--count", str(count)]
     if metrics_port:
         supervisor += ["--metrics-port", str(metrics_port)]
     sys.stdout.flush()

@@ -83,7 +83,7 @@ def gateway(
     if count > 1:
         typer.echo(f"shoudan ISO 8583 gateway on {listen_host}:{port}, {count} processes")
         one = [
-            sys.executable, "-m", "shoudan.cli.gateway", "--host", listen_host,
+            sys.executable, "-P", "-m", "shoudan.cli.gateway", "--host", listen_host,
             "--iso-port", str(port), "--supervised",
         ]  # fmt: skip
         become_supervisor(database_url, count, one, metrics_port)

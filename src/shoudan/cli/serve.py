@@ -136,7 +136,7 @@ def serve(
             )
         typer.echo(f"shoudan on http://{listen_host}:{listen_port}, {workers} processes")
         one = [
-            sys.executable, "-m", "shoudan.cli.serve", "--host", listen_host,
+            sys.executable, "-P", "-m", "shoudan.cli.serve", "--host", listen_host,
             "--port", str(listen_port), "--supervised",
         ]  # fmt: skip
         become_supervisor(database_url, workers, one)

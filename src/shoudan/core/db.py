@@ -442,7 +442,7 @@ def _interprocess_lock(engine: Engine) -> InterProcessLock | None:
     database = engine.url.database
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
-    return InterProcessLock(lock_path_for(database))
+    return InterProcessLock(lock_path_for(database), like=Path(database))
 
 
 GROUP_WINDOW_SECONDS = 0.010  # the longest a group waits for more members (with the baton)
@@ -533,7 +533,12 @@ class GroupCommit:
         # Even a failed member waits for its group: its caller may look for the row it
         # collided with (an Idempotency-Key's winner) and must find it committed.
         with self.baton.released():
-            batch.done.wait()
+            # Whoever would have committed the group may have looked while another thread
+            # held the writer lock (``settle`` never waits for it), and a member that holds
+            # no baton gives no hand-over to look again at: so the members look themselves,
+            # once a window.
+            while not batch.done.wait(GROUP_WINDOW_SECONDS):
+                self.settle(0)
         if failure is not None:
             raise failure
         if batch.error is not None:
@@ -606,7 +611,9 @@ class GroupCommit:
             batch.error = error
             batch.session.rollback()
         finally:
-            batch.session.close()
-            if self._turns is not None:
-                self._turns.release()  # after COMMIT or ROLLBACK: the next process may write
-            batch.done.set()
+            try:
+                batch.session.close()
+            finally:
+                if self._turns is not None:
+                    self._turns.release()  # after COMMIT or ROLLBACK: another process's turn
+                batch.done.set()

@@ -19,14 +19,20 @@ it, whichever thread took it.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import stat
 from pathlib import Path
 
 
 class InterProcessLock:
-    def __init__(self, path: Path) -> None:
+    """``like``: a file whose permission bits the lock file takes when it creates it (the
+    database's, so that every account that may write the database may take turns)."""
+
+    def __init__(self, path: Path, like: Path | None = None) -> None:
         self.path = Path(path)
+        self.like = like
         self._fd: int | None = None
         self._pid = 0
         self._holds = 0
@@ -36,6 +42,7 @@ class InterProcessLock:
 
     @property
     def held(self) -> bool:
+        self._forget_parent()
         return self._holds > 0
 
     def try_acquire(self) -> bool:
@@ -61,6 +68,7 @@ class InterProcessLock:
         self._holds = 1
 
     def release(self) -> None:
+        self._forget_parent()  # a forked child never lets go of its parent's turn
         if self._holds <= 0:
             raise RuntimeError("InterProcessLock released more often than taken")
         self._holds -= 1
@@ -69,21 +77,35 @@ class InterProcessLock:
 
     def _forget_parent(self) -> None:
         # A forked child shares its parent's open file description, and flock belongs to the
-        # description: the child must open its own, or the two would hold one lock together.
+        # description: the child opens its own. Closing its copy of the parent's descriptor
+        # does not unlock it (the parent's stays open), and a child outliving its parent
+        # does not keep the parent's turn alive.
         if self._fd is not None and self._pid != os.getpid():
+            with contextlib.suppress(OSError):
+                if os.path.samestat(os.fstat(self._fd), os.stat(self.path)):  # still ours
+                    os.close(self._fd)
             self._fd, self._holds = None, 0
 
     def _descriptor(self) -> int:
         if self._fd is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            mode = 0o600
+            if self.like is not None and self.like.exists():
+                mode = stat.S_IMODE(self.like.stat().st_mode)
+            try:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode)
+            except PermissionError:  # made by another account: flock needs no write access
+                self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
             self._pid = os.getpid()
         return self._fd
 
     def close(self) -> None:
-        if self._fd is not None and self._pid == os.getpid():
+        """Close the lock file, unless a turn is still held (a thread that outlived its
+        server's shutdown): its own release lets go, and the process's exit closes it."""
+        self._forget_parent()
+        if self._fd is not None and self._holds == 0:
             os.close(self._fd)
-        self._fd, self._holds = None, 0
+            self._fd = None
 
 
 def lock_path_for(database_file: str | Path) -> Path:

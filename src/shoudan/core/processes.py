@@ -9,9 +9,11 @@ the standard library, so it costs little memory). The supervisor starts N copies
 kernel spreads new connections over them by their addresses (where one shared listening
 socket, as uvicorn's own ``--workers`` has, may hand every connection of a burst to one
 process). It forwards SIGINT/SIGTERM to them (each stops gracefully: in-flight requests are
-answered), and waits for them. A process that dies is started again after a second; one that
-exits with an error within ``EARLY_EXIT_SECONDS`` of its start (the port taken, the schema
-behind) stops the whole command with its exit code, instead of restarting forever.
+answered), and waits for them. A process that dies is started again after a second (doubled
+for each quick failure in a row, up to 30 s). One of the first N that exits with an error
+within ``EARLY_EXIT_SECONDS`` (the port taken, the schema behind) stops the whole command with
+its exit code instead: starting it again would fail the same way. The kernel stops the
+servers if the supervisor itself dies (``PR_SET_PDEATHSIG``), so none is left on the port.
 
 The processes share everything else through the database; on SQLite they take turns to write
 through the lock file beside it (core/filelock.py).
@@ -20,9 +22,12 @@ through the lock file beside it (core/filelock.py).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
+import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +36,9 @@ from types import FrameType
 log = logging.getLogger("shoudan.core.processes")  # also when run as __main__
 
 EARLY_EXIT_SECONDS = 5.0
-RESTART_DELAY_SECONDS = 1.0
+RESTART_DELAY_SECONDS = 1.0  # doubled for each quick failure in a row, up to the maximum
+MAX_RESTART_DELAY_SECONDS = 30.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 POLL_SECONDS = 0.2
 STOP_TIMEOUT_SECONDS = 60.0
 
@@ -41,6 +48,22 @@ class _Child:
     index: int
     process: subprocess.Popen[bytes]
     started: float
+    restarts: int = 0  # in a row, each soon after the one before (for the back-off)
+
+
+def _die_with_supervisor(supervisor: int) -> Callable[[], None]:
+    """Run in each child before it starts: the kernel sends it SIGTERM (a graceful stop) when
+    the supervisor dies, even by SIGKILL, so that no server is left on the port behind a
+    supervisor started again (Linux ``PR_SET_PDEATHSIG``)."""
+
+    def arrange() -> None:
+        if sys.platform != "linux":
+            return
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != supervisor:  # it died before the line above
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arrange
 
 
 class Supervisor:
@@ -51,6 +74,8 @@ class Supervisor:
         self.count = count
         self._stopping = False
         self._children: dict[int, _Child] = {}
+        self._restart_at: dict[int, tuple[float, int]] = {}  # index → (when, restarts)
+        self._began = float("inf")  # when the first processes had all been started
 
     def run(self) -> int:
         """Start the processes and wait for them; returns the command's exit code."""
@@ -61,6 +86,7 @@ class Supervisor:
         try:
             for index in range(self.count):
                 self._start(index)
+            self._began = time.monotonic()
             return self._watch()
         finally:
             self._stop_all()
@@ -73,27 +99,38 @@ class Supervisor:
     def _on_signal(self, _signum: int, _frame: FrameType | None) -> None:
         self._stopping = True
 
-    def _start(self, index: int) -> None:
-        process = subprocess.Popen(self.command(index))  # noqa: S603 - our own interpreter and CLI
-        self._children[index] = _Child(index, process, time.monotonic())
+    def _start(self, index: int, restarts: int = 0) -> None:
+        # preexec_fn is safe here: the supervisor runs no threads
+        process = subprocess.Popen(  # noqa: S603 - our own interpreter and CLI
+            self.command(index),
+            preexec_fn=_die_with_supervisor(os.getpid()),  # noqa: PLW1509
+        )
+        self._children[index] = _Child(index, process, time.monotonic(), restarts)
         log.info("process %d started (pid %d)", index, process.pid)
 
     def _watch(self) -> int:
         while not self._stopping:
             time.sleep(POLL_SECONDS)
+            now = time.monotonic()
+            for index, (when, restarts) in list(self._restart_at.items()):
+                if now >= when and not self._stopping:
+                    del self._restart_at[index]
+                    self._start(index, restarts)
             for index, child in list(self._children.items()):
                 code = child.process.poll()
-                if code is None or self._stopping:
+                if code is None or self._stopping or index in self._restart_at:
                     continue
-                # it gave up by itself right away (the port taken, the schema behind): starting
-                # it again would fail the same way; killed by a signal, it is started again
-                failed_at_start = code > 0 and time.monotonic() - child.started < EARLY_EXIT_SECONDS
-                if failed_at_start:
+                soon = now - child.started < EARLY_EXIT_SECONDS
+                if code > 0 and soon and child.started <= self._began:
+                    # the first start failed by itself (the port taken, the schema behind):
+                    # starting it again would fail the same way
                     log.error("process %d exited with %d at start: stopping", index, code)
-                    return code or 1
-                log.error("process %d exited with %d: starting it again", index, code)
-                time.sleep(RESTART_DELAY_SECONDS)
-                self._start(index)
+                    return code
+                restarts = child.restarts + 1 if soon else 0
+                delay = min(RESTART_DELAY_SECONDS * 2**restarts, MAX_RESTART_DELAY_SECONDS)
+                log.error("process %d exited with %d: starting it again in %.0f s",
+                          index, code, delay)  # fmt: skip
+                self._restart_at[index] = (now + delay, restarts)
         return 0
 
     def _stop_all(self) -> None:
