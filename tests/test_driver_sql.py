@@ -119,3 +119,26 @@ def test_load_gives_rows_as_the_orm_loads_them(database: Database) -> None:
 class _Fixed:
     def now(self) -> datetime:
         return NOW
+
+
+def test_driver_cursors_are_closed_before_their_connection_goes_back_to_the_pool(
+    database: Database,
+) -> None:
+    """A cursor freed after another thread has taken its connection would reset the statement
+    that thread is running (sqlite3 shares one compiled statement per SQL text): each driver
+    cursor is closed when its connection is checked in, while it is still ours."""
+    with database.driver_read() as reading:
+        reading.execute("SELECT 1")
+        read_cursor = reading.cursor
+    with database.transaction() as session:
+        writing = DriverSQL(session)
+        writing.execute("SELECT 1")
+        write_cursor = writing.cursor
+    with database.read() as session:
+        DriverSQL(session).execute("SELECT 1")
+        session_cursor = DriverSQL(session).cursor
+    for cursor in (read_cursor, write_cursor, session_cursor):
+        with pytest.raises(Exception, match=r"(?i)closed"):
+            cursor.execute("SELECT 1")
+    with database.driver_read() as again:  # the pool's connections still work
+        assert again.execute("SELECT 1") == [(1,)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -93,13 +93,34 @@ def create_engine(url: str, **kwargs: Any) -> Engine:
         engine = sa_create_engine(url, **kwargs)
         _install_sqlite_hooks(engine)
         _driver_savepoints(engine)
+        _close_driver_cursors_on_checkin(engine)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
     engine = sa_create_engine(url, **kwargs)
     _driver_savepoints(engine)
+    _close_driver_cursors_on_checkin(engine)
     return engine
+
+
+_CURSORS_KEY = "shoudan.driver_cursors"
+
+
+def _close_driver_cursors_on_checkin(engine: Engine) -> None:
+    """Close the cursors ``DriverSQL`` opened on a connection when the connection goes back
+    to the pool, before another thread can take it. A cursor left to be freed later resets
+    the statement it last ran, and ``sqlite3`` shares one compiled statement per SQL text
+    and connection: freed after the connection had gone to another thread (the frame that
+    held it ends just after the commit), it reset that thread's statement in the middle of
+    its ``executemany``. The likeliest cause of "bad parameter or other API misuse" in a
+    ledger write, seen twice in about two dozen full test runs (the gateway's fuzz test)."""
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        for cursor in record.info.pop(_CURSORS_KEY, ()):
+            with suppress(Exception):  # a cursor of a connection that is gone
+                cursor.close()
 
 
 def _install_sqlite_hooks(engine: Engine) -> None:
@@ -199,6 +220,8 @@ class DriverSQL:
         self._pooled = pooled
         self._invalidate = invalidate
         self.cursor: Any = pooled.driver_connection.cursor()  # type: ignore[union-attr]
+        # closed when the connection goes back to the pool (_close_driver_cursors_on_checkin)
+        pooled.info.setdefault(_CURSORS_KEY, []).append(self.cursor)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """Run one statement; its rows (a statement with ``RETURNING``, a query) or []."""

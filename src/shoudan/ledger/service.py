@@ -220,7 +220,13 @@ class Ledger:
                 # single-entry commit itself (docs/benchmarks.md)
                 with self.database.driver_transaction() as raw:
                     repo = LedgerRepository(raw, self.database.dialect)
-                    return self._apply(repo, items, checked)
+                    try:
+                        return self._apply(repo, items, checked)
+                    finally:
+                        # here, while the connection is ours: a cursor freed after the pool
+                        # has it back resets a statement another thread may be running
+                        # (core/db.py, _close_driver_cursors_on_checkin)
+                        repo.cursor.close()
             except Exception as error:
                 if attempt == MAX_RETRIES or not self.database.is_retryable(error):
                     raise
