@@ -6,6 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sqlalchemy import func, select
+
+from shoudan.core.db import Database
+from shoudan.payments.models import Payment
+
 DEADLINE = 60.0  # seconds for one step of a process (a bound for a broken build, not a timing)
 
 
@@ -43,3 +48,22 @@ def running(pid: int) -> bool:
     except OSError:
         return False
     return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def reap(process: subprocess.Popen[bytes]) -> None:
+    """Kill what a failed test left running (in its ``finally``)."""
+    if process.poll() is None:
+        process.kill()
+        process.wait(timeout=30)
+
+
+def captured_payments(url: str) -> tuple[set[str], int]:
+    """The ids of the captured payments, and how many payments there are in all."""
+    database = Database(url)
+    try:
+        with database.read() as session:
+            ids = set(session.scalars(select(Payment.id).where(Payment.status == "captured")))
+            count = session.scalar(select(func.count()).select_from(Payment)) or 0
+    finally:
+        database.dispose()
+    return ids, count

@@ -21,15 +21,15 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
 
 from shoudan.core.db import Database
 from shoudan.gateway.simulator import Card, TerminalClient, TerminalState
-from shoudan.payments.models import Payment
 from tests.payments_world import DEBIT, PIN, build_world
 from tests.process_helpers import (
     assert_ledger_verifies,
+    captured_payments,
     children,
+    reap,
     running,
     stop_gracefully,
 )
@@ -157,19 +157,10 @@ def test_processes_share_the_port_and_are_restarted_and_stopped(
 
         stop_gracefully(supervisor, log)
     finally:
-        if supervisor.poll() is None:
-            supervisor.kill()
-            supervisor.wait(timeout=30)
+        reap(supervisor)
 
-    database = Database(sqlite_url)
-    try:
-        with database.read() as session:
-            captured = session.scalar(
-                select(func.count()).select_from(Payment).where(Payment.status == "captured")
-            )
-    finally:
-        database.dispose()
-    assert captured == len(codes) + len(after)  # every 00 once
+    captured, everything = captured_payments(sqlite_url)
+    assert len(captured) == everything == len(codes) + len(after)  # every 00 once
     assert_ledger_verifies(sqlite_url)
 
 
@@ -206,6 +197,4 @@ def test_the_servers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
         _wait_for(lambda: not any(running(pid) for pid in servers), "the servers stopped")
         assert not _accepting(port)
     finally:
-        if supervisor.poll() is None:
-            supervisor.kill()
-            supervisor.wait(timeout=30)
+        reap(supervisor)

@@ -12,16 +12,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from shoudan.cli.main import app
 from shoudan.core.db import Database
-from shoudan.payments.models import Payment
 from tests.payments_world import DEBIT, PIN, build_world
 from tests.process_helpers import (
     assert_ledger_verifies,
+    captured_payments,
     children,
+    reap,
     stop_gracefully,
 )
 from tests.test_gateway_crash import DEADLINE, SECRET_KEY, free_port, shoudan_cli
@@ -74,17 +74,9 @@ def test_workers_share_the_port_and_the_database(sqlite_url: str, tmp_path: Path
 
         stop_gracefully(server, log)
     finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait(timeout=30)
+        reap(server)
 
-    database = Database(sqlite_url)
-    try:
-        with database.read() as session:
-            ids = set(session.scalars(select(Payment.id).where(Payment.status == "captured")))
-            count = session.scalar(select(func.count()).select_from(Payment))
-    finally:
-        database.dispose()
+    ids, count = captured_payments(sqlite_url)
     assert set(created) <= ids and len(created) == len(set(created)) == PAYMENTS
     assert count == len(ids)
     assert_ledger_verifies(sqlite_url)

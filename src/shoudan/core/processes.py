@@ -93,9 +93,6 @@ class Supervisor:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
 
-    def pids(self) -> list[int]:
-        return [child.process.pid for child in self._children.values()]
-
     def _on_signal(self, _signum: int, _frame: FrameType | None) -> None:
         self._stopping = True
 
