@@ -339,3 +339,40 @@ def test_a_writer_without_the_baton_is_not_left_waiting_on_its_open_group(
     go.set()  # the writer lets go of the writer lock only now, and waits for its group
     assert finished(writer), "the writer waits for a commit nobody makes"
     assert committed(grouped) == {1}
+
+
+def test_a_group_commits_with_the_baton_down(grouped: Database) -> None:
+    """The commit's fsync is a wait like any other: another request runs meanwhile (its
+    Python, its reads), it does not wait for the disk."""
+    group = grouped._group
+    assert group is not None
+    committing, go, took = threading.Event(), threading.Event(), threading.Event()
+    sessions = group._sessions
+
+    def sessions_with_a_slow_commit():  # type: ignore[no-untyped-def]
+        session = sessions()
+        commit = session.commit
+
+        def slow_commit() -> None:
+            committing.set()
+            go.wait(WAIT)
+            commit()
+
+        session.commit = slow_commit  # type: ignore[method-assign]
+        return session
+
+    group._sessions = sessions_with_a_slow_commit  # type: ignore[assignment]
+    writer = run(insert, grouped, 1)
+    assert committing.wait(WAIT)
+
+    def other_request() -> None:
+        with grouped.baton.held():
+            took.set()
+
+    other = run(other_request)
+    try:
+        assert took.wait(WAIT), "the baton stayed with the committing writer"
+    finally:
+        go.set()
+    assert finished(writer, other)
+    assert committed(grouped) == {1}

@@ -21,6 +21,7 @@ from shoudan.cli.common import (
     settings,
 )
 from shoudan.container import Container, build_container
+from shoudan.core.heap import settle_heap
 from shoudan.gateway.server import GatewayServer, serve_until_signalled
 
 HOST_OPTION = typer.Option(None, "--host", help="Address to listen on [default: SHOUDAN_ISO_HOST].")
@@ -96,6 +97,7 @@ def gateway(
     typer.echo(f"shoudan ISO 8583 gateway on {listen_host}:{port}")
     try:
         server = build_server(container, listen_host, port, reuse_port=reuse_port or supervised)
+        settle_heap()  # everything is loaded: out of the garbage collector's sight from now on
         asyncio.run(serve_until_signalled(server))
     finally:
         container.dispose()

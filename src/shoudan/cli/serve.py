@@ -28,6 +28,7 @@ from shoudan.cli.common import (
 from shoudan.container import Container
 from shoudan.core.config import Settings
 from shoudan.core.db import Database
+from shoudan.core.heap import settle_heap
 
 HOST_OPTION = typer.Option(None, "--host", help="Address to listen on [default: SHOUDAN_HOST].")
 PORT_OPTION = typer.Option(None, "--port", help="Port to listen on [default: SHOUDAN_PORT].")
@@ -50,6 +51,7 @@ def _run(
     base = f"http://{host}:{port}"
     typer.echo(f"shoudan on {base}  (health: {base}/healthz, API docs: {base}/docs)")
     app = create_app(config, database=database)
+    settle_heap()  # the app is built: out of the garbage collector's sight from now on
     try:
         if shared:  # one of --workers N: a socket of its own on the shared port
             server = uvicorn.Server(

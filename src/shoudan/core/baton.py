@@ -8,7 +8,8 @@ session). A thread holding the baton is the only request thread that wants the G
 statements get it straight back.
 
 Whoever would wait puts the baton down first (``released()``): for the network (a channel
-call), for its group's commit, for a lock another thread holds. A thread never waits holding
+call), for its group's commit (the member committing it sets it aside for the fsync), for a
+lock another thread holds. A thread never waits holding
 it for something only a baton holder could give, so the baton cannot deadlock. Whenever the
 baton is put down, ``on_give`` runs with the number of threads waiting for it: group commit
 uses that to commit the transactions it was keeping open for the next request, when there is

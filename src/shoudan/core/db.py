@@ -629,7 +629,9 @@ class GroupCommit:
         if batch is None:
             return
         try:
-            batch.session.commit()
+            # the fsync: this process's other requests run meanwhile (the writer lock stays)
+            with self.baton.set_aside():
+                batch.session.commit()
         except BaseException as error:
             batch.error = error
             batch.session.rollback()
