@@ -92,3 +92,25 @@ def build_refund_world(database: Database, tmp_path: Path) -> RefundWorld:
             staff[name], staff_ids[name] = token, view.id
     relay = Relay(database, build_registry(world.container), clock=world.clock)
     return RefundWorld(world, staff, staff_ids, relay)
+
+
+def check_refund_day_totals(world: World) -> None:
+    """The running totals of live refunds equal what the refunds themselves say (an
+    invariant: the risk rule "refunds today over 30 % of sales" reads them)."""
+    from collections import Counter
+
+    from sqlalchemy import select
+
+    from shoudan.refunds.domain import LIVE, RefundStatus
+    from shoudan.refunds.models import Refund, RefundDayTotal
+
+    expected: Counter[tuple[str, str]] = Counter()
+    with world.container.database.read() as session:
+        for refund in session.scalars(select(Refund)):
+            if RefundStatus(refund.status) in LIVE:
+                expected[(refund.business_date, refund.merchant_id)] += refund.amount
+        stored = {
+            (row.business_date, row.merchant_id): row.amount
+            for row in session.scalars(select(RefundDayTotal))
+        }
+    assert {k: v for k, v in stored.items() if v} == {k: v for k, v in expected.items() if v}

@@ -21,7 +21,7 @@ from shoudan.sms.models import SmsMessage
 from shoudan.web.service import WebAccounts
 from shoudan.webhooks.models import Event
 from tests.payments_world import CREDIT, DEBIT, PIN, check_day_totals
-from tests.refunds_world import RefundWorld, build_refund_world
+from tests.refunds_world import RefundWorld, build_refund_world, check_refund_day_totals
 
 CARD_CLOSED = "6222020000000000778"
 FLAKY_REFUND = "6258070000000785"
@@ -34,6 +34,7 @@ def rw(database: Database, tmp_path: Path):
     report = world.world.container.ledger.verify()
     assert report.violations == [], report.violations
     check_day_totals(world.world)
+    check_refund_day_totals(world.world)
     world.run_worker()
     with world.world.container.database.read() as session:
         assert outbox_stats(session)["dead"] == 0  # every event had a handler that took it
@@ -502,3 +503,34 @@ def test_unanswered_refund_is_synced_then_rerouted(
     assert rw.act(refund["id"], "reroute", "cs", **account)["status"] == "processing"
     rw.run_worker()
     assert rw.get(refund["id"])["status"] == "succeeded"
+
+
+# -- the merchant's live refunds of the day (the risk rule's running total) ---------------------
+def test_the_days_live_refunds_are_counted_and_migration_0023_fills_them(
+    rw: RefundWorld,
+) -> None:
+    from sqlalchemy import select
+
+    from shoudan import migrations
+    from shoudan.payments.domain import business_date
+    from shoudan.refunds.models import RefundDayTotal
+
+    def totals() -> dict[tuple[str, str], int]:
+        with rw.world.container.database.read() as session:
+            rows = session.scalars(select(RefundDayTotal))
+            return {(row.business_date, row.merchant_id): row.amount for row in rows}
+
+    payment = rw.earlier_payment(amount=1_000_000)
+    rw.refund(payment_id=payment["id"], amount=1_500)
+    reviewed = rw.refund(payment_id=payment["id"], amount=600_000)  # ≥ ¥5,000: review
+    day = (business_date(rw.world.clock.now()).isoformat(), rw.world.merchant_a)
+    assert totals() == {day: 601_500}
+    rw.act(reviewed["id"], "reject", "reviewer", note="no receipt")  # no longer live
+    assert totals() == {day: 1_500}
+    check_refund_day_totals(rw.world)
+
+    # a database upgraded from before the running totals gets them from its refunds
+    url = rw.world.container.database.engine.url.render_as_string(hide_password=False)
+    migrations.downgrade(url, "0022")
+    migrations.upgrade(url)
+    assert totals() == {day: 1_500}

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from shoudan.core.errors import DomainError, ErrorCode
 from shoudan.refunds.domain import (
+    CARD_REFUNDS_COUNTED,
     FINAL,
     LIVE,
     SHANGHAI,
@@ -28,6 +29,7 @@ from shoudan.refunds.domain import (
     Route,
     approvals_required,
     assess,
+    card_refunds_bound,
     check_approval,
     check_out_refund_no,
     check_request,
@@ -594,3 +596,18 @@ def test_business_hours_may_run_past_midnight() -> None:
         return any(r.rule == "off_hours" for r in assess(facts, rules).reasons)
 
     assert [fired(h) for h in (19, 23, 1, 3, 12)] == [False, False, False, True, True]
+
+
+def test_a_card_counted_to_the_bound_says_at_least() -> None:
+    """The card's refunds are counted only up to a bound (each request reads at most that
+    many rows), so the fact says what is known — and a threshold above the bound raises it."""
+    rules = RiskRules()
+    bound = card_refunds_bound(rules)
+    assert bound == CARD_REFUNDS_COUNTED
+    (reason,) = assess(facts(card_refunds_24h=bound), rules).reasons
+    assert reason.fact.startswith(f"the same card has at least {bound} refunds in 24 h")
+    (reason,) = assess(facts(card_refunds_24h=bound - 1), rules).reasons
+    assert reason.fact.startswith(f"the same card has {bound - 1} refunds in 24 h")
+    strict = RiskRules(card_velocity_count=CARD_REFUNDS_COUNTED + 50)
+    assert card_refunds_bound(strict) == CARD_REFUNDS_COUNTED + 50
+    assert assess(facts(card_refunds_24h=CARD_REFUNDS_COUNTED + 49), strict).reasons == ()

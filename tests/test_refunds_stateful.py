@@ -60,7 +60,7 @@ from shoudan.refunds.models import (
 from shoudan.refunds.service import RefundRequest, Reroute
 from tests import pg
 from tests.payments_world import CREDIT, DEBIT, PIN
-from tests.refunds_world import RefundWorld, build_refund_world
+from tests.refunds_world import RefundWorld, build_refund_world, check_refund_day_totals
 
 S = RefundStatus
 CARDS = {  # behaviour → PAN (tests/test_refunds.py uses the same sandbox cards)
@@ -556,6 +556,10 @@ def machine_for(fresh_database: DatabaseFactory, tmp_path: Path) -> type[RuleBas
                 waiting = sum(r.amount for r in live if r.status is not S.SUCCEEDED)
                 assert (view.debits_posted, view.debits_pending) == (done + p.redeemed, waiting)
                 assert view.max_debit_balance == p.captured
+
+        @invariant()
+        def the_merchants_live_refunds_of_each_day_are_counted(self) -> None:
+            check_refund_day_totals(self.rw.world)
 
         @invariant()
         def merchant_funds_holds_are_the_funded_refunds_not_yet_final(self) -> None:

@@ -185,6 +185,11 @@ class RiskRules:
     round_amount_unit: int = 100_000
 
 
+# The card's refunds in 24 h are counted up to a bound (this one included): past the rule's
+# threshold its answer cannot change, and each request reads at most this many rows.
+CARD_REFUNDS_COUNTED: Final = 100
+
+
 @dataclass(frozen=True, slots=True)
 class RiskFacts:
     amount: int
@@ -224,6 +229,14 @@ def _yuan(fen: int) -> str:
     return f"¥{fen // 100:,}.{fen % 100:02d}"
 
 
+def card_refunds_bound(rules: RiskRules) -> int:
+    return max(CARD_REFUNDS_COUNTED, rules.card_velocity_count)
+
+
+def _counted(refunds: int, rules: RiskRules) -> str:
+    return f"at least {refunds}" if refunds >= card_refunds_bound(rules) else str(refunds)
+
+
 def assess(facts: RiskFacts, rules: RiskRules) -> RiskAssessment:
     """Each rule that fires adds its weight and says which fact triggered it."""
     reasons: list[RiskReason] = []
@@ -255,7 +268,8 @@ def assess(facts: RiskFacts, rules: RiskRules) -> RiskAssessment:
              f"average ticket {_yuan(average)}")  # fmt: skip
     if facts.card_refunds_24h is not None and facts.card_refunds_24h >= rules.card_velocity_count:
         fire("card_velocity", rules.card_velocity_weight,
-             f"the same card has {facts.card_refunds_24h} refunds in 24 h across merchants "
+             f"the same card has {_counted(facts.card_refunds_24h, rules)} refunds in 24 h "
+             "across merchants "
              f"(>= {rules.card_velocity_count})")  # fmt: skip
     local = facts.payment_captured_at.astimezone(SHANGHAI).time()
     opens, closes = rules.business_hours
