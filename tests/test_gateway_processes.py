@@ -164,18 +164,29 @@ def test_processes_share_the_port_and_are_restarted_and_stopped(
     assert_ledger_verifies(sqlite_url)
 
 
-def test_gateways_that_cannot_start_stop_the_command(sqlite_url: str, tmp_path: Path) -> None:
+def test_a_port_taken_or_gateways_that_cannot_start_stop_the_command(
+    sqlite_url: str, tmp_path: Path
+) -> None:
     build_world(Database(sqlite_url), tmp_path).container.dispose()
+
+    def gateway(port: int, *more: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [shoudan_cli(), "gateway", "--host", "127.0.0.1", "--iso-port", str(port),
+             "--database-url", sqlite_url, "--processes", "2", *more],
+            check=False, capture_output=True, text=True, timeout=DEADLINE,
+            env=_environment(tmp_path),
+        )  # fmt: skip
+
     with socket.socket() as taken:  # a listener that does not share its port
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        finished = subprocess.run(
-            [shoudan_cli(), "gateway", "--host", "127.0.0.1", "--iso-port", str(port),
-             "--database-url", sqlite_url, "--processes", "2"],
-            check=False, capture_output=True, text=True, timeout=DEADLINE,
-            env=_environment(tmp_path),
-        )  # fmt: skip
+        finished = gateway(port)  # the supervisor cannot listen
+        assert finished.returncode != 0
+        assert "cannot listen" in finished.stdout + finished.stderr
+        # the gateways cannot start (their metrics port is taken): starting them again
+        # would fail the same way
+        finished = gateway(free_port(), "--metrics-port", str(port))
     assert finished.returncode != 0
     assert "exited with" in finished.stdout + finished.stderr
 

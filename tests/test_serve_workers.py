@@ -1,6 +1,7 @@
-"""``shoudan serve --workers N``: N real HTTP processes (uvicorn's process manager) on one port
-and one SQLite file. Payments made over many connections are all recorded once and the ledger
-verifies; SIGTERM stops every process; ``--iso-port`` with ``--workers`` is refused."""
+"""``shoudan serve --workers N``: N real HTTP processes behind the supervisor (which listens
+and hands them the connections), on one port and one SQLite file. Payments made over many
+connections are all recorded once and the ledger verifies; SIGTERM stops every process;
+``--iso-port`` with ``--workers`` is refused."""
 
 from __future__ import annotations
 
@@ -88,33 +89,3 @@ def test_the_gateway_inside_several_http_processes_is_refused(sqlite_url: str) -
     )
     assert result.exit_code == 1
     assert "shoudan gateway --processes" in result.output
-
-
-def test_the_shared_socket_answers_without_waiting_on_delayed_acks() -> None:
-    """Each worker's own socket: shared (SO_REUSEPORT), and TCP by name, so that asyncio sets
-    TCP_NODELAY on what it accepts (a response's head and body otherwise wait 40 ms apart)."""
-    import asyncio
-    import socket
-
-    from shoudan.cli.serve import _shared_socket
-
-    listening = _shared_socket("127.0.0.1", 0)
-    assert listening.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
-
-    async def accepted_nodelay() -> int:
-        seen: list[int] = []
-
-        async def handle(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            accepted = writer.get_extra_info("socket")
-            seen.append(accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
-            writer.close()
-
-        server = await asyncio.start_server(handle, sock=listening)
-        reader, writer = await asyncio.open_connection(*listening.getsockname()[:2])
-        await reader.read()
-        writer.close()
-        server.close()
-        await server.wait_closed()
-        return seen[0]
-
-    assert asyncio.run(accepted_nodelay()) != 0

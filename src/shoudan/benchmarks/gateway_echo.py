@@ -5,8 +5,8 @@ the gateway echoes, ``39=00`` and the request's field 64 (so the answer is as lo
 one) — and does nothing else: no database, no keys, no payment.
 
 Run by the benchmark as ``python -m shoudan.benchmarks.gateway_echo PORT [PROCESSES]``
-(PROCESSES echo servers sharing the port, as ``shoudan gateway --processes N`` does, under the
-same supervisor); SIGTERM stops it.
+(PROCESSES echo servers behind the same supervisor as ``shoudan gateway --processes N``, which
+listens and hands the connections out); SIGTERM stops it.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import asyncio
 import os
 import sys
 
+from shoudan.core.handoff import HANDOFF_FD_FLAG
 from shoudan.gateway.codec import MAC_FIELD, CodecError, Message, decode, encode
 from shoudan.gateway.domain import response_mti
 from shoudan.gateway.framing import reply_payload, split
@@ -40,18 +41,19 @@ def echo(payload: bytes) -> Outcome:
     return Outcome(reply_payload(frame, body), request.mti, APPROVED)
 
 
-SHARED = "--reuse-port"
-
-
-def main(port: int, processes: int = 1, shared: bool = False) -> None:
+def main(argv: list[str]) -> None:
+    port, processes = int(argv[0]), int(argv[1]) if len(argv) > 1 else 1
+    handoff_fd = int(argv[argv.index(HANDOFF_FD_FLAG) + 1]) if HANDOFF_FD_FLAG in argv else None
     if processes > 1:
         python = [sys.executable, "-P", "-m"]
-        one = [*python, "shoudan.benchmarks.gateway_echo", str(port), "1", SHARED]
-        supervisor = [*python, "shoudan.core.processes", "--count", str(processes)]
+        one = [*python, "shoudan.benchmarks.gateway_echo", str(port), "1"]
+        supervisor = [
+            *python, "shoudan.core.processes", "--count", str(processes), "--port", str(port),
+        ]  # fmt: skip
         os.execv(sys.executable, [*supervisor, "--", *one])  # noqa: S606 - our own modules
-    server = GatewayServer(echo, "127.0.0.1", port, reuse_port=shared)
+    server = GatewayServer(echo, "127.0.0.1", port, handoff_fd=handoff_fd)
     asyncio.run(serve_until_signalled(server))
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 1, SHARED in sys.argv)
+    main(sys.argv[1:])

@@ -66,11 +66,16 @@ def schema_problem(url: str) -> str | None:
 
 
 def become_supervisor(
-    database_url: str | None, count: int, server: list[str], metrics_port: int | None = None
+    database_url: str | None,
+    count: int,
+    server: list[str],
+    listen: tuple[str, int],
+    metrics_port: int | None = None,
 ) -> NoReturn:
     """Bootstrap the database once (before the processes could race to), then replace this
     process by the supervisor of ``count`` copies of ``server`` (core/processes.py), which
-    needs none of the modules the ``shoudan`` command loaded."""
+    needs none of the modules the ``shoudan`` command loaded. The supervisor listens on
+    ``listen`` (host, port) and hands each connection to the least busy copy."""
     from shoudan.bootstrap import bootstrap
 
     database = open_database(database_url)
@@ -82,7 +87,10 @@ def become_supervisor(
         os.environ["SHOUDAN_DATABASE_URL"] = database_url
     # -P: the working directory is not put on the module path (no look-alike module there
     # may be imported in its place)
-    supervisor = [sys.executable, "-P", "-m", "shoudan.core.processes", "--count", str(count)]
+    supervisor = [
+        sys.executable, "-P", "-m", "shoudan.core.processes", "--count", str(count),
+        "--host", listen[0], "--port", str(listen[1]),
+    ]  # fmt: skip
     if metrics_port:
         supervisor += ["--metrics-port", str(metrics_port)]
     sys.stdout.flush()

@@ -21,6 +21,7 @@ from shoudan.cli.common import (
     settings,
 )
 from shoudan.container import Container, build_container
+from shoudan.core.handoff import HANDOFF_FD_FLAG
 from shoudan.core.heap import settle_heap
 from shoudan.gateway.server import GatewayServer, serve_until_signalled
 
@@ -47,10 +48,17 @@ REUSE_PORT_OPTION = typer.Option(
 )
 # one of --processes N's gateways: shares the port, leaves bootstrapping to the supervisor
 SUPERVISED_OPTION = typer.Option(False, "--supervised", hidden=True)
+# one of --processes N's gateways: its end of the supervisor's hand-over (core/handoff.py)
+HANDOFF_FD_OPTION = typer.Option(None, HANDOFF_FD_FLAG, hidden=True)
 
 
 def build_server(
-    container: Container, host: str, port: int, *, reuse_port: bool = False
+    container: Container,
+    host: str,
+    port: int,
+    *,
+    reuse_port: bool = False,
+    handoff_fd: int | None = None,
 ) -> GatewayServer:
     """The gateway's TCP server on ``container``'s services, tuned by its settings."""
     config = container.settings
@@ -60,7 +68,7 @@ def build_server(
         max_connections=config.iso_max_connections,
         workers=config.iso_workers,
         grace=config.iso_shutdown_grace_seconds,
-        reuse_port=reuse_port,
+        reuse_port=reuse_port, handoff_fd=handoff_fd,
     )  # fmt: skip
 
 
@@ -72,6 +80,7 @@ def gateway(
     processes: int | None = PROCESSES_OPTION,
     reuse_port: bool = REUSE_PORT_OPTION,
     supervised: bool = SUPERVISED_OPTION,
+    handoff_fd: int | None = HANDOFF_FD_OPTION,
 ) -> None:
     """Serve ISO 8583 terminals. The database schema must be current (`shoudan db upgrade`)."""
     config = settings(database_url)
@@ -87,7 +96,7 @@ def gateway(
             sys.executable, "-P", "-m", "shoudan.cli.gateway", "--host", listen_host,
             "--iso-port", str(port), "--supervised",
         ]  # fmt: skip
-        become_supervisor(database_url, count, one, metrics_port)
+        become_supervisor(database_url, count, one, (listen_host, port), metrics_port)
     database = open_database(database_url)
     container = build_container(config, database)
     if not supervised:  # the supervisor did it once, before its processes could race to
@@ -96,7 +105,9 @@ def gateway(
         start_http_server(metrics_port, addr=listen_host)
     typer.echo(f"shoudan ISO 8583 gateway on {listen_host}:{port}")
     try:
-        server = build_server(container, listen_host, port, reuse_port=reuse_port or supervised)
+        server = build_server(
+            container, listen_host, port, reuse_port=reuse_port, handoff_fd=handoff_fd
+        )
         settle_heap()  # everything is loaded: out of the garbage collector's sight from now on
         asyncio.run(serve_until_signalled(server))
     finally:

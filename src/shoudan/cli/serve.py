@@ -28,6 +28,7 @@ from shoudan.cli.common import (
 from shoudan.container import Container
 from shoudan.core.config import Settings
 from shoudan.core.db import Database
+from shoudan.core.handoff import HANDOFF_FD_FLAG, Receiver
 from shoudan.core.heap import settle_heap
 
 HOST_OPTION = typer.Option(None, "--host", help="Address to listen on [default: SHOUDAN_HOST].")
@@ -46,18 +47,16 @@ def _run(
     port: int,
     iso_port: int | None = None,
     *,
-    shared: bool = False,
+    handoff_fd: int | None = None,
 ) -> None:
     base = f"http://{host}:{port}"
     typer.echo(f"shoudan on {base}  (health: {base}/healthz, API docs: {base}/docs)")
     app = create_app(config, database=database)
     settle_heap()  # the app is built: out of the garbage collector's sight from now on
     try:
-        if shared:  # one of --workers N: a socket of its own on the shared port
-            server = uvicorn.Server(
-                uvicorn.Config(app, log_level="info", access_log=config.access_log)
-            )
-            asyncio.run(server.serve(sockets=[_shared_socket(host, port)]))
+        if handoff_fd is not None:  # one of --workers N: the supervisor hands connections
+            uvicorn_config = uvicorn.Config(app, log_level="info", access_log=config.access_log)
+            asyncio.run(HandedServer(uvicorn_config, handoff_fd).serve())
         elif iso_port is None:
             uvicorn.run(
                 app, host=host, port=port, log_level="info", access_log=config.access_log
@@ -74,19 +73,52 @@ def _run(
         database.dispose()
 
 
-def _shared_socket(host: str, port: int) -> socket.socket:
-    """A listening socket on ``host:port`` that other processes may listen on too
-    (``SO_REUSEPORT``: the kernel spreads new connections over them)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP said outright: asyncio sets TCP_NODELAY on accepted sockets only when the
-    # protocol is TCP, and without it a response's head and body wait on delayed ACKs (40 ms)
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
+class HandedServer(uvicorn.Server):
+    """uvicorn serving the connections its supervisor hands over (core/handoff.py) instead
+    of listening itself: each is given uvicorn's own HTTP protocol, as an accepted one would
+    be, and reported to the supervisor when it closes. Shutdown is uvicorn's: no new
+    connections, in-flight requests answered."""
+
+    def __init__(self, config: uvicorn.Config, handoff_fd: int) -> None:
+        super().__init__(config)
+        self.handoff_fd = handoff_fd
+        self._receiver: Receiver | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=[])  # no listener of its own
+        if self.should_exit or not self.started:
+            return
+        loop = asyncio.get_running_loop()
+        config = self.config
+
+        def protocol() -> asyncio.Protocol:
+            made: asyncio.Protocol = config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state
+            )
+            lost = made.connection_lost
+
+            def connection_lost(error: Exception | None) -> None:
+                try:
+                    lost(error)
+                finally:
+                    assert self._receiver is not None
+                    self._receiver.closed()
+
+            made.connection_lost = connection_lost  # type: ignore[method-assign, assignment]
+            return made
+
+        async def serve(sock: socket.socket) -> None:
+            try:
+                await loop.connect_accepted_socket(protocol, sock)
+            except OSError:  # the client left before we could begin
+                sock.close()
+
+        self._receiver = Receiver(self.handoff_fd, serve)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._receiver is not None:
+            self._receiver.stop()
+        await super().shutdown(sockets)
 
 
 async def _serve_with_gateway(
@@ -111,8 +143,10 @@ WorkersOption = Annotated[
         help="HTTP processes sharing the port (SO_REUSEPORT), about one per core.",
     ),
 ]  # fmt: skip
-# one of --workers N's processes: listens on the shared port; the supervisor bootstrapped
+# one of --workers N's processes: the supervisor bootstrapped, listens, and hands the
+# connections over the --handoff-fd descriptor (core/handoff.py)
 SupervisedOption = Annotated[bool, typer.Option("--supervised", hidden=True)]
+HandoffOption = Annotated[int | None, typer.Option(HANDOFF_FD_FLAG, hidden=True)]
 
 
 def serve(
@@ -122,6 +156,7 @@ def serve(
     iso_port: IsoPortOption = None,
     workers: WorkersOption = 1,
     supervised: SupervisedOption = False,
+    handoff_fd: HandoffOption = None,
 ) -> None:
     """Serve the HTTP API (and, with --iso-port, the ISO 8583 gateway). The database schema
     must be current (see `shoudan db upgrade`)."""
@@ -141,9 +176,9 @@ def serve(
             sys.executable, "-P", "-m", "shoudan.cli.serve", "--host", listen_host,
             "--port", str(listen_port), "--supervised",
         ]  # fmt: skip
-        become_supervisor(database_url, workers, one)
+        become_supervisor(database_url, workers, one, (listen_host, listen_port))
     database = open_database(database_url)
-    _run(config, database, listen_host, listen_port, iso_port, shared=supervised)
+    _run(config, database, listen_host, listen_port, iso_port, handoff_fd=handoff_fd)
 
 
 if __name__ == "__main__":  # one of ``--workers N``'s processes

@@ -16,12 +16,14 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from shoudan.core.handoff import Receiver
 from shoudan.gateway import metrics
 from shoudan.gateway.framing import LENGTH_BYTES, pack, payload_length
 from shoudan.gateway.service import Outcome
@@ -48,6 +50,7 @@ class GatewayServer:
         workers: int = 32,
         grace: float = 10.0,
         reuse_port: bool = False,
+        handoff_fd: int | None = None,
     ) -> None:
         self.handler = handler
         self.host = host
@@ -56,6 +59,10 @@ class GatewayServer:
         self.max_connections = max_connections
         self.grace = grace
         self.reuse_port = reuse_port  # share the port with other processes (SO_REUSEPORT)
+        # one of a supervisor's servers: it listens, and hands connections over this
+        # descriptor (core/handoff.py) instead of this server listening itself
+        self.handoff_fd = handoff_fd
+        self._receiver: Receiver | None = None
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="iso8583")
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], _Connection] = {}
@@ -64,11 +71,18 @@ class GatewayServer:
     @property
     def port(self) -> int:
         """The port listened on (the real one when started on port 0)."""
+        if self.handoff_fd is not None:  # the supervisor's
+            return self.requested_port
         assert self._server is not None and self._server.sockets
         port: int = self._server.sockets[0].getsockname()[1]
         return port
 
     async def start(self) -> None:
+        if self.handoff_fd is not None:
+            self._receiver = Receiver(self.handoff_fd, self._handed)
+            log.info("iso8583 gateway serving %s:%s (connections from the supervisor)",
+                     self.host, self.port)  # fmt: skip
+            return
         self._server = await asyncio.start_server(
             self._serve_connection, self.host, self.requested_port, reuse_address=True,
             reuse_port=self.reuse_port or None,
@@ -82,6 +96,8 @@ class GatewayServer:
         self._stopping = True
         if self._server is not None:
             self._server.close()
+        if self._receiver is not None:
+            self._receiver.stop()
         for task, connection in list(self._connections.items()):
             if not connection.busy:
                 task.cancel()
@@ -96,6 +112,21 @@ class GatewayServer:
             await self._server.wait_closed()
         await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
         log.info("iso8583 gateway stopped")
+
+    async def _handed(self, sock: socket.socket) -> None:
+        """A connection the supervisor accepted: served as one accepted here, and reported
+        closed after (the supervisor counts each server's open connections)."""
+        assert self._receiver is not None
+        try:
+            reader, writer = await asyncio.open_connection(sock=sock)
+        except OSError:
+            sock.close()
+            self._receiver.closed()
+            return
+        try:
+            await self._serve_connection(reader, writer)
+        finally:
+            self._receiver.closed()
 
     async def _serve_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

@@ -1,0 +1,178 @@
+"""The supervisor's hand-over of connections (core/handoff.py), over real sockets: the port
+accepts only once every server is ready, every connection goes to the server with the fewest
+open ones, a server that has gone gets none and one that falls behind keeps its place, and a
+handed connection is a normal TCP connection (TCP_NODELAY on, as asyncio sets it)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from shoudan.core.handoff import READY, Dispatcher, Receiver
+from shoudan.core.processes import bound_socket
+
+DEADLINE = 10.0  # seconds for anything that should take milliseconds
+
+
+@pytest.fixture
+def dispatcher() -> Iterator[Dispatcher]:
+    """A dispatcher on a free port, polled by a thread as the supervisor's loop polls it."""
+    handing = Dispatcher(bound_socket("127.0.0.1", 0), expected=2)
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            handing.poll(0.02)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    yield handing
+    stop.set()
+    thread.join(DEADLINE)
+    handing.close()
+
+
+async def until(condition: object) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "never happened"
+        await asyncio.sleep(0.01)  # polling; nothing asserted about time
+
+
+class Server:
+    """One server process's side, on this test's event loop: answers each connection with
+    its own number, then holds it until the client leaves."""
+
+    def __init__(self, index: int, end: socket.socket) -> None:
+        self.index = index
+        self.nodelay: list[int] = []
+        self.receiver = Receiver(end.detach(), self.serve)
+
+    async def serve(self, sock: socket.socket) -> None:
+        reader, writer = await asyncio.open_connection(sock=sock)
+        self.nodelay.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        writer.write(bytes([self.index]))
+        await reader.read()  # until the client closes
+        writer.close()
+        self.receiver.closed()
+
+
+async def connect(port: int, count: int) -> list[tuple[int, asyncio.StreamWriter]]:
+    """``count`` clients; each with the number of the server it reached."""
+    clients = []
+    for _ in range(count):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        clients.append(((await reader.readexactly(1))[0], writer))
+    return clients
+
+
+def spread(clients: list[tuple[int, asyncio.StreamWriter]]) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for server, _ in clients:
+        counts[server] = counts.get(server, 0) + 1
+    return counts
+
+
+def test_connections_go_to_the_least_busy_server(dispatcher: Dispatcher) -> None:
+    port = dispatcher.listener.getsockname()[1]
+
+    async def scenario() -> None:
+        servers = [Server(i, dispatcher.attach(i)) for i in range(2)]
+        await until(lambda: dispatcher.listening)  # both said they are ready
+        clients = await connect(port, 32)
+        assert spread(clients) == {0: 16, 1: 16}  # kept-alive clients, evenly
+        assert all(servers[0].nodelay + servers[1].nodelay)  # no 40 ms delayed ACKs
+
+        leaving = [writer for server, writer in clients if server == 0][:10]
+        for writer in leaving:
+            writer.close()
+        await until(lambda: dispatcher.open_connections() == {0: 6, 1: 16})
+        more = await connect(port, 10)
+        assert spread(more) == {0: 10}  # all to the server that had fewer
+        assert dispatcher.open_connections() == {0: 16, 1: 16}
+
+        # server 1 goes away (its process exited): nothing more is handed to it
+        servers[1].receiver.stop()
+        servers[1].receiver._channel.close()
+        await until(lambda: 1 not in dispatcher.open_connections())
+        assert spread(await connect(port, 4)) == {0: 4}
+        for _, writer in clients + more:
+            writer.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_port_accepts_once_every_server_is_ready() -> None:
+    """Until then a client is refused (and tries again), as when nothing listens: so "the
+    port accepts" means "the servers serve", for whoever waits for it."""
+    handing = Dispatcher(bound_socket("127.0.0.1", 0), expected=2)
+    port = handing.listener.getsockname()[1]
+    ends = [handing.attach(0), handing.attach(1)]
+    try:
+        ends[0].send(READY)
+        handing.poll(0.1)
+        assert not handing.listening
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
+        ends[1].send(READY)
+        handing.poll(0.1)
+        assert handing.listening
+        with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE):
+            handing.poll(0.5)
+            assert sum(handing.open_connections().values()) == 1
+    finally:
+        for end in ends:
+            end.close()
+        handing.close()
+
+
+def drain(end: socket.socket) -> int:
+    """Take what was handed over ``end`` (the connections closed at once, not reported)."""
+    taken = 0
+    end.setblocking(False)  # (recv_fds ignores its flags argument before Python 3.12)
+    while True:
+        try:
+            _, fds, _, _ = socket.recv_fds(end, 16, 4)
+        except BlockingIOError:
+            return taken
+        for fd in fds:
+            socket.socket(fileno=fd).close()
+            taken += 1
+
+
+def test_a_server_that_falls_behind_is_skipped_not_dropped() -> None:
+    """A burst a server has not read yet fills its queue: the next connections go to the
+    others, and the server keeps its place once it reads again."""
+    handing = Dispatcher(bound_socket("127.0.0.1", 0), expected=2)
+    port = handing.listener.getsockname()[1]
+    slow, quick = handing.attach(0), handing.attach(1)  # nobody reads slow's end yet
+    clients: list[socket.socket] = []
+    try:
+        for end in (slow, quick):
+            end.send(READY)
+        handing.poll(0.1)
+        while True:  # until the slow server's queue is full
+            clients.append(socket.create_connection(("127.0.0.1", port), timeout=DEADLINE))
+            handing.poll(0.5)
+            drain(quick)
+            counts = handing.open_connections()
+            if counts[1] > counts[0] + 1:  # the slow one was skipped
+                break
+            assert len(clients) < 5_000, "the queue never filled"
+        assert set(handing.open_connections()) == {0, 1}  # skipped, still attached
+        assert drain(slow) == handing.open_connections()[0]  # it reads its backlog
+        before = handing.open_connections()[0]
+        clients.append(socket.create_connection(("127.0.0.1", port), timeout=DEADLINE))
+        handing.poll(0.5)
+        assert handing.open_connections()[0] == before + 1  # its turn again (fewer open)
+    finally:
+        for client in clients:
+            client.close()
+        slow.close()
+        quick.close()
+        handing.close()
