@@ -1,5 +1,5 @@
-"""``shoudan gateway --processes N``: N real gateway processes on one port (SO_REUSEPORT) under
-a supervisor, on one SQLite file.
+"""``shoudan gateway --processes N``: N real gateway processes behind one port, under a
+supervisor that hands them the connections, on one SQLite file.
 
 - both processes answer sales (each exports its own metrics: ``--metrics-port P`` gives P and
   P+1), every one approved, MACed, and in the ledger once; ``shoudan ledger verify`` passes;
@@ -41,7 +41,7 @@ from tests.test_gateway_crash import (
     three_terminals,
 )
 
-pytestmark = [pytest.mark.skipif(sys.platform != "linux", reason="SO_REUSEPORT, /proc")]
+pytestmark = [pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG, /proc")]
 
 SALES_PER_TERMINAL = 12  # each on a new connection: 36 connections over two processes
 

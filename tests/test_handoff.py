@@ -6,6 +6,7 @@ handed connection is a normal TCP connection (TCP_NODELAY on, as asyncio sets it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -13,7 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from shoudan.core.handoff import READY, Dispatcher, Receiver
+from shoudan.core import handoff
+from shoudan.core.handoff import CLOSED, READY, STOPPING, CannotListen, Dispatcher, Receiver
 from shoudan.core.processes import bound_socket
 
 DEADLINE = 10.0  # seconds for anything that should take milliseconds
@@ -176,3 +178,121 @@ def test_a_server_that_falls_behind_is_skipped_not_dropped() -> None:
         slow.close()
         quick.close()
         handing.close()
+
+
+def ready_dispatcher(count: int = 2) -> tuple[Dispatcher, list[socket.socket]]:
+    """A dispatcher whose ``count`` servers (their raw ends, returned) have said READY."""
+    handing = Dispatcher(bound_socket("127.0.0.1", 0), expected=count)
+    ends = [handing.attach(i) for i in range(count)]
+    for end in ends:
+        end.send(READY)
+    handing.poll(0.1)
+    assert handing.listening
+    return handing, ends
+
+
+def test_a_server_gone_while_a_connection_waits_is_skipped_without_a_crash() -> None:
+    """The listener's event comes first in the batch, the hand-over to the dead server
+    fails and detaches it, then its channel's own event comes: it must be passed over (found
+    by review: a KeyError that stopped the supervisor and every server)."""
+    handing, ends = ready_dispatcher()
+    port = handing.listener.getsockname()[1]
+    select = handing._selector.select
+
+    def listener_first(timeout: float | None = None):  # type: ignore[no-untyped-def]
+        return sorted(select(timeout), key=lambda event: event[0].data is not None)
+
+    handing._selector.select = listener_first  # type: ignore[method-assign]
+    try:
+        ends[0].close()  # server 0 exits, and a client comes, before the next look
+        with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as client:
+            time.sleep(0.05)
+            handing.poll(0.5)
+            assert handing.open_connections() == {1: 1}
+            client.sendall(b"still served")
+    finally:
+        ends[1].close()
+        handing.close()
+
+
+def test_a_stopping_server_is_handed_nothing_more() -> None:
+    handing, ends = ready_dispatcher()
+    port = handing.listener.getsockname()[1]
+    clients = []
+    try:
+        ends[0].send(STOPPING)
+        handing.poll(0.1)
+        for _ in range(3):
+            clients.append(socket.create_connection(("127.0.0.1", port), timeout=DEADLINE))
+            handing.poll(0.5)
+        assert handing.open_connections() == {1: 3}
+    finally:
+        for client in clients:
+            client.close()
+        for end in ends:
+            end.close()
+        handing.close()
+
+
+def test_close_reports_wait_for_a_busy_supervisor_and_none_is_lost() -> None:
+    """The supervisor reads nothing for a while (descheduled, starting a process): the
+    server's reports queue up instead of being dropped (found by review: counts drifted
+    upwards for good, and the server was starved of connections)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+
+    async def scenario() -> bytes:
+        async def never(_sock: socket.socket) -> None:
+            return None
+
+        receiver = Receiver(theirs.detach(), never)
+        for _ in range(2_000):  # far more than the socket pair's buffer holds
+            receiver.closed()
+        heard = b""
+        ours.setblocking(False)
+        deadline = time.monotonic() + DEADLINE
+        while heard.count(CLOSED) < 2_000:
+            assert time.monotonic() < deadline, f"{heard.count(CLOSED)} reports arrived"
+            await asyncio.sleep(0.005)  # the supervisor reads again, slowly
+            with contextlib.suppress(BlockingIOError):
+                heard += ours.recv(1_000)
+        return heard
+
+    heard = asyncio.run(scenario())
+    ours.close()
+    assert heard == READY + CLOSED * 2_000
+
+
+def test_the_port_opens_with_the_ready_servers_after_a_while(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server that never says READY (stuck at start) must not keep the port shut."""
+    monkeypatch.setattr(handoff, "READY_TIMEOUT_SECONDS", 0.0)
+    handing = Dispatcher(bound_socket("127.0.0.1", 0), expected=2)
+    ends = [handing.attach(0), handing.attach(1)]
+    try:
+        handing.poll(0.05)
+        assert not handing.listening  # nobody ready: nothing to listen for
+        ends[0].send(READY)
+        handing.poll(0.1)
+        assert handing.listening
+    finally:
+        for end in ends:
+            end.close()
+        handing.close()
+
+
+def test_a_port_taken_between_bind_and_listen_is_reported() -> None:
+    handing = Dispatcher(bound_socket("127.0.0.1", 0), expected=1)
+    port = handing.listener.getsockname()[1]
+    end = handing.attach(0)
+    with socket.socket() as intruder:  # binds the same port (both only bound), listens first
+        intruder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        intruder.bind(("127.0.0.1", port))
+        intruder.listen()
+        end.send(READY)
+        try:
+            with pytest.raises(CannotListen):
+                handing.poll(0.1)
+        finally:
+            end.close()
+            handing.close()

@@ -55,7 +55,10 @@ def _run(
     settle_heap()  # the app is built: out of the garbage collector's sight from now on
     try:
         if handoff_fd is not None:  # one of --workers N: the supervisor hands connections
-            uvicorn_config = uvicorn.Config(app, log_level="info", access_log=config.access_log)
+            uvicorn_config = uvicorn.Config(
+                # no WebSockets: an upgrade swaps the protocol whose close HandedServer reports
+                app, log_level="info", access_log=config.access_log, ws="none",
+            )  # fmt: skip
             asyncio.run(HandedServer(uvicorn_config, handoff_fd).serve())
         elif iso_port is None:
             uvicorn.run(
@@ -112,12 +115,16 @@ class HandedServer(uvicorn.Server):
                 await loop.connect_accepted_socket(protocol, sock)
             except OSError:  # the client left before we could begin
                 sock.close()
+                assert self._receiver is not None
+                self._receiver.closed()
 
         self._receiver = Receiver(self.handoff_fd, serve)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         if self._receiver is not None:
             self._receiver.stop()
+            # connections taken just now are in uvicorn's books before it shuts them down
+            await self._receiver.started()
         await super().shutdown(sockets)
 
 
@@ -140,7 +147,8 @@ WorkersOption = Annotated[
     int,
     typer.Option(
         "--workers", min=1, max=64,
-        help="HTTP processes sharing the port (SO_REUSEPORT), about one per core.",
+        help="HTTP processes behind the port (the supervisor hands them the connections), "
+        "about one per core.",
     ),
 ]  # fmt: skip
 # one of --workers N's processes: the supervisor bootstrapped, listens, and hands the

@@ -22,11 +22,11 @@ Nothing here but the standard library: the supervisor imports no more than it ne
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import selectors
 import socket
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -36,10 +36,12 @@ log = logging.getLogger("shoudan.core.handoff")
 
 HANDED = b"c"  # supervisor → server: a connection (its descriptor rides along)
 READY = b"r"  # server → supervisor: serving
+STOPPING = b"s"  # server → supervisor: shutting down, hand it nothing more
 CLOSED = b"x"  # server → supervisor: one of the connections it was handed has closed
 HANDOFF_FD_FLAG = "--handoff-fd"  # how a server is told which descriptor is its end
 BACKLOG = 2048  # the kernel's queue of connections not accepted yet
 MAX_WAITING = 1024  # accepted connections held for a server, at most
+READY_TIMEOUT_SECONDS = 60.0  # then the port opens with the servers that are ready
 RETRY_SECONDS = 0.005  # how soon to offer waiting connections again
 # a server that cannot take a descriptor now: its queue is full, or too many are in flight
 BUSY = frozenset({errno.EAGAIN, errno.ETOOMANYREFS, errno.ENOBUFS})
@@ -53,6 +55,10 @@ class _Server:
     open: int = 0  # connections handed and not yet reported closed
 
 
+class CannotListen(OSError):
+    """The bound port could not be listened on (another socket took it meanwhile)."""
+
+
 class Dispatcher:
     """The supervisor's side: accepts on ``listener`` (bound, not yet listening) once
     ``expected`` servers are ready, and hands each connection out. Runs on the supervisor's
@@ -63,7 +69,9 @@ class Dispatcher:
         self.listener = listener
         self.expected = expected
         self.listening = False
+        self.paused = False  # set from a signal handler: accept nothing more
         self._accepting = False  # the listener is in the selector
+        self._since = time.monotonic()  # waiting for the servers to be ready
         self._servers: dict[int, _Server] = {}
         self._waiting: deque[socket.socket] = deque()  # accepted, not yet taken
         self._last = -1  # the server handed the last connection (turns among equals)
@@ -97,7 +105,10 @@ class Dispatcher:
         for key, _events in self._selector.select(timeout):
             if key.data is None:
                 self._accept_waiting()
-            else:
+                continue
+            server = self._servers.get(key.data)
+            # detached by an earlier event of this batch (a failed hand-over to it)
+            if server is not None and server.channel is key.fileobj:
                 self._hear(key.data)
         self._hand_waiting()
         self._pace()
@@ -114,7 +125,7 @@ class Dispatcher:
         self._selector.close()
 
     def _accept_waiting(self) -> None:
-        while len(self._waiting) < MAX_WAITING:
+        while len(self._waiting) < MAX_WAITING and not self.paused:
             try:
                 connection, _address = self.listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -157,14 +168,21 @@ class Dispatcher:
         return min(after, key=lambda i: self._servers[i].open)  # first of the least busy
 
     def _pace(self) -> None:
-        """Listen once every server expected is ready; leave new connections in the kernel's
-        queue while too many wait here."""
+        """Listen once every server expected is ready (or, after a while, those that are);
+        leave new connections in the kernel's queue while too many wait here."""
         if not self.listening:
-            if sum(server.ready for server in self._servers.values()) < self.expected:
+            ready = sum(server.ready for server in self._servers.values())
+            late = time.monotonic() - self._since > READY_TIMEOUT_SECONDS
+            if ready < self.expected and not (late and ready):
                 return
-            self.listener.listen(BACKLOG)
+            if ready < self.expected:
+                log.error("%d of %d servers ready: listening with those", ready, self.expected)
+            try:
+                self.listener.listen(BACKLOG)
+            except OSError as error:
+                raise CannotListen(error.errno, error.strerror) from error
             self.listening = True
-        wanted = len(self._waiting) < MAX_WAITING
+        wanted = len(self._waiting) < MAX_WAITING and not self.paused
         if wanted and not self._accepting:
             self._selector.register(self.listener, selectors.EVENT_READ, None)
         elif self._accepting and not wanted:
@@ -183,49 +201,87 @@ class Dispatcher:
             if not news:  # the server's end closed: it exited
                 self.detach(index)
                 return
-            server.ready = server.ready or READY in news
+            server.ready = (server.ready or READY in news) and STOPPING not in news
             server.open = max(0, server.open - news.count(CLOSED))
 
 
 class Receiver:
     """A server's side, on its event loop: says the server is ready; each connection the
     supervisor hands over (a connected socket) is then served by a task running
-    ``serve(sock)``; ``closed()`` reports one of them closed."""
+    ``serve(sock)``; ``closed()`` reports one of them closed. After ``stop()`` a connection
+    still arriving is closed at once (and reported)."""
 
     def __init__(self, fd: int, serve: Callable[[socket.socket], Serving]) -> None:
         self._channel = socket.socket(fileno=fd)
         self._channel.setblocking(False)
+        self._channel.set_inheritable(False)
         self._serve = serve
         self._tasks: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._channel.fileno(), self._take)
-        self._listening = True
+        self._serving = True
+        self._unsent = b""  # news the supervisor has not read yet (its buffer was full)
         self._say(READY)
 
     def closed(self) -> None:
         self._say(CLOSED)
 
     def stop(self) -> None:
-        """Take no more connections (on shutdown); ``closed()`` still reports."""
-        if self._listening:
-            self._listening = False
-            self._loop.remove_reader(self._channel.fileno())
+        """Take no more connections (on shutdown): the supervisor is told, and whatever it
+        sent meanwhile is closed and reported; ``closed()`` still reports."""
+        if self._serving:
+            self._serving = False
+            self._say(STOPPING)
+
+    async def started(self) -> None:
+        """Wait until every connection taken so far has started being served."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
 
     def _say(self, news: bytes) -> None:
-        # OSError: the supervisor is gone (and this server is stopping with it)
-        with contextlib.suppress(OSError):
-            self._channel.send(news)
+        """Send ``news``, after any not sent yet; what the supervisor's buffer cannot take
+        now is sent when it can (a close report lost would count a connection open for
+        ever)."""
+        first = not self._unsent
+        self._unsent += news
+        if first:
+            self._flush()
+
+    def _flush(self) -> None:
+        try:
+            sent = self._channel.send(self._unsent)
+        except BlockingIOError:
+            sent = 0
+        except OSError:  # the supervisor is gone (and this server is stopping with it)
+            self._unsent = b""
+            return
+        self._unsent = self._unsent[sent:]
+        if self._unsent:
+            self._loop.call_later(0.01, self._flush)
 
     def _take(self) -> None:
-        while self._listening:
+        while True:
             try:
-                message, fds, _flags, _address = socket.recv_fds(self._channel, 16, 4)
+                message, fds, _flags, _address = socket.recv_fds(self._channel, 64, 16)
             except (BlockingIOError, InterruptedError):
                 return
+            except OSError:
+                message, fds = b"", []
             if not message:  # the supervisor has gone: nothing more will come
-                self.stop()
+                self._loop.remove_reader(self._channel.fileno())
                 return
+            # a descriptor the kernel could not give us (this process at its limit): the
+            # client's connection is gone with it; reported, so that it is not counted open
+            for _missing in range(message.count(HANDED) - len(fds)):
+                log.error("a handed connection arrived without its descriptor: dropped")
+                self.closed()
             for fd in fds:
-                task = self._loop.create_task(self._serve(socket.socket(fileno=fd)))
+                sock = socket.socket(fileno=fd)
+                sock.set_inheritable(False)
+                if not self._serving:
+                    sock.close()
+                    self.closed()
+                    continue
+                task = self._loop.create_task(self._serve(sock))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
-from shoudan.core.handoff import HANDOFF_FD_FLAG, Dispatcher
+from shoudan.core.handoff import HANDOFF_FD_FLAG, CannotListen, Dispatcher
 
 log = logging.getLogger("shoudan.core.processes")  # also when run as __main__
 
@@ -124,6 +124,8 @@ class Supervisor:
 
     def _on_signal(self, _signum: int, _frame: FrameType | None) -> None:
         self._stopping = True
+        if self.dispatcher is not None:
+            self.dispatcher.paused = True  # a flag only: safe in a signal handler
 
     def _start(self, index: int, restarts: int = 0) -> None:
         command, inherited = list(self.command(index)), []  # a copy: extended below
@@ -147,7 +149,11 @@ class Supervisor:
     def _watch(self) -> int:
         while not self._stopping:
             if self.dispatcher is not None:
-                self.dispatcher.poll(POLL_SECONDS)  # connections handed out meanwhile
+                try:
+                    self.dispatcher.poll(POLL_SECONDS)  # connections handed out meanwhile
+                except CannotListen as error:
+                    log.error("cannot listen on the port: %s", error)
+                    return 1
             else:
                 time.sleep(POLL_SECONDS)
             now = time.monotonic()
