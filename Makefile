@@ -32,7 +32,9 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/shoudan bench ledger
 	$(BIN)/shoudan bench api
+	$(BIN)/shoudan bench api --workers 2  # one process per core on the 2-core reference machine
 	$(BIN)/shoudan bench gateway
+	$(BIN)/shoudan bench gateway --processes 2
 
 # migrate + seed once (prints the demo API keys), then serve on 127.0.0.1:8000 with the
 # worker beside it (it sends approved refunds, webhooks and SMS); Ctrl-C stops both

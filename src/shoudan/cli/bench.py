@@ -44,7 +44,9 @@ def api(
     database_url: str | None = typer.Option(
         None, help="A PostgreSQL server to run on (a scratch database, dropped afterwards)."
     ),
-    workers: int = typer.Option(1, min=1, help="uvicorn worker processes."),
+    workers: int = typer.Option(
+        1, min=1, help="`shoudan serve --workers N`: HTTP processes behind the port."
+    ),
 ) -> None:
     """Payments/s over HTTP (uvicorn, 32 clients on loopback), p50/p99, against GET /livez."""
     for line in api_bench.run(seconds, database_url=database_url, workers=workers):
@@ -62,7 +64,7 @@ def gateway(
         None, help="A PostgreSQL server to run on (a scratch database, dropped afterwards)."
     ),
     processes: int = typer.Option(
-        1, min=1, max=64, help="`shoudan gateway --processes N`: gateways sharing the port."
+        1, min=1, max=64, help="`shoudan gateway --processes N`: gateways behind the port."
     ),
 ) -> None:
     """Approved ISO 8583 sales/s (MACed, PIN), p50/p99 and peak RSS of `shoudan gateway`,
