@@ -99,8 +99,9 @@ def test_connections_go_to_the_least_busy_server(dispatcher: Dispatcher) -> None
         assert dispatcher.open_connections() == {0: 16, 1: 16}
 
         # server 1 goes away (its process exited): nothing more is handed to it
-        servers[1].receiver.stop()
-        servers[1].receiver._channel.close()
+        channel = servers[1].receiver._channel
+        asyncio.get_running_loop().remove_reader(channel.fileno())
+        channel.close()
         await until(lambda: 1 not in dispatcher.open_connections())
         assert spread(await connect(port, 4)) == {0: 4}
         for _, writer in clients + more:
@@ -296,3 +297,69 @@ def test_a_port_taken_between_bind_and_listen_is_reported() -> None:
         finally:
             end.close()
             handing.close()
+
+
+SERVER_AT_ITS_LIMIT = """
+import asyncio, resource, sys, time
+from shoudan.core.handoff import Receiver
+
+fd, limit = int(sys.argv[1]), int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_NOFILE, (limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+
+async def main() -> None:
+    held, last = [], [time.monotonic()]
+
+    async def serve(sock):  # holds every connection: the process reaches its limit
+        held.append(sock)
+        last[0] = time.monotonic()
+
+    receiver = Receiver(fd, serve)
+    while time.monotonic() - last[0] < 1.0 or not held:
+        await asyncio.sleep(0.05)
+    for sock in held:  # then lets them all go, and says so
+        sock.close()
+        receiver.closed()
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+
+asyncio.run(main())
+"""
+
+
+def test_a_connection_whose_descriptor_cannot_arrive_is_not_counted_open() -> None:
+    """A server at its descriptor limit: the kernel drops what it cannot give, and the
+    server reports those as closed, so the count comes back to zero (found by review: they
+    stayed counted open for ever)."""
+    import subprocess
+    import sys
+
+    handing = Dispatcher(bound_socket("127.0.0.1", 0), expected=1)
+    port = handing.listener.getsockname()[1]
+    theirs = handing.attach(0)
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER_AT_ITS_LIMIT, str(theirs.fileno()), "40"],
+        pass_fds=[theirs.fileno()], stdin=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    theirs.close()
+    clients: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + DEADLINE
+        while not handing.listening:
+            assert time.monotonic() < deadline, "the server never said it was ready"
+            handing.poll(0.05)
+        for _ in range(60):  # more than the server can hold
+            clients.append(socket.create_connection(("127.0.0.1", port), timeout=DEADLINE))
+            handing.poll(0.01)
+        while handing.open_connections() != {0: 0}:
+            assert time.monotonic() < deadline, handing.open_connections()
+            handing.poll(0.05)
+    finally:
+        for client in clients:
+            client.close()
+        assert server.stdin is not None and server.stderr is not None
+        server.stdin.close()
+        said = server.stderr.read().decode()
+        server.wait(DEADLINE)
+        handing.close()
+    assert "arrived without its descriptor" in said  # the limit was reached: the case at hand
