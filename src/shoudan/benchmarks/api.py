@@ -216,7 +216,7 @@ def run(
     workers: int = 1,
 ) -> Iterator[dict[str, Any]]:
     """The phases on SQLite in the data directory, or on a scratch database of the PostgreSQL
-    server of ``database_url``; ``workers`` server processes sharing the port (on SQLite
+    server of ``database_url``; ``workers`` server processes behind the port (on SQLite
     they take turns to write through the lock file beside the database)."""
     data_dir = (settings or get_settings()).data_dir
     data_dir.mkdir(parents=True, exist_ok=True)

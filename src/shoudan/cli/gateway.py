@@ -40,13 +40,13 @@ PROCESSES_OPTION = typer.Option(
     "--processes",
     min=1,
     max=64,
-    help="Gateway processes sharing the port, about one per core [default: "
+    help="Gateway processes behind the port, about one per core [default: "
     "SHOUDAN_ISO_PROCESSES, 1].",
 )
 REUSE_PORT_OPTION = typer.Option(
     False, "--reuse-port", help="Share the port with other gateways (SO_REUSEPORT)."
 )
-# one of --processes N's gateways: shares the port, leaves bootstrapping to the supervisor
+# one of --processes N's gateways: the supervisor bootstrapped and listens (core/handoff.py)
 SUPERVISED_OPTION = typer.Option(False, "--supervised", hidden=True)
 # one of --processes N's gateways: its end of the supervisor's hand-over (core/handoff.py)
 HANDOFF_FD_OPTION = typer.Option(None, HANDOFF_FD_FLAG, hidden=True)

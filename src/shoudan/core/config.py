@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     iso_idle_timeout_seconds: float = Field(default=60.0, gt=0)
     iso_max_connections: int = Field(default=1000, ge=1)
     iso_workers: int = Field(default=32, ge=1, le=1024)
-    # gateway processes sharing iso_port (SO_REUSEPORT), about one per core
+    # gateway processes behind iso_port (the supervisor hands them the connections)
     iso_processes: int = Field(default=1, ge=1, le=64)
     iso_shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     iso_acquirer_id: str = Field(default="898", pattern=r"^[0-9]{1,11}$")

@@ -12,7 +12,7 @@ uvicorn's own ``--workers`` has, may hand every connection of a burst to one pro
 forwards SIGINT/SIGTERM to them (each stops gracefully: in-flight requests are answered),
 and waits for them. A process that dies is started again after a second (doubled
 for each quick failure in a row, up to 30 s). One of the first N that exits with an error
-within ``EARLY_EXIT_SECONDS`` (the port taken, the schema behind) stops the whole command with
+within ``EARLY_EXIT_SECONDS`` (its metrics port taken, say) stops the whole command with
 its exit code instead: starting it again would fail the same way. The kernel stops the
 servers if the supervisor itself dies (``PR_SET_PDEATHSIG``), so none is left on the port.
 
@@ -169,7 +169,7 @@ class Supervisor:
                     self.dispatcher.detach(index)
                 soon = now - child.started < EARLY_EXIT_SECONDS
                 if code > 0 and soon and child.started <= self._began:
-                    # the first start failed by itself (the port taken, the schema behind):
+                    # the first start failed by itself (its metrics port taken, say):
                     # starting it again would fail the same way
                     log.error("process %d exited with %d at start: stopping", index, code)
                     return code
