@@ -168,3 +168,49 @@ def test_a_failed_member_returns_only_after_its_group_commits(
     late.join(timeout=10)
     winner.join(timeout=10)
     assert seen == {"error": "IntegrityError", "winner_visible": 2}
+
+
+def test_payments_of_one_group_are_written_together_and_a_limit_fails_only_its_own(
+    sqlite_database: Database, tmp_path: Path
+) -> None:
+    """Five ¥50,000 sales of one card reach the write turn together (core/batching.py): the
+    card's ¥200,000 a day lets four through. Written as one batch, the fifth's limit fails
+    the batch; each is then written alone, and only the fifth is declined (61), its money
+    given back upstream."""
+    from shoudan.auth.domain import Principal, Role
+    from shoudan.payments.domain import EntryMode, Method
+    from shoudan.payments.service import CardInput, PaymentRequest
+    from tests.payments_world import CREDIT, DEBIT, PIN, build_world, check_day_totals
+
+    world = build_world(Database(sqlite_database.url, group_commit=16), tmp_path)
+    database = world.container.database
+    payments = world.container.payments
+    merchant = Principal("m", Role.MERCHANT, world.merchant_a)
+    card = CardInput(DEBIT, "2912", EntryMode.CHIP, PIN)
+    written: list[int] = []
+    record = payments._record
+    payments._writer._write_many = lambda session, drafts: (  # type: ignore[method-assign]
+        written.append(len(drafts)) or record(session, drafts)
+    )
+    group = database._group
+    assert group is not None
+    # another card's sale first: the day's first RRNs are drawn (a transaction of their own)
+    other = CardInput(CREDIT, "2912", EntryMode.CHIP)
+    assert payments.create(merchant, PaymentRequest(world.terminal_a, 100, Method.CARD,
+                                                    card=other)).status == "captured"
+    written.clear()
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        with database.transaction():  # the five queue behind this one: one group
+            futures = [
+                pool.submit(payments.create, merchant,
+                            PaymentRequest(world.terminal_a, 5_000_000, Method.CARD, card=card))
+                for _ in range(5)
+            ]  # fmt: skip
+            while group._queued < 5:
+                threading.Event().wait(0.005)
+        statuses = sorted(future.result().status for future in futures)
+    assert statuses == ["captured"] * 4 + ["declined"]
+    assert written[0] == 5 and sorted(written[1:]) == [1] * 5  # the batch, then each alone
+    assert world.container.ledger.verify().violations == []
+    check_day_totals(world)
+    database.dispose()

@@ -132,15 +132,24 @@ def test_also_commits_with_the_payment_and_a_failure_undoes_both(world: World, m
     )
     seen: list[str] = []
 
-    def note(session, payment: Payment) -> None:
-        row = session.get(Payment, payment.id)  # the payment is already in this transaction
-        seen.append(row.status)
+    def note(payment: Payment):
+        seen.append(f"before: {payment.status} {payment.rrn}")  # complete before the write
+
+        def write(session) -> None:
+            row = session.get(Payment, payment.id)  # the payment is already in this transaction
+            seen.append(f"in: {row.status} {row.rrn}")
+
+        return write
 
     first = payments.create(_principal(world), _request(world, key="k-1"), also=note)
-    assert seen == ["captured"] and reversed_upstream == []
+    assert seen == [f"before: captured {first.rrn}", f"in: captured {first.rrn}"]
+    assert reversed_upstream == []
 
-    def boom(session, payment: Payment) -> None:
-        raise RuntimeError("the journal could not be written")
+    def boom(payment: Payment):
+        def write(session) -> None:
+            raise RuntimeError("the journal could not be written")
+
+        return write
 
     with pytest.raises(RuntimeError):
         payments.create(_principal(world), _request(world, key="k-2"), also=boom)
@@ -152,3 +161,26 @@ def test_also_commits_with_the_payment_and_a_failure_undoes_both(world: World, m
     again = payments.create(_principal(world), _request(world, key="k-1"), also=boom)
     assert again.id == first.id
     check_day_totals(world)
+
+
+def test_rrn_numbers_are_drawn_ahead_in_blocks_and_never_repeat(world: World) -> None:
+    """A payment's RRN is known before its write turn: each process draws RRN_BLOCK numbers
+    at a time, committed before it uses them. Two processes (two services here) interleave
+    without a repeat; numbers a process never used are a gap, never reused."""
+    from shoudan.payments.models import RrnCounter
+    from shoudan.payments.service import RRN_BLOCK, _RrnNumbers
+
+    database = world.container.database
+    first, second = _RrnNumbers(database), _RrnNumbers(database)
+    ours = [first.next("2026-02-01") for _ in range(3)]
+    theirs = [second.next("2026-02-01") for _ in range(3)]
+    ours += [first.next("2026-02-01") for _ in range(RRN_BLOCK)]  # into a third block
+    assert len(set(ours + theirs)) == len(ours + theirs)
+    assert all(1 <= n <= RRN_SEQUENCE_SIZE for n in ours + theirs)
+    if database.dialect != "sqlite":
+        return
+    assert ours[:3] == [1, 2, 3] and theirs == [RRN_BLOCK + 1, RRN_BLOCK + 2, RRN_BLOCK + 3]
+    assert ours[-1] == 2 * RRN_BLOCK + 3  # after its first block, the next one free
+    assert first.next("2026-02-02") == 1  # a new business day: its own counter
+    with database.read() as session:  # the blocks are committed before any number is used
+        assert session.get(RrnCounter, "2026-02-01").last_value == 3 * RRN_BLOCK

@@ -15,7 +15,7 @@ from contextlib import contextmanager, suppress
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from sqlalchemy import MetaData, Select, Table, event, select
 from sqlalchemy import create_engine as sa_create_engine
@@ -231,14 +231,7 @@ class DriverSQL:
             self.cursor.execute(sql, params)
             return list(self.cursor.fetchall()) if self.cursor.description else []
         except self.dialect.loaded_dbapi.Error as error:
-            # as SQLAlchemy itself does: a dropped connection must leave the pool at once
-            dropped = self.dialect.is_disconnect(error, self._pooled, self.cursor)
-            if dropped:
-                self._invalidate(error)
-            raise DBAPIError.instance(
-                sql, params, error, self.dialect.loaded_dbapi.Error, dialect=self.dialect,
-                connection_invalidated=dropped,
-            ) from error
+            self._raise(sql, params, error)
 
     def bind(self, column: InstrumentedAttribute[Any], value: Any) -> Any:
         """``value`` as the driver should receive it for ``column`` (its bind processor: a
@@ -285,6 +278,35 @@ class DriverSQL:
         return self.execute(
             sql, [p(v) if p else v for p, v in zip(processors, row.values(), strict=True)]
         )
+
+    def insert_many(self, model: type[Base], rows: Sequence[Mapping[str, Any]]) -> None:
+        """``INSERT`` rows of ``model``'s table in one ``executemany`` (every row with the
+        same columns, in the same order)."""
+        if not rows:
+            return
+        table = model.__table__
+        assert isinstance(table, Table)
+        sql, processors = _insert_statement(self.dialect, table, tuple(rows[0]))
+        params = [
+            [p(v) if p else v for p, v in zip(processors, row.values(), strict=True)]
+            for row in rows
+        ]
+        if not self.is_sqlite:
+            sql = sql.replace("?", "%s")
+        try:
+            self.cursor.executemany(sql, params)
+        except self.dialect.loaded_dbapi.Error as error:
+            self._raise(sql, params, error)
+
+    def _raise(self, sql: str, params: Any, error: Any) -> NoReturn:
+        # as SQLAlchemy itself does: a dropped connection must leave the pool at once
+        dropped = self.dialect.is_disconnect(error, self._pooled, self.cursor)
+        if dropped:
+            self._invalidate(error)
+        raise DBAPIError.instance(
+            sql, params, error, self.dialect.loaded_dbapi.Error, dialect=self.dialect,
+            connection_invalidated=dropped,
+        ) from error
 
 
 @lru_cache(maxsize=256)
@@ -349,6 +371,19 @@ class Database:
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
+
+    @property
+    def groups_writes(self) -> bool:
+        """Do this process's write transactions take turns and commit in groups (SQLite with
+        group commit), rather than run side by side?"""
+        return self._group is not None
+
+    def before_commit(self, key: object, flush: Callable[[Session, list[Any]], None]) -> list[Any]:
+        """Inside a write transaction of a group (``groups_writes``): the group's list of
+        items for ``key``, which ``flush(session, items)`` writes just before the group
+        commits (core/batching.py)."""
+        assert self._group is not None and self._group.inside(), "inside a group's member"
+        return self._group.deferred(key, flush)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -480,6 +515,8 @@ class _Batch:
     def __init__(self, session: Session) -> None:
         self.session = session
         self.members = 0
+        # written just before the commit: key → (flush, its items) (Database.before_commit)
+        self.deferred: dict[object, tuple[Callable[[Session, list[Any]], None], list[Any]]] = {}
         self.done = threading.Event()
         self.error: BaseException | None = None
         self.opened = time.monotonic()
@@ -576,6 +613,14 @@ class GroupCommit:
         """Is this thread running a member's transaction now?"""
         return bool(getattr(self._local, "inside", False))
 
+    def deferred(self, key: object, flush: Callable[[Session, list[Any]], None]) -> list[Any]:
+        """The open group's items for ``key`` (``Database.before_commit``)."""
+        assert self._batch is not None
+        found = self._batch.deferred.get(key)
+        if found is None:
+            found = self._batch.deferred[key] = (flush, [])
+        return found[1]
+
     def _open(self) -> _Batch:
         if self._batch is None:
             self._take_turn()
@@ -628,12 +673,26 @@ class GroupCommit:
         finally:
             self._writer.release()
 
+    def _flush_deferred(self, batch: _Batch) -> None:
+        """The items its members left for just before the commit, written in the group's
+        session; a transaction they open joins it (as a member's nested one does)."""
+        if not batch.deferred:
+            return
+        was = getattr(self._local, "inside", False), getattr(self._local, "session", None)
+        self._local.inside, self._local.session = True, batch.session
+        try:
+            for flush, items in batch.deferred.values():
+                flush(batch.session, items)
+        finally:
+            self._local.inside, self._local.session = was
+
     def commit_open(self) -> None:
         """Commit the open group, if any (the writer lock must be held)."""
         batch, self._batch = self._batch, None
         if batch is None:
             return
         try:
+            self._flush_deferred(batch)
             # the fsync: this process's other requests run meanwhile (the writer lock stays)
             with self.baton.set_aside():
                 batch.session.commit()

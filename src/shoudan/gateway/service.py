@@ -177,6 +177,8 @@ class _Context:
     keys: WorkingKeys | None = None
     open_batch: str | None = None
     fingerprint: str = ""
+    stored: GatewayRequest | None = None  # the journal's row of this identity …
+    reversal: GatewayRequest | None = None  # … and of its reversal
 
 
 @dataclass(slots=True)
@@ -286,19 +288,34 @@ class GatewayService:
         except FormatError as error:
             return self._refuse(frame, mti, error.fields, FORMAT_ERROR, str(error))
         try:
-            context = self._context(frame, message)
+            context = self._parse(frame, message)
+            if context.txn.kind is Kind.SIGN_ON:
+                self._check_sign_on(context)
+                return self._guarded(context)
         except _Answer as answer:
             return self._refuse(frame, mti, message.fields, answer.code, answer.reason)
+        # One request per identity at a time: from the journal's look to its row written.
+        with self._locks.hold(context.identity.lock_key):
+            try:
+                self._check(context)
+            except _Answer as answer:
+                return self._refuse(frame, mti, message.fields, answer.code, answer.reason)
+            return self._guarded(context)
+
+    def _guarded(self, ctx: _Context) -> Outcome:
+        """``_process``; an unexpected error is answered ``96`` (and logged)."""
         try:
-            return self._process(context)
+            return self._process(ctx)
         except Exception:
-            log.exception("iso8583 mti=%s kind=%s unexpected error", mti, context.txn.kind)
+            mti = ctx.message.mti
+            log.exception("iso8583 mti=%s kind=%s unexpected error", mti, ctx.txn.kind)
             return self._refuse(
-                frame, mti, message.fields, SYSTEM_MALFUNCTION, "unexpected error", context
+                ctx.frame, mti, ctx.message.fields, SYSTEM_MALFUNCTION, "unexpected error", ctx
             )
 
     # -- checks before anything happens -----------------------------------------------------------
-    def _context(self, frame: Frame, message: Message) -> _Context:
+    def _parse(self, frame: Frame, message: Message) -> _Context:
+        """What the message asks, checked without reading anything."""
         if message.mti not in REQUEST_MTIS:
             raise _Answer(FORMAT_ERROR, f"unknown MTI {message.mti}")
         present = set(message.fields)
@@ -314,31 +331,39 @@ class GatewayService:
         terminal_id, merchant_id = _text(message, 41), _text(message, 42)
         identity = Identity(message.mti, terminal_id, merchant_id, f60.batch, _text(message, 11))
         principal = Principal(f"terminal:{terminal_id}", Role.MERCHANT, merchant_id)
-        context = _Context(frame, message, txn, f60, identity, principal)
-        if txn.kind is Kind.SIGN_ON:
-            # an inactive terminal may sign on (its first sign-on activates it)
-            with self.database.read() as session:
-                point = _answered(lambda: payment_point(session, terminal_id, allow_inactive=True))
-            if point[0].merchant_id != merchant_id:
-                raise _Answer(INVALID_MERCHANT, "terminal and merchant do not match our records")
-            return context
-        # Every other request: the terminal and merchant (checked as the payment it leads to
-        # checks them) and the session keys, on the driver (docs/benchmarks.md).
+        return _Context(frame, message, txn, f60, identity, principal)
+
+    def _check_sign_on(self, ctx: _Context) -> None:
+        """An inactive terminal may sign on (its first sign-on activates it)."""
+        with self.database.read() as session:
+            point = _answered(
+                lambda: payment_point(session, ctx.identity.terminal_id, allow_inactive=True)
+            )
+        if point[0].merchant_id != ctx.identity.merchant_id:
+            raise _Answer(INVALID_MERCHANT, "terminal and merchant do not match our records")
+
+    def _check(self, ctx: _Context) -> None:
+        """Every request but a sign-on, in one read on the driver (docs/benchmarks.md): the
+        terminal and merchant (checked as the payment it leads to checks them), the session
+        keys, and the journal rows of this identity and of its reversal — read here, looked
+        at only once the MAC has passed."""
+        identity = ctx.identity
         with self.database.driver_read() as driver:
-            checked = _answered(lambda: _checked_point(driver, terminal_id))
-            if checked.merchant_id != merchant_id:
+            checked = _answered(lambda: _checked_point(driver, identity.terminal_id))
+            if checked.merchant_id != identity.merchant_id:
                 raise _Answer(INVALID_MERCHANT, "terminal and merchant do not match our records")
-            row = repository.load_keys(driver, terminal_id)
+            row = repository.load_keys(driver, identity.terminal_id)
+            if row is not None:
+                ctx.stored, ctx.reversal = repository.find_with_reversal(driver, identity)
         if row is None:
             raise _Answer(SIGN_ON_REQUIRED, "the terminal has not signed on")
-        context.keys = self._keys(row)
-        context.open_batch = row.batch
-        if txn.mac and not mac_matches(
-            context.keys.mak, mac_input(frame.body), message.binary(MAC_FIELD)
+        ctx.keys = self._keys(row)
+        ctx.open_batch = row.batch
+        if ctx.txn.mac and not mac_matches(
+            ctx.keys.mak, mac_input(ctx.frame.body), ctx.message.binary(MAC_FIELD)
         ):
             raise _Answer(MAC_FAILED, "MAC missing or wrong")
-        context.fingerprint = self._fingerprint(message)
-        return context
+        ctx.fingerprint = self._fingerprint(ctx.message)
 
     def _keys(self, row: repository.SessionKeys) -> WorkingKeys:
         terminal_id = row.terminal_id
@@ -359,30 +384,28 @@ class GatewayService:
 
     # -- processing -------------------------------------------------------------------------------
     def _process(self, ctx: _Context) -> Outcome:
+        """Checks passed; any request but a sign-on holds its identity's lock."""
         kind = ctx.txn.kind
         if kind is Kind.SIGN_ON:
             return self._respond(ctx, self._sign_on(ctx))
-        with self._locks.hold(ctx.identity.lock_key):
-            with self.database.driver_read() as driver:
-                stored, reversal = repository.find_with_reversal(driver, ctx.identity)
-            reversed_first = ctx.txn.reversible and reversal is not None
-            if stored is not None:
-                return self._replay(ctx, stored)
-            if kind is not Kind.REVERSAL and ctx.f60.batch != ctx.open_batch:
-                return self._refuse_after_mac(ctx, SIGN_ON_REQUIRED, "not the open batch")
-            if reversed_first:  # its reversal came first: it must not take effect now
-                return self._respond(ctx, _Result(INVALID_TRANSACTION))
-            if kind is Kind.SETTLEMENT:
-                return self._settle(ctx)
-            try:
-                result = self._handlers[kind](ctx)
-            except _Answer as answer:
-                result = _Result(answer.code, journal=answer.journal)
-            except DomainError as error:
-                result = _Result(field_39(error.code), journal=error.code not in TRANSIENT_ERRORS)
-            except IntegrityError as error:  # a sale's journal row, taken meanwhile
-                return self._answered_meanwhile(ctx, error)
-            return self._respond(ctx, result)
+        if ctx.stored is not None:
+            return self._replay(ctx, ctx.stored)
+        if kind is not Kind.REVERSAL and ctx.f60.batch != ctx.open_batch:
+            return self._refuse_after_mac(ctx, SIGN_ON_REQUIRED, "not the open batch")
+        if ctx.txn.reversible and ctx.reversal is not None:
+            # its reversal came first: it must not take effect now
+            return self._respond(ctx, _Result(INVALID_TRANSACTION))
+        if kind is Kind.SETTLEMENT:
+            return self._settle(ctx)
+        try:
+            result = self._handlers[kind](ctx)
+        except _Answer as answer:
+            result = _Result(answer.code, journal=answer.journal)
+        except DomainError as error:
+            result = _Result(field_39(error.code), journal=error.code not in TRANSIENT_ERRORS)
+        except IntegrityError as error:  # a sale's journal row, taken meanwhile
+            return self._answered_meanwhile(ctx, error)
+        return self._respond(ctx, result)
 
     def _respond(self, ctx: _Context, result: _Result) -> Outcome:
         if result.body is not None:  # journaled with its payment
@@ -537,11 +560,16 @@ class GatewayService:
         )  # fmt: skip
         journaled: list[_Result] = []
 
-        def journal(session: Session, payment: Payment) -> None:
+        def journal(payment: Payment) -> Callable[[Session], None]:
+            # the answer, encoded and MACed, before the write turn; its journal row, in it
             result = _payment_result(payment, amount)
-            result.body = self._body(ctx, result)
-            self._record(session, ctx, result, result.body)
-            journaled.append(result)
+            body = result.body = self._body(ctx, result)
+
+            def write(session: Session) -> None:
+                self._record(session, ctx, result, body)
+                journaled.append(result)
+
+            return write
 
         payment = self.payments.create(ctx.principal, request, also=journal)
         # a payment recorded earlier (its journal row lost in a crash) is journaled now

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime
 from decimal import Decimal
@@ -34,6 +36,7 @@ from shoudan.channels.domain import (
     qr_method,
     qr_network,
 )
+from shoudan.core.batching import BatchWriter
 from shoudan.core.clock import Clock
 from shoudan.core.crypto import Vault
 from shoudan.core.db import Database, DriverSQL, newest_first
@@ -56,7 +59,7 @@ from shoudan.payments.domain import (
     compose_rrn,
     transition,
 )
-from shoudan.payments.models import Payment, PaymentStatusChange
+from shoudan.payments.models import Payment
 from shoudan.payments.store import PaymentPoint
 from shoudan.pricing.domain import FeePlan, FeeQuote, Limits, Product, check_limits, quote
 
@@ -117,9 +120,56 @@ class PaymentSearch:
     day_to: date | None = None
 
 
-# Called inside the transaction that records a new payment, with that transaction's session:
-# what it writes commits or rolls back with the payment (the gateway's journal row).
-AlsoRecord = Callable[[Session, Payment], None]
+# More to write with a new payment (the gateway's journal row): called with the payment as it
+# will be recorded, before the write turn, it prepares what it needs and returns the writer,
+# called inside the transaction that records the payment: what it writes commits or rolls
+# back with the payment.
+AlsoRecord = Callable[[Payment], Callable[[Session], None]]
+
+# SQLite: RRN numbers a process draws from the business day's counter at a time (_RrnNumbers)
+RRN_BLOCK = 100
+
+
+class _RrnNumbers:
+    """RRN sequence numbers drawn ahead, ``RRN_BLOCK`` at a time, per business day: a new
+    payment's RRN is known before its write turn, so the payment row and whatever prints its
+    RRN (the terminal's answer, MACed) are made before it, and the write turn — on SQLite one
+    writer for all processes — holds only the writes. A block is drawn in a transaction of
+    its own, committed before any of its numbers is used; numbers a process had not used when
+    it stopped are never used (the day's RRNs have gaps, never repeats). Processes draw
+    blocks in turn, so RRNs are distinct but not in order of time across processes."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+        self._lock = threading.Lock()  # held for memory only, never across I/O
+        self._numbers: dict[str, deque[int]] = {}
+
+    def next(self, day: str) -> int:
+        while True:
+            with self._lock:
+                numbers = self._numbers.get(day)
+                if numbers:
+                    return numbers.popleft()
+            with self._database.transaction() as session:
+                drawn = store.draw_rrn_numbers(DriverSQL(session), day, RRN_BLOCK)
+            with self._lock:
+                if day not in self._numbers:  # a new business day: the old one's are done
+                    self._numbers = {day: deque()}
+                self._numbers[day].extend(drawn)
+
+
+@dataclass(frozen=True, slots=True)
+class _Draft:
+    """A new payment as it will be recorded, and what is written with it (``_draft``)."""
+
+    payment: Payment
+    status: PaymentStatus
+    actor: str
+    note: str  # the network's message, for the status history
+    entry: Transfer | Hold | None  # the ledger entry: a capture or a pre-auth's hold
+    event: dict[str, object]
+    also: Callable[[Session], None] | None
+    limits: Limits  # checked again in the write turn, where concurrent payments count
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +201,9 @@ class PaymentService:
         self.clock = clock
         self.completion_limit_percent = completion_limit_percent
         self._plans = store.PlanCache()
+        self._rrn_numbers = _RrnNumbers(database)
+        # SQLite with group commit: concurrent payments written in one batch (core/batching.py)
+        self._writer: BatchWriter[_Draft, Payment] = BatchWriter(database, self._record)
 
     # -- create ---------------------------------------------------------------------------
     def create(
@@ -182,10 +235,9 @@ class PaymentService:
                 prepared = self._prepare(driver, point, request)
         payment_id = payment_id_for(prepared.merchant_id, request.idempotency_key)
         result = self._authorize(payment_id, request)
-        record = (principal, request, prepared, fingerprint, also)
+        record = (principal, request, prepared, fingerprint)
         try:
-            with self.database.transaction() as session:
-                return self._record(session, payment_id, result, *record)
+            return self._writer.write(self._draft(payment_id, result, *record, also))
         except DomainError as error:
             if result.approved and error.code is ErrorCode.LIMIT_EXCEEDED:
                 # A concurrent payment used the limit while we were at the network: give the
@@ -196,8 +248,9 @@ class PaymentService:
                     channel_reference=result.channel_reference, auth_code=None,
                     message=error.message,
                 )  # fmt: skip
+                draft = self._draft(payment_id, refused, *record, also)
                 with self.database.transaction() as session:
-                    return self._record(session, payment_id, refused, *record)
+                    return self._record(session, [draft])[0]
             if result.approved:
                 self.channel.reverse(payment_id)  # nothing recorded: nothing may stay charged
             raise
@@ -300,9 +353,8 @@ class PaymentService:
                 message="no response from the issuer in time; reversed upstream",
             )  # fmt: skip
 
-    def _record(
+    def _draft(
         self,
-        session: Session,
         payment_id: str,
         result: ChannelResult,
         principal: Principal,
@@ -310,13 +362,11 @@ class PaymentService:
         prepared: _Prepared,
         fingerprint: str,
         also: AlsoRecord | None,
-    ) -> Payment:
+    ) -> _Draft:
+        """The new payment and all that is written with it, made before the write turn."""
         now = self.clock.now()
         day = business_date(now)
-        driver = DriverSQL(session)
-        # No day-wide lock: the limits are checked on the running totals' own rows, which the
-        # upsert below locks (a concurrent payment of this merchant or card waits for ours).
-        rrn = compose_rrn(day, store.next_rrn_number(driver, day.isoformat()))
+        rrn = compose_rrn(day, self._rrn_numbers.next(day.isoformat()))
         status = (
             (PaymentStatus.CAPTURED if request.capture else PaymentStatus.AUTHORIZED)
             if result.approved
@@ -364,27 +414,50 @@ class PaymentService:
             voided_at=None,
             reversed_at=None,
         )  # every column set: it is inserted as one row, and returned as it is stored
+        entry: Transfer | Hold | None = None
         if status is PaymentStatus.CAPTURED:
             assert prepared.quote is not None
             _apply_capture(payment, prepared.quote, now)
-        store.insert_payment(driver, payment)
-        counted = counted_amount(payment)  # an approval: the limits again, now under the
-        if counted:  # write lock, where concurrent payments count
-            card_total, merchant_total = store.count(driver, payment, counted)
-            check_limits(
-                prepared.limits, request.amount,
-                card_total - counted if payment.card_token else 0, merchant_total - counted,
-            )  # fmt: skip
-        _history(driver, payment, None, status, principal.id, result.message, now)
-        if status is PaymentStatus.CAPTURED:
-            self.ledger.post(session, _capture_entry(payment))
+            entry = _capture_entry(payment)
         elif status is PaymentStatus.AUTHORIZED:
-            self.ledger.post(session, _hold_entry(payment))
-        emit(session, f"payment.{status.value}", _event(payment), dedupe_key=f"{payment.id}:new",
-             clock=self.clock)  # fmt: skip
-        if also is not None:
-            also(session, payment)
-        return payment
+            entry = _hold_entry(payment)
+        return _Draft(
+            payment, status, principal.id, result.message, entry, _event(payment),
+            also(payment) if also is not None else None, prepared.limits,
+        )  # fmt: skip
+
+    def _record(self, session: Session, drafts: Sequence[_Draft]) -> list[Payment]:
+        """The write turn of new payments (one, or a batch from ``_DraftWriter``): their rows,
+        their limits checked again, their ledger entries, their events, and what ``also``
+        writes. Any refusal raises, and the caller's transaction undoes all of them."""
+        driver = DriverSQL(session)
+        payments = [draft.payment for draft in drafts]
+        store.insert_payments(driver, payments)
+        for draft in drafts:
+            # No day-wide lock: the limits are checked on the running totals' own rows, which
+            # the upsert locks (a concurrent payment of this merchant or card waits for ours).
+            payment = draft.payment
+            counted = counted_amount(payment)  # an approval: the limits again, now under the
+            if counted:  # write lock, where concurrent payments count
+                card_total, merchant_total = store.count(driver, payment, counted)
+                check_limits(
+                    draft.limits, payment.amount,
+                    card_total - counted if payment.card_token else 0, merchant_total - counted,
+                )  # fmt: skip
+        store.insert_history(driver, [
+            _history_row(d.payment, None, d.status, d.actor, d.note, d.payment.created_at)
+            for d in drafts
+        ])  # fmt: skip
+        entries = [draft.entry for draft in drafts if draft.entry is not None]
+        if entries:
+            self.ledger.post_all(session, entries)
+        for draft in drafts:
+            payment = draft.payment
+            emit(session, f"payment.{payment.status}", draft.event,
+                 dedupe_key=f"{payment.id}:new", clock=self.clock)  # fmt: skip
+            if draft.also is not None:
+                draft.also(session)
+        return payments
 
     def reverse_unrecorded(self, merchant_id: str, idempotency_key: str) -> None:
         """Undo at the network a payment we may have sent but never recorded (the process
@@ -531,7 +604,9 @@ class PaymentService:
         current = PaymentStatus(payment.status)
         payment.status = transition(current, target).value
         payment.updated_at = now
-        _history(DriverSQL(session), payment, current, target, principal.id, note, now)
+        store.insert_history(
+            DriverSQL(session), [_history_row(payment, current, target, principal.id, note, now)]
+        )
         if principal.is_staff:  # every staff action is audited (merchants': history only)
             record(
                 session, actor=principal.id, action=f"payment.{target.value}",
@@ -727,19 +802,18 @@ def _opposite(entry: Transfer, entry_id: str) -> Transfer:
     )
 
 
-def _history(
-    driver: DriverSQL,
+def _history_row(
     payment: Payment,
     from_status: PaymentStatus | None,
     to_status: PaymentStatus,
     actor: str,
     note: str,
     now: datetime,
-) -> None:
-    driver.insert(PaymentStatusChange, {
+) -> dict[str, object]:
+    return {
         "payment_id": payment.id, "from_status": from_status.value if from_status else None,
         "to_status": to_status.value, "actor": actor, "note": note[:255], "created_at": now,
-    })  # fmt: skip
+    }  # fmt: skip
 
 
 def _event(payment: Payment) -> dict[str, object]:

@@ -8,6 +8,7 @@ most of a payment's CPU (docs/benchmarks.md). The rules stay in ``service.py`` a
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session
 from shoudan.core.db import DriverSQL
 from shoudan.core.errors import DomainError, ErrorCode
 from shoudan.merchants.domain import MerchantStatus
-from shoudan.payments.models import Payment
+from shoudan.payments.models import Payment, PaymentStatusChange
 from shoudan.pricing.domain import FeePlan
 from shoudan.pricing.service import get_plan
 from shoudan.terminals.domain import TerminalStatus, is_terminal_id
@@ -111,15 +112,24 @@ RRN_SEQUENCE_SIZE = 9_999_999  # the 7-digit sequence part of an RRN (``compose_
 
 
 def next_rrn_number(driver: DriverSQL, day: str) -> int:
-    """The sequence part of a new payment's RRN, 1 … 9,999,999, never the same twice in a
-    business day while the day has fewer payments than that. PostgreSQL: a sequence (no lock:
-    payments commit side by side); its values wrap around, and any run of fewer than
-    9,999,999 consecutive values is distinct. SQLite: the day's counter row (the write
-    transaction is exclusive anyway)."""
+    """The sequence part of a new payment's RRN, 1 … 9,999,999 (``draw_rrn_numbers``)."""
+    return draw_rrn_numbers(driver, day, 1)[0]
+
+
+def draw_rrn_numbers(driver: DriverSQL, day: str, count: int) -> list[int]:
+    """``count`` sequence parts of new payments' RRNs, 1 … 9,999,999, never the same twice in
+    a business day while the day has fewer payments than that. PostgreSQL: a sequence (no
+    lock: payments commit side by side); its values wrap around, and any run of fewer than
+    9,999,999 consecutive values is distinct. SQLite: the day's counter row, advanced by
+    ``count`` (the write transaction is exclusive anyway)."""
     if driver.is_sqlite:
-        return advance_rrn(driver, day, 1)
-    ((value,),) = driver.execute("SELECT nextval('payment_rrn_seq')")
-    return (int(value) - 1) % RRN_SEQUENCE_SIZE + 1
+        last = advance_rrn(driver, day, count)
+        return list(range(last - count + 1, last + 1))
+    rows = driver.execute(
+        "SELECT nextval('payment_rrn_seq') FROM generate_series(1, CAST(? AS integer))",
+        (count,),
+    )
+    return [(int(value) - 1) % RRN_SEQUENCE_SIZE + 1 for (value,) in rows]
 
 
 def advance_rrn(driver: DriverSQL, day: str, step: int) -> int:
@@ -174,6 +184,13 @@ def count(driver: DriverSQL, payment: Payment, delta: int) -> tuple[int, int]:
     )
 
 
-def insert_payment(driver: DriverSQL, payment: Payment) -> None:
-    """Insert a new payment (a transient object: every column set) as one row."""
-    driver.insert(Payment, {column: getattr(payment, column) for column in PAYMENT_COLUMNS})
+def insert_payments(driver: DriverSQL, payments: Sequence[Payment]) -> None:
+    """Insert new payments (transient objects, every column set), a row each, in one go."""
+    driver.insert_many(
+        Payment, [{column: getattr(p, column) for column in PAYMENT_COLUMNS} for p in payments]
+    )
+
+
+def insert_history(driver: DriverSQL, rows: Sequence[Mapping[str, object]]) -> None:
+    """Status history rows (``payment_status_history``), in one go."""
+    driver.insert_many(PaymentStatusChange, rows)
