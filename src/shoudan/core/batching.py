@@ -76,12 +76,14 @@ class BatchWriter(Generic[T, R]):
         try:
             results = self._write_many(session, [entry.item for entry in entries])
             savepoint.commit()
-        except Exception as error:
+        except BaseException as error:
             savepoint.rollback()
             if len(entries) == 1:
                 entries[0].error = error
             for entry in entries:
                 entry.alone = True
+            if not isinstance(error, Exception):
+                raise
             return
         for entry, result in zip(entries, results, strict=True):
             entry.result, entry.written = result, True

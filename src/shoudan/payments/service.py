@@ -127,7 +127,7 @@ class PaymentSearch:
 AlsoRecord = Callable[[Payment], Callable[[Session], None]]
 
 # SQLite: RRN numbers a process draws from the business day's counter at a time (_RrnNumbers)
-RRN_BLOCK = 100
+RRN_BLOCK = 1000
 
 
 class _RrnNumbers:
