@@ -18,8 +18,13 @@ from shoudan.notifications.models import OutboxEvent
 from shoudan.notifications.service import emit
 
 
+class Abort(BaseException):
+    """Not an ``Exception``: a writer that fails this way must still fail alone."""
+
+
 class Pings:
-    """Writes each item as an outbox event; refuses the item "bad"; records each call."""
+    """Writes each item as an outbox event; refuses the item "bad" (and "abort", with a
+    ``BaseException``); records each call."""
 
     def __init__(self, database: Database) -> None:
         self.database = database
@@ -32,6 +37,8 @@ class Pings:
         for item in items:
             if item == "bad":
                 raise ValueError("refused: bad")
+            if item == "abort":
+                raise Abort("aborted")
             if self.database.groups_writes:
                 # a transaction opened here joins the group's, as a member's nested one does
                 with self.database.transaction() as inner:
@@ -62,7 +69,7 @@ def in_one_group(database: Database, work: list[str], write: object) -> list[obj
     def run(index: int) -> None:
         try:
             results[index] = write(work[index])  # type: ignore[operator]
-        except Exception as error:
+        except BaseException as error:
             results[index] = error
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(work))]
@@ -143,3 +150,33 @@ def test_many_concurrent_writers_keep_their_results(grouped: Database) -> None:
     with grouped.read() as session:
         assert session.scalar(select(func.count()).select_from(OutboxEvent)) == 120
     assert any(len(call) > 1 for call in pings.calls)  # some were written together
+
+
+def test_a_writer_failing_with_a_base_exception_fails_alone(grouped: Database) -> None:
+    """Found by review: re-raised from the group's commit, it had failed every member."""
+    pings = Pings(grouped)
+
+    def plain(item: str) -> str:
+        with grouped.transaction() as session:
+            return emit(session, "system.ping", {}, dedupe_key=item)
+
+    work = ["a", "abort", "plain", "b"]
+    results = in_one_group(
+        grouped, work, lambda item: plain(item) if item == "plain" else pings.writer.write(item)
+    )
+    assert isinstance(results[1], Abort)
+    assert all(isinstance(results[i], str) for i in (0, 2, 3))
+    assert stored(grouped) == {"a", "plain", "b"}
+
+
+def test_inside_an_open_transaction_the_item_is_written_in_it(grouped: Database) -> None:
+    """Found by review: left for the group, it was written even when the caller's own
+    transaction rolled back."""
+    pings = Pings(grouped)
+    with grouped.transaction():
+        assert pings.writer.write("kept")
+    with pytest.raises(RuntimeError), grouped.transaction():
+        pings.writer.write("undone")
+        raise RuntimeError("the caller fails after the write")
+    assert stored(grouped) == {"kept"}
+    assert pings.calls == [["kept"], ["undone"]]

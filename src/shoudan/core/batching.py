@@ -13,9 +13,10 @@ updated once), and each caller gets its own result once the commit is done. Nobo
 more items than group commit already gathers.
 
 One item's refusal must not fail its neighbours: ``write_many`` runs in a savepoint, and when
-it raises, each of its items is written again alone, by its own caller, after the commit
-(``write_many`` with one item, in a transaction of its own); only the item at fault gets the
-error. An item alone in its group gets its error at once.
+it raises (anything, ``BaseException`` included), each of its items is written again alone,
+by its own caller, after the commit (``write_many`` with one item, in a transaction of its
+own); only the item at fault gets the error. An item alone in its group gets its error at
+once. Called inside a transaction already open, ``write`` writes its item in it at once.
 
 On PostgreSQL, whose write transactions run side by side and commit on their own, there is
 no group to join: every caller writes its item in its own transaction.
@@ -54,7 +55,9 @@ class BatchWriter(Generic[T, R]):
     def write(self, item: T) -> R:
         """Write ``item`` and return its result once the transaction that holds it has
         committed; its own error if it is refused."""
-        if not self._database.groups_writes:
+        if not self._database.groups_writes or self._database.in_transaction():
+            # no group to join, or the caller's own transaction: written in it, now, so that
+            # it commits or rolls back with the caller's work
             return self._alone(item)
         entry: _Entry[T, R] = _Entry(item)
         with self._database.transaction():  # returns after the group's commit
@@ -76,14 +79,12 @@ class BatchWriter(Generic[T, R]):
         try:
             results = self._write_many(session, [entry.item for entry in entries])
             savepoint.commit()
-        except BaseException as error:
+        except BaseException as error:  # even one that is not an Exception: its own caller's
             savepoint.rollback()
             if len(entries) == 1:
                 entries[0].error = error
             for entry in entries:
                 entry.alone = True
-            if not isinstance(error, Exception):
-                raise
             return
         for entry, result in zip(entries, results, strict=True):
             entry.result, entry.written = result, True

@@ -378,6 +378,11 @@ class Database:
         group commit), rather than run side by side?"""
         return self._group is not None
 
+    def in_transaction(self) -> bool:
+        """Is this thread inside a write transaction of a group (whose commit it waits for at
+        its own end)?"""
+        return self._group is not None and self._group.inside()
+
     def before_commit(self, key: object, flush: Callable[[Session, list[Any]], None]) -> list[Any]:
         """Inside a write transaction of a group (``groups_writes``): the group's list of
         items for ``key``, which ``flush(session, items)`` writes just before the group

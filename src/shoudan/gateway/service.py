@@ -558,22 +558,20 @@ class GatewayService:
             card=self._card(ctx), capture=capture, idempotency_key=identity.idempotency_key,
             description=f"ISO 8583 batch {identity.batch} STAN {identity.stan}",
         )  # fmt: skip
-        journaled: list[_Result] = []
+        # by RRN: the answer to the payment that was recorded (a batch may have written and
+        # rolled back a journal row before the payment was written again alone)
+        answers: dict[str, _Result] = {}
 
         def journal(payment: Payment) -> Callable[[Session], None]:
             # the answer, encoded and MACed, before the write turn; its journal row, in it
-            result = _payment_result(payment, amount)
+            result = answers[payment.rrn] = _payment_result(payment, amount)
             body = result.body = self._body(ctx, result)
-
-            def write(session: Session) -> None:
-                self._record(session, ctx, result, body)
-                journaled.append(result)
-
-            return write
+            return lambda session: self._record(session, ctx, result, body)
 
         payment = self.payments.create(ctx.principal, request, also=journal)
-        # a payment recorded earlier (its journal row lost in a crash) is journaled now
-        return journaled[-1] if journaled else _payment_result(payment, amount)
+        # a payment recorded earlier (its journal row lost in a crash, or a raced key's winner)
+        # has no answer of ours: it is journaled now
+        return answers.get(payment.rrn) or _payment_result(payment, amount)
 
     def _balance(self, ctx: _Context) -> _Result:
         card = self._card(ctx)

@@ -142,20 +142,31 @@ class _RrnNumbers:
     def __init__(self, database: Database) -> None:
         self._database = database
         self._lock = threading.Lock()  # held for memory only, never across I/O
+        self._drawing = threading.Lock()  # one draw at a time: the others wait for it
         self._numbers: dict[str, deque[int]] = {}
 
     def next(self, day: str) -> int:
-        while True:
-            with self._lock:
-                numbers = self._numbers.get(day)
-                if numbers:
-                    return numbers.popleft()
-            with self._database.transaction() as session:
-                drawn = store.draw_rrn_numbers(DriverSQL(session), day, RRN_BLOCK)
-            with self._lock:
-                if day not in self._numbers:  # a new business day: the old one's are done
-                    self._numbers = {day: deque()}
-                self._numbers[day].extend(drawn)
+        number = self._take(day)
+        if number is not None:
+            return number
+        # waited for with the baton down: the thread drawing needs it back to commit
+        self._database.baton.acquire(self._drawing)
+        try:
+            while (number := self._take(day)) is None:  # the draw we waited for may suffice
+                with self._database.transaction() as session:
+                    drawn = store.draw_rrn_numbers(DriverSQL(session), day, RRN_BLOCK)
+                with self._lock:
+                    if day not in self._numbers:  # a new business day: the old one's are done
+                        self._numbers = {day: deque()}
+                    self._numbers[day].extend(drawn)
+            return number
+        finally:
+            self._drawing.release()
+
+    def _take(self, day: str) -> int | None:
+        with self._lock:
+            numbers = self._numbers.get(day)
+            return numbers.popleft() if numbers else None
 
 
 @dataclass(frozen=True, slots=True)
