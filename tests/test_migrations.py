@@ -223,3 +223,35 @@ def test_sqlite_second_writer_waits_for_the_first(sqlite_database: Database) -> 
         release.set()
         thread.join(timeout=10)
     assert order == ["first committed", "second began"]
+
+
+def test_a_sqlite_database_with_data_upgrades_past_table_copies(tmp_path: Any) -> None:
+    """SQLite alters a table by copying it and dropping the old one: with foreign keys on,
+    a terminal referenced by a signed-on session stopped the upgrade past 0012 (a demo
+    database of an earlier version did). Migrations run with them off, checked after."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    migrations.upgrade(url, "0011")
+    at = "2026-11-23 00:00:00.000000"
+    with closing(sqlite3.connect(tmp_path / "old.db")) as connection, connection:
+        connection.execute(
+            "INSERT INTO merchants VALUES ('898310000000001', 'Old Shop', 'individual', '5411',"
+            " '3100', 'active', 'standard', NULL, x'00', 'hash', '138****0000', ?, ?)",
+            (at, at),
+        )
+        connection.execute(
+            "INSERT INTO terminals VALUES ('OLD00001', 'SN-OLD-1', 'epos', '898310000000001',"
+            " 'active', x'00', 'ABCDEF', ?)",
+            (at,),
+        )
+        connection.execute(
+            "INSERT INTO terminal_sessions VALUES ('OLD00001', x'00', x'00', '00000000',"
+            " '00000000', '000001', ?, ?)",
+            (at, at),
+        )
+    migrations.upgrade(url)
+    assert migrations.current(url) == head_revision(url)
+    with closing(sqlite3.connect(tmp_path / "old.db")) as connection:
+        assert connection.execute("PRAGMA foreign_key_check").fetchall() == []
+        assert connection.execute("SELECT terminal_id FROM terminal_sessions").fetchall() == [
+            ("OLD00001",)
+        ]
