@@ -248,6 +248,20 @@ def test_a_sqlite_database_with_data_upgrades_past_table_copies(tmp_path: Any) -
             " '00000000', '000001', ?, ?)",
             (at, at),
         )
+        # as an early demo database: past 0005 before 0005 made the running day totals
+        connection.execute("DROP TABLE payment_day_totals")
+        for n, (status, amount, captured) in enumerate(
+            [("captured", 1_000, 1_000), ("authorized", 500, 0), ("declined", 700, 0)]
+        ):
+            connection.execute(
+                "INSERT INTO payments (id, merchant_id, terminal_id, method, status, currency,"
+                " amount, captured_amount, fee, net, refunded_amount, fee_plan_code,"
+                " business_date, rrn, network, prepayment, description, request_hash,"
+                " card_token, created_at, updated_at) VALUES (?, '898310000000001',"
+                " 'OLD00001', 'card', ?, 'CNY', ?, ?, 0, ?, 0, 'standard', '2026-11-20', ?,"
+                " 'unionpay', 0, '', 'h', 'tok', ?, ?)",
+                (f"pay_old_{n}", status, amount, captured, captured, f"26324000000{n}", at, at),
+            )
     migrations.upgrade(url)
     assert migrations.current(url) == head_revision(url)
     with closing(sqlite3.connect(tmp_path / "old.db")) as connection:
@@ -255,3 +269,7 @@ def test_a_sqlite_database_with_data_upgrades_past_table_copies(tmp_path: Any) -
         assert connection.execute("SELECT terminal_id FROM terminal_sessions").fetchall() == [
             ("OLD00001",)
         ]
+        totals = connection.execute(
+            "SELECT scope, scope_key, amount FROM payment_day_totals ORDER BY scope"
+        ).fetchall()
+    assert totals == [("card", "tok", 1_500), ("merchant", "898310000000001", 1_500)]
