@@ -21,7 +21,7 @@ from shoudan.payments.store import (
     advance_rrn,
     count,
     day_totals,
-    next_rrn_number,
+    draw_rrn_numbers,
 )
 from tests.payments_world import DEBIT, NOW, PIN, World, build_world, check_day_totals
 
@@ -87,7 +87,7 @@ def test_rrn_numbers_are_distinct_and_wrap_within_their_seven_digits(world: Worl
     database = world.container.database
     with database.transaction() as session:
         driver = DriverSQL(session)
-        first = [next_rrn_number(driver, "2026-01-03") for _ in range(3)]
+        first = draw_rrn_numbers(driver, "2026-01-03", 3)
     assert first == [first[0], first[0] + 1, first[0] + 2]
     assert all(1 <= n <= RRN_SEQUENCE_SIZE for n in first)
     if database.dialect == "sqlite":
@@ -96,7 +96,7 @@ def test_rrn_numbers_are_distinct_and_wrap_within_their_seven_digits(world: Worl
     with database.transaction() as session:
         driver = DriverSQL(session)
         driver.execute(f"SELECT setval('payment_rrn_seq', {RRN_SEQUENCE_SIZE - 1})")
-        assert [next_rrn_number(driver, "2026-01-03") for _ in range(3)] == [
+        assert draw_rrn_numbers(driver, "2026-01-03", 3) == [
             RRN_SEQUENCE_SIZE, 1, 2
         ]
 
@@ -112,14 +112,14 @@ def test_payments_of_two_merchants_do_not_wait_for_each_other(world: World) -> N
     b = Payment(business_date="2026-01-04", merchant_id=world.merchant_b, card_token="tok-b")
     with database.transaction() as first:
         driver = DriverSQL(first)
-        next_rrn_number(driver, "2026-01-04")
+        draw_rrn_numbers(driver, "2026-01-04", 1)
         count(driver, a, 100)
         other = Database(database.url)  # another connection, its own transaction
         try:
             with other.transaction() as second:
                 theirs = DriverSQL(second)
                 theirs.execute("SET LOCAL lock_timeout = '2s'")  # a wait would fail the test
-                assert next_rrn_number(theirs, "2026-01-04") >= 1
+                assert draw_rrn_numbers(theirs, "2026-01-04", 1)[0] >= 1
                 assert count(theirs, b, 50) == (50, 50)  # committed while ours is open
         finally:
             other.dispose()

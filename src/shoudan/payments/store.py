@@ -111,11 +111,6 @@ def has_idempotency_key(driver: DriverSQL, merchant_id: str, key: str) -> bool:
 RRN_SEQUENCE_SIZE = 9_999_999  # the 7-digit sequence part of an RRN (``compose_rrn``)
 
 
-def next_rrn_number(driver: DriverSQL, day: str) -> int:
-    """The sequence part of a new payment's RRN, 1 … 9,999,999 (``draw_rrn_numbers``)."""
-    return draw_rrn_numbers(driver, day, 1)[0]
-
-
 def draw_rrn_numbers(driver: DriverSQL, day: str, count: int) -> list[int]:
     """``count`` sequence parts of new payments' RRNs, 1 … 9,999,999, never the same twice in
     a business day while the day has fewer payments than that. PostgreSQL: a sequence (no
@@ -134,7 +129,7 @@ def draw_rrn_numbers(driver: DriverSQL, day: str, count: int) -> list[int]:
 
 def advance_rrn(driver: DriverSQL, day: str, step: int) -> int:
     """Add ``step`` to the business day's RRN counter (created at 0 if needed) and return its
-    value (SQLite's RRNs: ``next_rrn_number``)."""
+    value (SQLite's RRNs: ``draw_rrn_numbers``)."""
     ((value,),) = driver.execute(
         "INSERT INTO rrn_counters (business_date, last_value) VALUES (?, ?)"
         " ON CONFLICT (business_date) DO UPDATE"
