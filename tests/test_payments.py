@@ -380,6 +380,41 @@ def test_same_idempotency_key_in_the_service_charges_once(world: World) -> None:
     assert balance(world, world.merchant_a)["unsettled"] == 4_321 - 26  # 0.60 %
 
 
+def test_ids_are_in_time_order_and_the_network_knows_a_keyed_payment_by_its_key(
+    world: World,
+) -> None:
+    """A payment id is a fresh ULID, so the indexes that hold it grow at their end. With an
+    Idempotency-Key the network's reference is derived from the merchant and the key, not
+    from the id: a retry after a crash, or a reversal of a payment never recorded, names the
+    same upstream transaction. A void reaches the network under that reference."""
+    from ulid import ULID
+
+    from shoudan.channels.domain import TxnState
+    from shoudan.payments.domain import keyed_reference
+
+    channel = world.container.channel
+    body = {"terminal_id": world.terminal_a, "amount": 2_500, "method": "card", "card": card()}
+    ids = []
+    for n in range(3):
+        headers = world.headers(world.key_a, **{"Idempotency-Key": f"order-{n}"})
+        response = world.client.post("/v1/payments", json=body, headers=headers)
+        assert response.status_code == 201, response.text
+        ids.append(response.json()["id"])
+    moments = [ULID.from_str(payment_id.removeprefix("pay_")).milliseconds for payment_id in ids]
+    assert moments == sorted(moments)
+    references = [keyed_reference(world.merchant_a, f"order-{n}") for n in range(3)]
+    assert not set(ids) & set(references)
+    assert all(channel.query(payment_id) is None for payment_id in ids)  # never sent upstream
+    assert [channel.query(reference).state for reference in references] == [TxnState.CAPTURED] * 3
+
+    voided = world.client.post(f"/v1/payments/{ids[0]}/void", headers=world.headers(world.key_a))
+    assert (voided.status_code, voided.json()["status"]) == (200, "voided")
+    assert channel.query(references[0]).state is TxnState.VOIDED
+    # a payment without a key is known upstream by its own id
+    plain = world.pay(amount=1_000)
+    assert channel.query(plain["id"]).state is TxnState.CAPTURED
+
+
 def test_completion_is_held_to_the_limits(world: World) -> None:
     auth = world.pay(amount=5_000_000, capture=False)  # ¥50,000, the per-transaction limit
     over = world.client.post(

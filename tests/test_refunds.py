@@ -81,6 +81,30 @@ def test_partial_refund_is_approved_sent_and_booked(rw: RefundWorld) -> None:
     ]  # fmt: skip
 
 
+def test_a_keyed_payment_is_refunded_under_its_upstream_reference(rw: RefundWorld) -> None:
+    """A payment taken with an Idempotency-Key (every terminal sale is) is known upstream by
+    the reference derived from the key, not by its id: the refund names that one."""
+    from shoudan.payments.domain import keyed_reference
+
+    world = rw.world
+    card = {"pan": DEBIT, "expiry": "2912", "pin": PIN, "entry_mode": "chip"}
+    body = {"terminal_id": world.terminal_a, "amount": 30_000, "method": "card", "card": card}
+    world.clock.advance(timedelta(days=-1))  # yesterday's: no longer voidable
+    try:
+        headers = world.headers(world.key_a, **{"Idempotency-Key": "till-7"})
+        response = world.client.post("/v1/payments", json=body, headers=headers)
+    finally:
+        world.clock.advance(timedelta(days=1))
+    assert response.status_code == 201, response.text
+    refund = rw.refund(payment_id=response.json()["id"], amount=2_000)
+    rw.run_worker()
+    assert rw.get(refund["id"])["status"] == "succeeded"
+    upstream = world.container.channel.query_refund(
+        keyed_reference(world.merchant_a, "till-7"), refund["id"]
+    )
+    assert upstream is not None and upstream.succeeded
+
+
 def test_payment_events_reach_the_merchants_event_log(rw: RefundWorld) -> None:
     payment = rw.world.pay(amount=2_000)
     rw.run_worker()

@@ -41,7 +41,7 @@ from shoudan.core.clock import Clock
 from shoudan.core.crypto import Vault
 from shoudan.core.db import Database, DriverSQL, newest_first
 from shoudan.core.errors import DomainError, ErrorCode
-from shoudan.core.ids import derived_id, new_id
+from shoudan.core.ids import new_id
 from shoudan.ledger import chart
 from shoudan.ledger.domain import Hold, Linked, Posting, Transfer, VoidHold
 from shoudan.ledger.service import Ledger
@@ -57,7 +57,9 @@ from shoudan.payments.domain import (
     check_capture,
     check_void,
     compose_rrn,
+    keyed_reference,
     transition,
+    upstream_reference,
 )
 from shoudan.payments.models import Payment
 from shoudan.payments.store import PaymentPoint
@@ -244,8 +246,9 @@ class PaymentService:
                 return _same_request(existing, fingerprint)
             with self.database.driver_read() as driver:  # gone meanwhile (a failed write)
                 prepared = self._prepare(driver, point, request)
-        payment_id = payment_id_for(prepared.merchant_id, request.idempotency_key)
-        result = self._authorize(payment_id, request)
+        payment_id = new_id("pay_")  # time-ordered; the network sees `reference`
+        reference = upstream_reference(payment_id, prepared.merchant_id, request.idempotency_key)
+        result = self._authorize(reference, request)
         record = (principal, request, prepared, fingerprint)
         try:
             return self._writer.write(self._draft(payment_id, result, *record, also))
@@ -253,7 +256,7 @@ class PaymentService:
             if result.approved and error.code is ErrorCode.LIMIT_EXCEEDED:
                 # A concurrent payment used the limit while we were at the network: give the
                 # money back upstream and record the payment as declined (61).
-                self.channel.reverse(payment_id)
+                self.channel.reverse(reference)
                 refused = ChannelResult(
                     approved=False, response_code=LIMIT_DECLINE, network=result.network,
                     channel_reference=result.channel_reference, auth_code=None,
@@ -263,27 +266,27 @@ class PaymentService:
                 with self.database.transaction() as session:
                     return self._record(session, [draft])[0]
             if result.approved:
-                self.channel.reverse(payment_id)  # nothing recorded: nothing may stay charged
+                self.channel.reverse(reference)  # nothing recorded: nothing may stay charged
             raise
         except IntegrityError:
             if request.idempotency_key is None:
                 if result.approved:
-                    self.channel.reverse(payment_id)
+                    self.channel.reverse(reference)
                 raise
             # Another request with this Idempotency-Key recorded its payment first (they raced
-            # past the middleware, e.g. after a lock takeover). Same key, same payment id and
-            # upstream reference: the network answered both as one, so nothing is reversed
+            # past the middleware, e.g. after a lock takeover). Same key, same upstream
+            # reference: the network answered both as one, so nothing is reversed
             # (that would undo theirs); answer the recorded one.
             with self.database.read() as session:
                 winner = _by_idempotency_key(session, prepared.merchant_id, request.idempotency_key)
             if winner is None:
                 if result.approved:  # nothing recorded: nothing may stay charged
-                    self.channel.reverse(payment_id)
+                    self.channel.reverse(reference)
                 raise
             return _same_request(winner, fingerprint)
         except BaseException:
             if result.approved:
-                self.channel.reverse(payment_id)
+                self.channel.reverse(reference)
             raise
 
     def _fingerprint(self, request: PaymentRequest) -> str:
@@ -342,7 +345,7 @@ class PaymentService:
             point, point.merchant_id, plan.code, fee_quote, network, funding, token, limits
         )
 
-    def _authorize(self, payment_id: str, request: PaymentRequest) -> ChannelResult:
+    def _authorize(self, reference: str, request: PaymentRequest) -> ChannelResult:
         card = None
         if request.card is not None:
             card = CardData(
@@ -350,17 +353,17 @@ class PaymentService:
                 entry_mode=request.card.entry_mode,
             )  # fmt: skip
         upstream = AuthorizeRequest(
-            reference=payment_id, amount=request.amount, currency=request.currency, card=card,
+            reference=reference, amount=request.amount, currency=request.currency, card=card,
             auth_code=request.auth_code, capture=request.capture,
         )  # fmt: skip
         try:
             return self.channel.authorize(upstream)
         except ChannelTimeout:
             # No answer in time: undo whatever the network may have done, answer 98.
-            self.channel.reverse(payment_id)
+            self.channel.reverse(reference)
             return ChannelResult(
                 approved=False, response_code=NO_RESPONSE, network=Network(_network_of(request)),
-                channel_reference=payment_id, auth_code=None,
+                channel_reference=reference, auth_code=None,
                 message="no response from the issuer in time; reversed upstream",
             )  # fmt: skip
 
@@ -474,7 +477,7 @@ class PaymentService:
         """Undo at the network a payment we may have sent but never recorded (the process
         died between the network's answer and the commit): its reference is derived from the
         Idempotency-Key, so it can be named again. Idempotent; a no-op if it never arrived."""
-        self.channel.reverse(payment_id_for(merchant_id, idempotency_key))
+        self.channel.reverse(keyed_reference(merchant_id, idempotency_key))
 
     # -- capture (completion) -------------------------------------------------------------
     def capture(self, principal: Principal, payment_id: str, amount: int) -> Payment:
@@ -489,7 +492,7 @@ class PaymentService:
             category = _category_of(payment, amount)
             fee_quote = quote(plan, Product(point.product), category, amount, self.clock.now())
             _check_completion_limits(driver, payment, amount, limits)  # before the network
-        result = self.channel.capture(payment_id, amount)
+        result = self.channel.capture(upstream_reference_of(payment), amount)
         if not result.approved:
             raise DomainError(
                 ErrorCode.CAPTURE_NOT_ALLOWED,
@@ -524,7 +527,7 @@ class PaymentService:
             check_void(_facts(payment), self.clock.now())
             # before the network: once it has voided, our books must follow it
             self._refuse_if_refunded(session, payment, ErrorCode.VOID_NOT_ALLOWED)
-        result = self.channel.void(payment_id)
+        result = self.channel.void(upstream_reference_of(payment))
         if not result.approved:
             raise DomainError(
                 ErrorCode.VOID_NOT_ALLOWED,
@@ -554,7 +557,8 @@ class PaymentService:
                 )
         with self.database.read() as session:
             self._refuse_if_refunded(session, payment, ErrorCode.INVALID_TRANSITION)
-        self.channel.reverse(payment_id)  # idempotent upstream, succeeds for the unknown
+        # idempotent upstream, and it succeeds for a reference the network never saw
+        self.channel.reverse(upstream_reference_of(payment))
         with self.database.transaction() as session:
             payment = locked_payment(session, payment_id)  # reversed upstream: the books follow
             if payment.status not in (PaymentStatus.CAPTURED, PaymentStatus.AUTHORIZED):
@@ -701,13 +705,9 @@ class PaymentService:
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def payment_id_for(merchant_id: str, idempotency_key: str | None) -> str:
-    """A payment with an Idempotency-Key has an id derived from it (and the merchant): a retry
-    after a crash sends the network the same reference, and a reversal can name it before
-    anything was recorded. Without a key: a fresh ULID."""
-    if idempotency_key is None:
-        return new_id("pay_")
-    return derived_id("pay_", merchant_id, idempotency_key)
+def upstream_reference_of(payment: Payment) -> str:
+    """The reference the network knows ``payment`` by (``domain.upstream_reference``)."""
+    return upstream_reference(payment.id, payment.merchant_id, payment.idempotency_key)
 
 
 def _check_shape(request: PaymentRequest) -> None:

@@ -55,7 +55,7 @@ from shoudan.merchants.domain import validate_phone
 from shoudan.notifications.service import emit
 from shoudan.payments.domain import PaymentStatus, business_date
 from shoudan.payments.models import Payment
-from shoudan.payments.service import locked_payment
+from shoudan.payments.service import locked_payment, upstream_reference_of
 from shoudan.payments.store import PlanCache, lock_payment
 from shoudan.refunds.domain import (
     LIVE,
@@ -175,7 +175,7 @@ class _Attempt:
     """What the worker needs, read in the claim transaction, for the network call."""
 
     refund_id: str
-    payment_id: str
+    payment_reference: str  # the upstream reference of the refunded payment
     amount: int
     route: Route
     check_first: bool  # the last attempt's outcome is unknown: ask before trying again
@@ -581,15 +581,17 @@ class RefundService:
                     self.vault.decrypt(refund.reroute_account_enc, ACCOUNT_CONTEXT),
                     refund.reroute_holder_name or "", refund.reroute_bank_name or "",
                 )  # fmt: skip
-            return _Attempt(refund.id, refund.payment_id, refund.amount, Route(refund.route),
-                            check_first, account)  # fmt: skip
+            payment = session.get(Payment, refund.payment_id)
+            assert payment is not None  # a refund's payment is never deleted (RESTRICT)
+            return _Attempt(refund.id, upstream_reference_of(payment), refund.amount,
+                            Route(refund.route), check_first, account)  # fmt: skip
 
     def _attempt(self, attempt: _Attempt) -> RefundResult | None:
         """Ask first when the last outcome is unknown; then (re)send with the same reference.
         None: no usable answer (timeout, network error) — the outcome is unknown."""
         try:
             if attempt.check_first:
-                known = self._query(attempt.payment_id, attempt.refund_id, attempt.route)
+                known = self._query(attempt.payment_reference, attempt.refund_id, attempt.route)
                 if known is not None and known.status is not UpstreamStatus.FAILED_TRANSIENT:
                     return known
             if attempt.route is Route.BANK_TRANSFER:
@@ -599,16 +601,20 @@ class RefundService:
                     attempt.refund_id, account.account_number, account.holder_name,
                     account.bank_name, attempt.amount,
                 ))  # fmt: skip
-            return self.channel.refund(attempt.payment_id, attempt.refund_id, attempt.amount)
+            return self.channel.refund(
+                attempt.payment_reference, attempt.refund_id, attempt.amount
+            )
         except ChannelError as error:
             log.warning("refund %s: no usable answer upstream: %s", attempt.refund_id, error)
             return None
 
-    def _query(self, payment_id: str, refund_id: str, route: Route) -> RefundResult | None:
+    def _query(
+        self, payment_reference: str, refund_id: str, route: Route
+    ) -> RefundResult | None:
         if route is Route.BANK_TRANSFER:
             found = self.bank.query_transfer(refund_id)
             return None if found is None else _as_refund_result(found)
-        return self.channel.query_refund(payment_id, refund_id)
+        return self.channel.query_refund(payment_reference, refund_id)
 
     def _settle_attempt(
         self, session: Session, refund: Refund, outcome: RefundResult | None, now: datetime
