@@ -159,17 +159,17 @@ def test_history_tables_are_append_only(database: Database, table: str) -> None:
 
 
 def test_sqlite_connection_pragmas(sqlite_database: Database) -> None:
-    """WAL for concurrent readers, FULL sync so a committed payment survives power loss."""
+    """WAL for concurrent readers, FULL sync so a committed payment survives power loss,
+    savepoints' sub-journals in memory (temp_store 2)."""
+    names = ("journal_mode", "synchronous", "foreign_keys", "busy_timeout", "temp_store")
     with sqlite_database.engine.connect() as conn:
-        pragma = {
-            name: conn.exec_driver_sql(f"PRAGMA {name}").scalar()
-            for name in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")
-        }
+        pragma = {name: conn.exec_driver_sql(f"PRAGMA {name}").scalar() for name in names}
     assert pragma == {
         "journal_mode": "wal",
         "synchronous": 2,
         "foreign_keys": 1,
         "busy_timeout": SQLITE_BUSY_TIMEOUT_MS,
+        "temp_store": 2,
     }
 
 
