@@ -273,3 +273,7 @@ def test_a_sqlite_database_with_data_upgrades_past_table_copies(tmp_path: Any) -
             "SELECT scope, scope_key, amount FROM payment_day_totals ORDER BY scope"
         ).fetchall()
     assert totals == [("card", "tok", 1_500), ("merchant", "898310000000001", 1_500)]
+    # every payment made before 0025 was sent to the network under its id: NULL says so
+    with closing(sqlite3.connect(tmp_path / "old.db")) as connection:
+        references = connection.execute("SELECT DISTINCT upstream_reference FROM payments")
+        assert references.fetchall() == [(None,)]

@@ -360,7 +360,8 @@ def test_rrns_are_unique_and_payments_emit_events(world: World) -> None:
 
 def test_same_idempotency_key_in_the_service_charges_once(world: World) -> None:
     """Two requests with one key that both reach the service (the middleware bypassed, as
-    after a lock takeover) still make one payment: the loser is reversed upstream."""
+    after a lock takeover) still make one payment: both are sent under the key's upstream
+    reference, which the network counts once, and the loser answers with the winner."""
     from concurrent.futures import ThreadPoolExecutor
 
     from shoudan.auth.domain import Principal, Role
@@ -407,12 +408,22 @@ def test_ids_are_in_time_order_and_the_network_knows_a_keyed_payment_by_its_key(
     assert all(channel.query(payment_id) is None for payment_id in ids)  # never sent upstream
     assert [channel.query(reference).state for reference in references] == [TxnState.CAPTURED] * 3
 
+    with world.container.database.read() as session:
+        stored = session.execute(
+            text("SELECT id, upstream_reference FROM payments WHERE id IN (:a, :b, :c)"),
+            dict(zip("abc", ids, strict=True)),
+        ).all()
+    assert sorted(stored) == sorted(zip(ids, references, strict=True))
     voided = world.client.post(f"/v1/payments/{ids[0]}/void", headers=world.headers(world.key_a))
     assert (voided.status_code, voided.json()["status"]) == (200, "voided")
     assert channel.query(references[0]).state is TxnState.VOIDED
     # a payment without a key is known upstream by its own id
     plain = world.pay(amount=1_000)
     assert channel.query(plain["id"]).state is TxnState.CAPTURED
+    with world.container.database.read() as session:
+        assert session.execute(
+            text("SELECT upstream_reference FROM payments WHERE id = :id"), {"id": plain["id"]}
+        ).scalar_one() is None  # NULL: the id
 
 
 def test_completion_is_held_to_the_limits(world: World) -> None:

@@ -81,9 +81,13 @@ def test_partial_refund_is_approved_sent_and_booked(rw: RefundWorld) -> None:
     ]  # fmt: skip
 
 
-def test_a_keyed_payment_is_refunded_under_its_upstream_reference(rw: RefundWorld) -> None:
+def test_a_keyed_payment_is_refunded_and_synced_under_its_upstream_reference(
+    rw: RefundWorld,
+) -> None:
     """A payment taken with an Idempotency-Key (every terminal sale is) is known upstream by
-    the reference derived from the key, not by its id: the refund names that one."""
+    the reference derived from the key, not by its id: the refund names that one, and so does
+    the sync that finds out what became of a refund whose answer was lost."""
+    from shoudan.channels.domain import ChannelTimeout
     from shoudan.payments.domain import keyed_reference
 
     world = rw.world
@@ -96,13 +100,30 @@ def test_a_keyed_payment_is_refunded_under_its_upstream_reference(rw: RefundWorl
     finally:
         world.clock.advance(timedelta(days=1))
     assert response.status_code == 201, response.text
-    refund = rw.refund(payment_id=response.json()["id"], amount=2_000)
+    payment_id = response.json()["id"]
+    channel = world.container.channel
+    real_refund = channel.refund
+
+    def lost_answer(reference: str, refund_reference: str, amount: int):  # type: ignore[no-untyped-def]
+        real_refund(reference, refund_reference, amount)  # applied upstream …
+        raise ChannelTimeout("no answer")  # … but the answer never arrives
+
+    channel.refund = lost_answer  # type: ignore[method-assign]
+    try:
+        lost = rw.refund(payment_id=payment_id, amount=2_000)
+        rw.run_worker()
+    finally:
+        channel.refund = real_refund  # type: ignore[method-assign]
+    assert rw.get(lost["id"])["status"] == "processing"
+    assert rw.act(lost["id"], "sync", "a")["status"] == "succeeded"  # found under the key's
+
+    sent = rw.refund(payment_id=payment_id, amount=3_000)
     rw.run_worker()
-    assert rw.get(refund["id"])["status"] == "succeeded"
-    upstream = world.container.channel.query_refund(
-        keyed_reference(world.merchant_a, "till-7"), refund["id"]
-    )
-    assert upstream is not None and upstream.succeeded
+    assert rw.get(sent["id"])["status"] == "succeeded"
+    reference = keyed_reference(world.merchant_a, "till-7")
+    for refund in (lost, sent):
+        upstream = channel.query_refund(reference, refund["id"])
+        assert upstream is not None and upstream.succeeded
 
 
 def test_payment_events_reach_the_merchants_event_log(rw: RefundWorld) -> None:

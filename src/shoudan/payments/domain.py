@@ -33,25 +33,13 @@ class PaymentStatus(StrEnum):
     REVERSED = "reversed"
 
 
-def upstream_reference(payment_id: str, merchant_id: str, idempotency_key: str | None) -> str:
-    """The reference the network knows a payment by. With an Idempotency-Key it is derived
-    from the merchant and the key, not from the payment: a retry after a crash (between the
-    network's approval and our commit) sends the same reference, so the network answers it as
-    the same transaction instead of charging twice, and a reversal can name it before anything
-    was recorded. Without a key, the payment id.
-
-    The payment id itself is always a fresh ULID, in time order, so every index that holds it
-    (the payment's own, its history, ledger entries and postings, events, the gateway
-    journal) grows at its end instead of at random pages (docs/benchmarks.md, tenth session).
-    Payments made before that have an id equal to this derived reference, so the function
-    gives them the reference they were sent with."""
-    if idempotency_key is None:
-        return payment_id
-    return keyed_reference(merchant_id, idempotency_key)
-
-
 def keyed_reference(merchant_id: str, idempotency_key: str) -> str:
-    """The upstream reference of a payment with an Idempotency-Key, from the key alone."""
+    """The reference the network knows a payment with an Idempotency-Key by: derived from the
+    merchant and the key, not from the payment. A retry after a crash (between the network's
+    approval and our commit) sends the same reference, so the network answers it as the same
+    transaction instead of charging twice, and a reversal can name it before anything was
+    recorded. The payment's own id is a fresh ULID, in time order, so that every index holding
+    it grows at its end instead of on random pages (docs/benchmarks.md, tenth session)."""
     return derived_id("pay_", merchant_id, idempotency_key)
 
 

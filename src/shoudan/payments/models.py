@@ -50,6 +50,9 @@ class Payment(Base):
     decline_message: Mapped[str | None] = mapped_column(String(255))
     network: Mapped[str] = mapped_column(String(16))
     channel_reference: Mapped[str | None] = mapped_column(String(64))
+    # what the network was sent when it is not our id: derived from the Idempotency-Key
+    # (domain.keyed_reference); NULL: the id (service.upstream_reference_of)
+    upstream_reference: Mapped[str | None] = mapped_column(String(32))
     card_bin: Mapped[str | None] = mapped_column(String(6))
     card_last4: Mapped[str | None] = mapped_column(String(4))
     card_length: Mapped[int | None] = mapped_column(SmallInteger)

@@ -59,7 +59,6 @@ from shoudan.payments.domain import (
     compose_rrn,
     keyed_reference,
     transition,
-    upstream_reference,
 )
 from shoudan.payments.models import Payment
 from shoudan.payments.store import PaymentPoint
@@ -246,10 +245,12 @@ class PaymentService:
                 return _same_request(existing, fingerprint)
             with self.database.driver_read() as driver:  # gone meanwhile (a failed write)
                 prepared = self._prepare(driver, point, request)
-        payment_id = new_id("pay_")  # time-ordered; the network sees `reference`
-        reference = upstream_reference(payment_id, prepared.merchant_id, request.idempotency_key)
+        payment_id = new_id("pay_")  # time-ordered; the network is sent `reference`
+        key = request.idempotency_key
+        upstream = keyed_reference(prepared.merchant_id, key) if key is not None else None
+        reference = upstream or payment_id
         result = self._authorize(reference, request)
-        record = (principal, request, prepared, fingerprint)
+        record = (upstream, principal, request, prepared, fingerprint)
         try:
             return self._writer.write(self._draft(payment_id, result, *record, also))
         except DomainError as error:
@@ -371,6 +372,7 @@ class PaymentService:
         self,
         payment_id: str,
         result: ChannelResult,
+        upstream: str | None,
         principal: Principal,
         request: PaymentRequest,
         prepared: _Prepared,
@@ -409,6 +411,7 @@ class PaymentService:
             decline_message=None if result.approved else result.message[:255],
             network=result.network,
             channel_reference=result.channel_reference,
+            upstream_reference=upstream,
             card_bin=card.pan[:6] if card else None,
             card_last4=card.pan[-4:] if card else None,
             card_length=len(card.pan) if card else None,
@@ -706,8 +709,10 @@ class PaymentService:
 
 
 def upstream_reference_of(payment: Payment) -> str:
-    """The reference the network knows ``payment`` by (``domain.upstream_reference``)."""
-    return upstream_reference(payment.id, payment.merchant_id, payment.idempotency_key)
+    """The reference the network knows ``payment`` by: the one derived from its
+    Idempotency-Key (``domain.keyed_reference``), else its id. Stored, not recomputed: payments
+    made before the ids were ULIDs were sent their id, with a key or without (NULL here)."""
+    return payment.upstream_reference or payment.id
 
 
 def _check_shape(request: PaymentRequest) -> None:

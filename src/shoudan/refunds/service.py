@@ -732,10 +732,12 @@ class RefundService:
         answer now instead of waiting for the next scheduled attempt."""
         with self.database.read() as session:
             refund = self._visible(session, principal, refund_id)
+            payment = session.get(Payment, refund.payment_id)
         if refund.status not in (RefundStatus.PROCESSING.value, RefundStatus.ABNORMAL.value):
             return refund
+        assert payment is not None  # a refund's payment is never deleted (RESTRICT)
         try:
-            known = self._query(refund.payment_id, refund.id, Route(refund.route))
+            known = self._query(upstream_reference_of(payment), refund.id, Route(refund.route))
         except ChannelError as error:
             raise DomainError(
                 ErrorCode.CHANNEL_UNAVAILABLE, f"the network did not answer: {error}"
