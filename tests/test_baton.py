@@ -12,6 +12,9 @@ from typing import Protocol, runtime_checkable
 import pytest
 from sqlalchemy import text
 
+from shoudan.channels.bank import SandboxBank
+from shoudan.channels.sandbox import SandboxChannel
+from shoudan.core import baton as baton_module
 from shoudan.core.baton import Baton, releasing
 from shoudan.core.db import Database
 
@@ -199,6 +202,63 @@ def test_releasing_calls_with_the_baton_down() -> None:
         assert baton.holding()  # and back afterwards
     assert proxy.region == "cn-east" and isinstance(proxy, Pinger)
     assert releasing(remote, Baton(enabled=False)) is remote
+
+
+def test_an_in_process_simulator_is_called_holding_the_baton() -> None:
+    """The sandbox network and bank run in this process: putting the baton down around their
+    microseconds of work cost more than the work (docs/benchmarks.md)."""
+    baton = Baton()
+    channel, bank = SandboxChannel(), SandboxBank()
+    assert releasing(channel, baton) is channel and releasing(bank, baton) is bank
+    assert isinstance(releasing(Remote(baton), baton), Pinger)  # a remote client is wrapped
+
+
+def test_sleep_puts_the_baton_down_for_the_wait() -> None:
+    """A simulated wait (the sandbox's latency, its no-answer card) must not stop the
+    process's other requests: another thread takes the baton while the sleeper sleeps."""
+    baton = Baton()
+    sleeping, woke = threading.Event(), threading.Event()
+    seen: list[bool] = []
+
+    def sleeper() -> None:
+        with baton.held():
+            sleeping.set()
+            baton_module.sleep(0.5)
+            woke.set()
+            assert baton.holding()  # taken back after the wait
+
+    def other() -> None:
+        sleeping.wait(WAIT)
+        with baton.held():
+            seen.append(woke.is_set())
+
+    assert finished(run(sleeper), run(other))
+    assert seen == [False]  # it had the baton while the sleeper was still asleep
+    assert not baton.holding()
+    baton_module.sleep(0)  # holding no baton: a plain sleep
+
+
+def test_a_sleep_inside_a_pinned_block_keeps_the_baton() -> None:
+    """Inside a write transaction the baton stays (the next holder would wait for the
+    writer lock), as for any other wait."""
+    baton = Baton()
+    got: list[str] = []
+
+    def other() -> None:
+        with baton.held():
+            got.append("other")
+
+    with baton.held():
+        baton.pin()
+        try:
+            thread = run(other)
+            wait_until(lambda: baton.waiting() == 1)
+            baton_module.sleep(0.05)
+            got.append("pinned")
+        finally:
+            baton.unpin()
+    assert finished(thread)
+    assert got == ["pinned", "other"]
 
 
 # -- group commit with the baton -----------------------------------------------------------------

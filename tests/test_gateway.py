@@ -21,7 +21,8 @@ from typer.testing import CliRunner
 
 from shoudan.api.app import create_app
 from shoudan.auth.domain import Principal, Role
-from shoudan.channels.domain import EntryMode
+from shoudan.channels.domain import CardData, EntryMode
+from shoudan.channels.sandbox import SandboxChannel
 from shoudan.cli.main import app as cli
 from shoudan.cli.serve import _serve_with_gateway
 from shoudan.core.config import Settings
@@ -191,6 +192,36 @@ def test_sale_with_every_sandbox_card(gw: Gateway) -> None:
             assert answer is not None and decode(answer[11:]).text(39) == "00"
             assert mac_ok(terminal, answer)
             assert gw.payment(rrn).status == PaymentStatus.DECLINED.value
+
+
+def test_the_no_answer_wait_does_not_hold_up_another_terminal(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sandbox network runs in this process and is called holding the baton (its work
+    is microseconds); its simulated wait puts the baton down (core/baton.py), so another
+    terminal's sale is answered while the no-answer card's sale still waits."""
+    channel = gw.world.container.channel
+    assert isinstance(channel, SandboxChannel)
+    channel.timeout_seconds = 2.0  # long enough for the other sale to go first
+    asleep, wait = threading.Event(), channel._answer_or_time_out
+
+    def at_the_network(card: CardData, what: str) -> None:
+        asleep.set()
+        wait(card, what)
+
+    monkeypatch.setattr(channel, "_answer_or_time_out", at_the_network)
+    waiting, other = gw.signed_on(), gw.signed_on(gw.world.terminal_a2)
+    answered: list[tuple[str, str]] = []
+
+    def no_answer() -> None:
+        answered.append(("no_answer", waiting.client.sale(card(CARDS["no_answer"]), 10_000).code))
+
+    thread = threading.Thread(target=no_answer, daemon=True)
+    thread.start()
+    assert asleep.wait(30)  # the no-answer sale waits at the network
+    answered.append(("other", other.client.sale(card(), 10_000).code))
+    thread.join(30)
+    assert answered == [("other", "00"), ("no_answer", "98")]
 
 
 def test_wrong_pin_luhn_failure_and_contactless_without_pin(gw: Gateway) -> None:

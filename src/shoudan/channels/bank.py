@@ -21,12 +21,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import time
 from importlib import resources
-from typing import Final
+from typing import ClassVar, Final
 
 from shoudan.channels.domain import TransferResult, TransferStatus, check_transfer
 from shoudan.channels.store import MemoryStore, SandboxStore
+from shoudan.core import baton
 from shoudan.core.errors import DomainError, ErrorCode
 from shoudan.core.identifiers import luhn_valid
 
@@ -67,6 +67,8 @@ class SandboxBank:
     """The simulated bank. ``latency_seconds`` delays every answer (outside the store
     session); ``store`` holds its books (this instance's memory unless given)."""
 
+    in_process: ClassVar[bool] = True  # as the sandbox network's (its waits: ``baton.sleep``)
+
     def __init__(self, store: SandboxStore | None = None, latency_seconds: float = 0.0) -> None:
         if latency_seconds < 0:
             raise DomainError(ErrorCode.CONFIGURATION_ERROR, "sandbox delays cannot be negative")
@@ -78,7 +80,7 @@ class SandboxBank:
 
     def _delay(self) -> None:
         if self.latency_seconds:
-            time.sleep(self.latency_seconds)
+            baton.sleep(self.latency_seconds)
 
     def _token(self, account_number: str) -> str:
         material = f"bank-account\x1f{account_number}".encode()

@@ -44,14 +44,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from enum import StrEnum
 from importlib import resources
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from shoudan.channels.domain import (
     AUTH_CODE_LENGTH,
@@ -72,6 +71,7 @@ from shoudan.channels.domain import (
     positive_amount,
 )
 from shoudan.channels.store import MemoryStore, SandboxStore, StoreSession
+from shoudan.core import baton
 from shoudan.core.clock import SHANGHAI, Clock, SystemClock
 from shoudan.core.errors import DomainError, ErrorCode
 
@@ -282,6 +282,10 @@ class SandboxChannel:
     ``store`` holds the network's books: this instance's memory unless given (see
     ``channels.store``); two instances over one ``SqliteStore`` file are one network."""
 
+    # runs in this process: called holding the request's baton, its simulated waits put the
+    # baton down themselves (``baton.sleep``; core/baton.py)
+    in_process: ClassVar[bool] = True
+
     def __init__(
         self,
         latency_seconds: float = 0.0,
@@ -313,7 +317,7 @@ class SandboxChannel:
 
     def _delay(self) -> None:
         if self.latency_seconds:
-            time.sleep(self.latency_seconds)
+            baton.sleep(self.latency_seconds)
 
     def _token(self, pan: str) -> str:
         return hmac.new(self._key, pan.encode(), hashlib.sha256).hexdigest()
@@ -367,7 +371,7 @@ class SandboxChannel:
     def _answer_or_time_out(self, card: CardData, what: str) -> None:
         """The no-answer card keeps the caller waiting, then ``ChannelTimeout``."""
         if card.pan == PAN_NO_ANSWER and luhn_valid(card.pan):
-            time.sleep(self.timeout_seconds)
+            baton.sleep(self.timeout_seconds)
             raise ChannelTimeout(f"no answer from the issuer for {what!r}")
 
     @staticmethod

@@ -8,13 +8,20 @@ session). A thread holding the baton is the only request thread that wants the G
 statements get it straight back.
 
 Whoever would wait puts the baton down first (``released()``): for the network (a channel
-call), for its group's commit (the member committing it sets it aside for the fsync), for a
-lock another thread holds. A thread never waits holding
+call, ``releasing``), for its group's commit (the member committing it sets it aside for the
+fsync), for a lock another thread holds. A thread never waits holding
 it for something only a baton holder could give, so the baton cannot deadlock. Whenever the
 baton is put down, ``on_give`` runs with the number of threads waiting for it: group commit
 uses that to commit the transactions it was keeping open for the next request, when there is
 none or when the group has waited its window (a steady stream of readers must not hold a
 writer's commit back).
+
+An in-process simulator of the network (the sandbox; ``in_process`` set) is called holding
+the baton: its own work is tens of microseconds of CPU, and putting the baton down and taking
+it back around it cost more than that (docs/benchmarks.md, eleventh session). Its simulated
+waits (latency, the no-answer card) call ``sleep``, which puts down the baton the thread
+holds. Its other waits — its store's lock, another process's turn at its file — last as long
+as another holder's few statements, and no holder of those waits for a baton.
 
 Disabled (the default on PostgreSQL, whose connections are truly concurrent), every method
 is a no-op.
@@ -25,11 +32,14 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar, cast
 
 log = logging.getLogger(__name__)
+
+_holder = threading.local()  # .baton: the baton this thread holds, for ``sleep``
 
 
 class Baton:
@@ -125,15 +135,29 @@ class Baton:
                 with self._count_lock:
                     self._waiting -= 1
         self._local.held = True
+        _holder.baton = self
 
     def _give(self) -> None:
         self._local.held = False
+        _holder.baton = None
         self._lock.release()
         if self.on_give is not None:
             try:
                 self.on_give(self._waiting)
             except Exception:  # the hook's own failure (its waiters get the error)
                 log.exception("baton: on_give failed")
+
+
+def sleep(seconds: float) -> None:
+    """``time.sleep`` with the baton this thread holds, if any, put down for the wait (unless
+    pinned, as for ``Baton.released``): a simulated wait in code that runs holding the baton
+    without being handed it, such as the sandbox network's."""
+    baton: Baton | None = getattr(_holder, "baton", None)
+    if baton is None:
+        time.sleep(seconds)
+        return
+    with baton.released():
+        time.sleep(seconds)
 
 
 T = TypeVar("T")
@@ -162,7 +186,8 @@ class _Releasing:
 
 def releasing(inner: T, baton: Baton) -> T:
     """``inner`` with every public method called with the baton down: for a client of
-    something remote (the card network), whose calls wait on the network."""
-    if not baton.enabled:
+    something remote (the card network), whose calls wait on the network. An in-process
+    simulator (``in_process`` true, waits through ``sleep``) is returned as it is."""
+    if not baton.enabled or getattr(inner, "in_process", False):
         return inner
     return cast(T, _Releasing(inner, baton))
