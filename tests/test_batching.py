@@ -14,7 +14,6 @@ from sqlalchemy.orm import Session
 
 from shoudan.core.batching import BatchWriter
 from shoudan.core.db import Database
-from shoudan.core.filelock import InterProcessLock, lock_path_for
 from shoudan.notifications.models import OutboxEvent
 from shoudan.notifications.service import emit
 
@@ -101,41 +100,6 @@ def test_items_of_one_group_are_written_at_once_and_committed_before_they_return
     assert all(isinstance(r, tuple) and r[1] for r in results)
     assert len({r[0] for r in results if isinstance(r, tuple)}) == 6  # each its own result
     assert stored(grouped) == set(work)
-
-
-def test_items_gather_without_the_write_turn_and_take_it_for_their_commit(
-    grouped: Database,
-) -> None:
-    """Joining a group opens no transaction: while another process holds the write turn
-    (core/filelock.py), this process's items still gather into one group, which waits for
-    the turn only to be written and committed."""
-    group = grouped._group
-    assert group is not None and grouped.engine.url.database
-    pings = Pings(grouped)
-    work = [f"item-{n}" for n in range(5)]
-    other_process = InterProcessLock(lock_path_for(grouped.engine.url.database))
-    other_process.acquire()
-    try:
-        with grouped._writer:  # every writer queued before the first joins: one group
-            threads = [threading.Thread(target=pings.writer.write, args=(item,)) for item in work]
-            for thread in threads:
-                thread.start()
-            wait_for(lambda: group._queued == len(work))
-        wait_for(lambda: group._queued == 0)  # all joined, the turn still the other's
-        assert pings.calls == [] and all(thread.is_alive() for thread in threads)
-    finally:
-        other_process.release()
-    for thread in threads:
-        thread.join(10)
-    assert [sorted(call) for call in pings.calls] == [work]  # one write, at the commit
-    assert stored(grouped) == set(work)
-
-
-def wait_for(condition: object) -> None:
-    deadline = time.monotonic() + 10
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition never held"
-        time.sleep(0.005)
 
 
 def test_a_refused_item_fails_alone_and_its_neighbours_are_written(grouped: Database) -> None:

@@ -7,13 +7,10 @@ savepoint, the ledger reading and updating the same accounts, a statement per ro
 of the write turn, which is the one thing all processes share (docs/benchmarks.md).
 
 ``BatchWriter.write(item)`` joins the open group like any write transaction, but only leaves
-its item there (``Database.join_group``): just before the group commits, ``write_many`` writes
-every item the group holds in one go (one statement per table where it can, the ledger's
-accounts read and updated once), and each caller gets its own result once the commit is done.
-Nobody waits for more items than group commit already gathers. Joining opens no transaction:
-a group of such items takes this process's write turn only for its commit, so another
-process writes while this one's requests are still gathering (docs/benchmarks.md, eleventh
-session).
+its item there: just before the group commits, ``write_many`` writes every item the group
+holds in one go (one statement per table where it can, the ledger's accounts read and
+updated once), and each caller gets its own result once the commit is done. Nobody waits for
+more items than group commit already gathers.
 
 One item's refusal must not fail its neighbours: ``write_many`` runs in a savepoint, and when
 it raises (anything, ``BaseException`` included), each of its items is written again alone,
@@ -63,7 +60,8 @@ class BatchWriter(Generic[T, R]):
             # it commits or rolls back with the caller's work
             return self._alone(item)
         entry: _Entry[T, R] = _Entry(item)
-        self._database.join_group(self, self._flush, entry)  # returns after the group's commit
+        with self._database.transaction():  # returns after the group's commit
+            self._database.before_commit(self, self._flush).append(entry)
         if entry.error is not None:
             raise entry.error
         if entry.alone:

@@ -387,15 +387,12 @@ class Database:
         its own end)?"""
         return self._group is not None and self._group.inside()
 
-    def join_group(
-        self, key: object, flush: Callable[[Session, list[Any]], None], item: Any
-    ) -> None:
-        """Outside any transaction, with group commit (``groups_writes``): leave ``item`` in
-        the open group's list for ``key``, which ``flush(session, items)`` writes just before
-        the group commits, without a transaction of one's own; return after that commit
-        (core/batching.py)."""
-        assert self._group is not None and not self._group.inside(), "outside a transaction"
-        self._group.join(key, flush, item)
+    def before_commit(self, key: object, flush: Callable[[Session, list[Any]], None]) -> list[Any]:
+        """Inside a write transaction of a group (``groups_writes``): the group's list of
+        items for ``key``, which ``flush(session, items)`` writes just before the group
+        commits (core/batching.py)."""
+        assert self._group is not None and self._group.inside(), "inside a group's member"
+        return self._group.deferred(key, flush)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -524,12 +521,10 @@ LOOK_AGAIN_SECONDS = 0.010  # how often a member waiting for its group's commit 
 
 
 class _Batch:
-    def __init__(self) -> None:
-        # begun at its first statement (GroupCommit._begun): until then the group holds
-        # neither the database transaction nor this process's write turn
-        self.session: Session | None = None
+    def __init__(self, session: Session) -> None:
+        self.session = session
         self.members = 0
-        # written just before the commit: key → (flush, its items) (GroupCommit.join)
+        # written just before the commit: key → (flush, its items) (Database.before_commit)
         self.deferred: dict[object, tuple[Callable[[Session, list[Any]], None], list[Any]]] = {}
         self.done = threading.Event()
         self.error: BaseException | None = None
@@ -551,10 +546,6 @@ class GroupCommit:
     (so a lone request pays no wait), and otherwise leaves the transaction open for the next
     one, up to ``limit`` members or ``GROUP_WINDOW_SECONDS`` — checked at each member's end
     and each hand-over of the baton (``settle``). Under load the queue itself forms the groups.
-
-    The database transaction, and with it this process's write turn, begins at the group's
-    first statement: a group that only holds items for just before its commit (``join``)
-    takes the turn for its writes and commit alone, not while its requests gather.
     """
 
     def __init__(
@@ -595,12 +586,11 @@ class GroupCommit:
                 self._queued -= 1
             try:
                 batch = self._open()
-                session = self._begun(batch)
-                savepoint = session.begin_nested()
-                self._local.inside, self._local.session = True, session
+                savepoint = batch.session.begin_nested()
+                self._local.inside, self._local.session = True, batch.session
                 try:
-                    yield session
-                    session.flush()
+                    yield batch.session
+                    batch.session.flush()
                     savepoint.commit()
                 except BaseException as error:
                     # deactivated by a failed flush, or still open: undo this member only
@@ -616,37 +606,6 @@ class GroupCommit:
             self._writer.release()
         # Even a failed member waits for its group: its caller may look for the row it
         # collided with (an Idempotency-Key's winner) and must find it committed.
-        self._await(batch)
-        if failure is not None:
-            raise failure
-        if batch.error is not None:
-            raise batch.error
-
-    def join(self, key: object, flush: Callable[[Session, list[Any]], None], item: Any) -> None:
-        """A write that is only an item for ``flush`` (core/batching.py): it joins the open
-        group without a transaction of its own — so a group of such writes begins, taking this
-        process's write turn, only at its commit, and another process may write while this
-        one's requests are still gathering — and returns after the group's commit."""
-        with self._count_lock:
-            self._queued += 1
-        self.baton.acquire(self._writer)
-        try:
-            with self._count_lock:
-                self._queued -= 1
-            batch = self._open()
-            found = batch.deferred.get(key)
-            if found is None:
-                found = batch.deferred[key] = (flush, [])
-            found[1].append(item)
-            self._after_member()
-        finally:
-            self._writer.release()
-        self._await(batch)
-        if batch.error is not None:
-            raise batch.error
-
-    def _await(self, batch: _Batch) -> None:
-        """Until ``batch`` is committed (or rolled back), with the baton down."""
         with self.baton.released():
             # Whoever would have committed the group may have looked while another thread
             # held the writer lock (``settle`` never waits for it), and a member that holds
@@ -654,20 +613,25 @@ class GroupCommit:
             # every LOOK_AGAIN_SECONDS.
             while not batch.done.wait(LOOK_AGAIN_SECONDS):
                 self.settle(0)
+        if failure is not None:
+            raise failure
+        if batch.error is not None:
+            raise batch.error
 
     def inside(self) -> bool:
         """Is this thread running a member's transaction now?"""
         return bool(getattr(self._local, "inside", False))
 
+    def deferred(self, key: object, flush: Callable[[Session, list[Any]], None]) -> list[Any]:
+        """The open group's items for ``key`` (``Database.before_commit``)."""
+        assert self._batch is not None
+        found = self._batch.deferred.get(key)
+        if found is None:
+            found = self._batch.deferred[key] = (flush, [])
+        return found[1]
+
     def _open(self) -> _Batch:
         if self._batch is None:
-            self._batch = _Batch()
-        return self._batch
-
-    def _begun(self, batch: _Batch) -> Session:
-        """The group's transaction, begun at its first use: this process's write turn
-        first, held until the group's commit."""
-        if batch.session is None:
             self._take_turn()
             try:
                 session = self._sessions()
@@ -676,19 +640,13 @@ class GroupCommit:
                 if self._turns is not None:
                     self._turns.release()
                 raise
-            batch.session = session
-        return batch.session
+            self._batch = _Batch(session)
+        return self._batch
 
     def _take_turn(self) -> None:
         # held until the group's commit
         if self._turns is not None:
-            # waited for with the baton set aside: that hand-over must not commit (``settle``)
-            # the group whose transaction this thread is beginning
-            self._local.taking_turn = True
-            try:
-                take_turn(self._turns, self.baton)
-            finally:
-                self._local.taking_turn = False
+            take_turn(self._turns, self.baton)
 
     def _after_member(self) -> None:
         """Holding the writer lock: count the member, commit if the group is full or nobody
@@ -708,8 +666,6 @@ class GroupCommit:
         all be readers, and the members' answers wait for this commit."""
         batch = self._batch
         if batch is None or (waiting and not batch.overdue()):
-            return
-        if getattr(self._local, "taking_turn", False):
             return
         # Never wait here: whoever holds the writer lock decides at its own end (a member's
         # ``_after_member``, a raw writer's ``commit_open``).
@@ -731,12 +687,11 @@ class GroupCommit:
         session; a transaction they open joins it (as a member's nested one does)."""
         if not batch.deferred:
             return
-        session = self._begun(batch)
         was = getattr(self._local, "inside", False), getattr(self._local, "session", None)
-        self._local.inside, self._local.session = True, session
+        self._local.inside, self._local.session = True, batch.session
         try:
             for flush, items in batch.deferred.values():
-                flush(session, items)
+                flush(batch.session, items)
         finally:
             self._local.inside, self._local.session = was
 
@@ -747,19 +702,16 @@ class GroupCommit:
             return
         try:
             self._flush_deferred(batch)
-            if batch.session is not None:
-                # the fsync: this process's other requests run meanwhile (the writer lock stays)
-                with self.baton.set_aside():
-                    batch.session.commit()
+            # the fsync: this process's other requests run meanwhile (the writer lock stays)
+            with self.baton.set_aside():
+                batch.session.commit()
         except BaseException as error:
             batch.error = error
-            if batch.session is not None:
-                batch.session.rollback()
+            batch.session.rollback()
         finally:
             try:
-                if batch.session is not None:
-                    batch.session.close()
+                batch.session.close()
             finally:
-                if batch.session is not None and self._turns is not None:
+                if self._turns is not None:
                     self._turns.release()  # after COMMIT or ROLLBACK: another process's turn
                 batch.done.set()
