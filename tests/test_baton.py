@@ -7,13 +7,16 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import pytest
 from sqlalchemy import text
 
 from shoudan.channels.bank import SandboxBank
-from shoudan.channels.sandbox import SandboxChannel
+from shoudan.channels.domain import AuthorizeRequest, CardData
+from shoudan.channels.sandbox import PAN_APPROVE_CREDIT, SandboxChannel
+from shoudan.channels.store import SqliteStore
 from shoudan.core import baton as baton_module
 from shoudan.core.baton import Baton, releasing
 from shoudan.core.db import Database
@@ -236,6 +239,48 @@ def test_sleep_puts_the_baton_down_for_the_wait() -> None:
     assert seen == [False]  # it had the baton while the sleeper was still asleep
     assert not baton.holding()
     baton_module.sleep(0)  # holding no baton: a plain sleep
+
+
+def test_the_sandbox_keeps_the_baton_for_its_work_and_puts_it_down_to_wait(
+    tmp_path: Path,
+) -> None:
+    """Uncontended, a call to the sandbox network costs no hand-over; one that must wait
+    for its file (another process's turn) waits with the baton down, so the process's other
+    requests run meanwhile."""
+    path = tmp_path / "sandbox.sqlite3"
+    this, other_process = SandboxChannel(store=SqliteStore(path)), SqliteStore(path)
+    baton, gives = Baton(), []
+    baton.on_give = gives.append
+    card = CardData(pan=PAN_APPROVE_CREDIT, expiry="3012")
+
+    def sale(reference: str) -> bool:
+        request = AuthorizeRequest(
+            reference=reference, amount=100, currency="CNY", card=card, auth_code=None,
+            capture=True,
+        )
+        return this.authorize(request).approved
+
+    with baton.held():
+        assert sale("S1")
+        assert gives == []  # kept throughout
+    approved: list[bool] = []
+    holding = threading.Event()
+
+    def waiting_sale() -> None:
+        with baton.held():
+            holding.set()
+            approved.append(sale("S2"))
+
+    def another_request() -> None:
+        with baton.held():
+            pass
+
+    with other_process.session():  # the other process's turn at the file
+        waiter = run(waiting_sale)
+        assert holding.wait(WAIT)
+        assert finished(run(another_request))  # the waiting sale put the baton down
+        assert approved == []  # still waiting for the file
+    assert finished(waiter) and approved == [True]
 
 
 def test_a_sleep_inside_a_pinned_block_keeps_the_baton() -> None:

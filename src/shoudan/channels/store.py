@@ -30,6 +30,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Final, Protocol
 
+from shoudan.core import baton
 from shoudan.core.filelock import InterProcessLock, lock_path_for
 
 MEMORY: Final = ":memory:"
@@ -177,17 +178,39 @@ class SqliteStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
+        with self._turn():
             connection = self._connected()
+            connection.execute("BEGIN IMMEDIATE")  # the write lock before the first read
+            try:
+                yield connection
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+
+    @contextmanager
+    def _turn(self) -> Iterator[None]:
+        """This thread's turn at the file: the process's lock, then the processes' one.
+
+        A request thread calls the simulators holding its baton (core/baton.py). When both
+        locks are free it keeps the baton for its few statements; when either is taken, the
+        wait and the work run with the baton down, as a call to a remote network would, so
+        the process's other requests run meanwhile. Either way, no thread holding these locks
+        ever waits for a baton: a thread that cannot put its baton down (pinned) and waits
+        for them cannot deadlock."""
+        if self._lock.acquire(blocking=False):
+            if self._turns.try_acquire():
+                try:
+                    yield
+                finally:
+                    self._turns.release()
+                    self._lock.release()
+                return
+            self._lock.release()
+        with baton.put_down(), self._lock:
             self._turns.acquire()
             try:
-                connection.execute("BEGIN IMMEDIATE")  # the write lock before the first read
-                try:
-                    yield connection
-                except BaseException:
-                    connection.execute("ROLLBACK")
-                    raise
-                connection.execute("COMMIT")
+                yield
             finally:
                 self._turns.release()
 

@@ -20,8 +20,7 @@ An in-process simulator of the network (the sandbox; ``in_process`` set) is call
 the baton: its own work is tens of microseconds of CPU, and putting the baton down and taking
 it back around it cost more than that (docs/benchmarks.md, eleventh session). Its simulated
 waits (latency, the no-answer card) call ``sleep``, which puts down the baton the thread
-holds. Its other waits — its store's lock, another process's turn at its file — last as long
-as another holder's few statements, and no holder of those waits for a baton.
+holds; so does a wait for its store (channels/store.py).
 
 Disabled (the default on PostgreSQL, whose connections are truly concurrent), every method
 is a no-op.
@@ -148,15 +147,22 @@ class Baton:
                 log.exception("baton: on_give failed")
 
 
-def sleep(seconds: float) -> None:
-    """``time.sleep`` with the baton this thread holds, if any, put down for the wait (unless
-    pinned, as for ``Baton.released``): a simulated wait in code that runs holding the baton
-    without being handed it, such as the sandbox network's."""
+@contextmanager
+def put_down() -> Iterator[None]:
+    """The baton this thread holds, if any, put down for the block (unless pinned, as for
+    ``Baton.released``): for a wait in code that runs holding the baton without being handed
+    it, such as the sandbox network's."""
     baton: Baton | None = getattr(_holder, "baton", None)
     if baton is None:
-        time.sleep(seconds)
+        yield
         return
     with baton.released():
+        yield
+
+
+def sleep(seconds: float) -> None:
+    """``time.sleep`` with the baton down (``put_down``): a simulated wait."""
+    with put_down():
         time.sleep(seconds)
 
 
