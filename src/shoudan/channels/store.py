@@ -199,7 +199,12 @@ class SqliteStore:
         ever waits for a baton: a thread that cannot put its baton down (pinned) and waits
         for them cannot deadlock."""
         if self._lock.acquire(blocking=False):
-            if self._turns.try_acquire():
+            try:
+                free = self._turns.try_acquire()
+            except BaseException:
+                self._lock.release()
+                raise
+            if free:
                 try:
                     yield
                 finally:
