@@ -117,11 +117,15 @@ def retail_mac(mak: bytes, data: bytes) -> bytes:
     """ANSI X9.19 (ISO 9797-1 algorithm 3, padding method 1) with a double-length MAK."""
     if len(mak) != TMK_BYTES:
         raise KeyMaterialError("the MAK is double length (16 bytes)")
-    k1, k2 = mak[:BLOCK], mak[BLOCK:]
     padded = data + bytes(-len(data) % BLOCK) if data else bytes(BLOCK)
-    chain = Cipher(_des3(k1), modes.CBC(bytes(BLOCK))).encryptor()
-    last = (chain.update(padded) + chain.finalize())[-BLOCK:]
-    return encrypt_ecb(k1, decrypt_ecb(k2, last))
+    head, last = padded[:-BLOCK], padded[-BLOCK:]
+    chained = bytes(BLOCK)
+    if head:  # single-DES CBC under K1 over every block but the last
+        chain = Cipher(_des3(mak[:BLOCK]), modes.CBC(bytes(BLOCK))).encryptor()
+        chained = chain.update(head)[-BLOCK:]
+    # the last block's E(K1), D(K2), E(K1) is one 3DES (EDE, K1K2K1) encryption: one cipher
+    # context where three steps took three (the MAC is computed twice per request)
+    return encrypt_ecb(mak, bytes(a ^ b for a, b in zip(chained, last, strict=True)))
 
 
 def mac_matches(mak: bytes, data: bytes, mac: bytes | None) -> bool:
