@@ -44,6 +44,9 @@ def test_prints_the_baseline_the_gateway_and_the_ledger(lines: list[dict[str, An
         assert line["approved"] <= line["requests"]
         assert line["peak_rss_mb"] is None or line["peak_rss_mb"] > 0
     assert gateway["baseline_per_s"] == baseline["approved_per_s"]
+    for line in (baseline, gateway):  # loaded in turns: each round's rate, adding up
+        assert len(line["rounds"]) == bench.ROUNDS and min(line["rounds"]) > 0
+        assert sum(line["rounds"]) / bench.ROUNDS == pytest.approx(line["approved_per_s"], abs=1)
     assert ledger == {"bench": "gateway", "ledger_verified": True, "entries": ledger["entries"]}
     assert ledger["entries"] >= gateway["approved"]  # one ledger entry per captured sale at least
 
@@ -112,6 +115,15 @@ def test_spread_over_merchants_on_postgresql(pg_server: str, tmp_path: Path) -> 
     assert left == 0  # the scratch database is gone
 
 
+def test_no_rounds_is_refused_before_anything_is_made(tmp_path: Path) -> None:
+    from shoudan.core.errors import DomainError, ErrorCode
+
+    with pytest.raises(DomainError) as refused:
+        list(bench.run(1, 0.1, Settings(data_dir=tmp_path), rounds=0))
+    assert refused.value.code is ErrorCode.INVALID_INPUT and "rounds" in refused.value.message
+    assert not any(tmp_path.iterdir())
+
+
 def test_a_database_url_that_is_not_postgresql_is_refused(tmp_path: Path) -> None:
     from shoudan.core.errors import DomainError, ErrorCode
 
@@ -127,9 +139,10 @@ def test_two_processes_of_each_server_and_their_summed_costs(tmp_path: Path) -> 
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv(bench.PROFILE_ENV, raising=False)
         baseline, gateway, ledger = bench.run(
-            4, 1.0, Settings(data_dir=tmp_path), warmup=0.2, processes=2
+            4, 1.0, Settings(data_dir=tmp_path), warmup=0.2, processes=2, rounds=2
         )
     assert gateway["processes"] == 2 and gateway["approved"] > 0 and gateway["failures"] == {}
+    assert len(gateway["rounds"]) == 2 and len(baseline["rounds"]) == 2
     assert baseline["approved"] > 0 and baseline["failures"] == {}
     assert ledger["ledger_verified"] is True
 

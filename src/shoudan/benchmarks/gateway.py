@@ -22,6 +22,12 @@ gateway's own TCP server whose handler decodes and re-encodes and does nothing e
 (``gateway_echo.py``). Its answers carry no MAC of ours, so the client checks the MAC (same
 work) without counting it. Afterwards the ledger is verified.
 
+Both servers are up for the whole run and loaded in turns: ``rounds`` rounds, each giving the
+echo server and then the gateway ``seconds / rounds`` (after a warm-up of its own). This
+machine's speed drifts by a third within minutes (docs/benchmarks.md); measured one phase
+after the other, that drift went straight into the ratio. Each line lists its rounds'
+rates, so the drift is seen rather than averaged away unseen.
+
 Profiling: with ``SHOUDAN_BENCH_GATEWAY_PROFILE=/path/out.prof`` the gateway runs under
 cProfile (every ``GatewayService.handle`` call, on its worker threads, wall-clock time); the
 stats are written there and the ten largest own-time costs printed as one more line. Run it
@@ -76,7 +82,8 @@ from shoudan.terminals.keys import generate_master_key
 from shoudan.terminals.service import TerminalInput, create_terminal
 
 AMOUNT: Final = 100  # fen
-WARMUP_SECONDS: Final = 1.0
+WARMUP_SECONDS: Final = 1.0  # of each round
+ROUNDS: Final = 4
 START_TIMEOUT: Final = 60.0
 PROFILE_ENV: Final = "SHOUDAN_BENCH_GATEWAY_PROFILE"
 PROFILE_FLAG: Final = "--profile-to"
@@ -353,20 +360,59 @@ class _Phase:
     mac_expected: bool
 
 
-def _measure(
-    phase: _Phase, env: dict[str, str], log: Path, seconds: float, warmup: float
-) -> dict[str, Any]:
-    port = _free_port()
-    server = _start(phase.command(port), env, port, log)
-    try:
-        lanes = phase.lanes(port)
-        tally = asyncio.run(
-            _load(port, lanes, seconds, warmup, phase.mac_expected, server.pid)
-        )
-        rss = _peak_rss_mb(server.pid)
-    finally:
-        _stop(server)
-    return _line(phase.server, tally, len(lanes), seconds) | {"peak_rss_mb": rss}
+@dataclass
+class _Running:
+    """A phase's server, up for the whole run, and what its rounds measured so far."""
+
+    phase: _Phase
+    port: int
+    server: subprocess.Popen[bytes]
+    lanes: list[tuple[TerminalState, Card]]
+    tally: Tally = field(default_factory=Tally)
+    rounds: list[float] = field(default_factory=list)  # approved/s of each round
+
+    def add(self, round_tally: Tally, seconds: float) -> None:
+        tally = self.tally
+        tally.latencies += round_tally.latencies
+        tally.approved += round_tally.approved
+        tally.failures.update(round_tally.failures)
+        cpu, so_far = round_tally.server_cpu_seconds, tally.server_cpu_seconds
+        if cpu is None or (self.rounds and so_far is None):  # unknown in a round: in the run
+            tally.server_cpu_seconds = None
+        else:
+            tally.server_cpu_seconds = (so_far or 0.0) + cpu
+        self.rounds.append(round(round_tally.approved / seconds, 1))
+
+
+def _interleaved(
+    phases: list[_Phase], env: dict[str, str], tmp: Path, seconds: float, warmup: float,
+    rounds: int,
+) -> list[dict[str, Any]]:
+    """Every phase's server up at once; then ``rounds`` rounds, each loading one phase after
+    the other for ``seconds / rounds`` (after its own warm-up), so that a machine whose speed
+    drifts during the run (a shared VM's does, by a third) weighs on every phase alike and
+    the ratio compares the same minutes. One line per phase, over all its rounds."""
+    slice_seconds = seconds / rounds
+    with ExitStack() as stack:
+        running = []
+        for number, phase in enumerate(phases):
+            port = _free_port()
+            log = tmp / f"{phase.server.split()[0]}-{number}.log"
+            server = _start(phase.command(port), env, port, log)
+            stack.callback(_stop, server)
+            running.append(_Running(phase, port, server, phase.lanes(port)))
+        for _ in range(rounds):
+            for one in running:
+                round_tally = asyncio.run(_load(
+                    one.port, one.lanes, slice_seconds, warmup, one.phase.mac_expected,
+                    one.server.pid,
+                ))  # fmt: skip
+                one.add(round_tally, slice_seconds)
+        return [
+            _line(one.phase.server, one.tally, len(one.lanes), seconds)
+            | {"rounds": one.rounds, "peak_rss_mb": _peak_rss_mb(one.server.pid)}
+            for one in running
+        ]
 
 
 def run(
@@ -377,10 +423,11 @@ def run(
     merchants: int = 1,
     database_url: str | None = None,
     processes: int = 1,
+    rounds: int = ROUNDS,
 ) -> Iterator[dict[str, Any]]:
-    """The echo phase, then the gateway's (``processes`` gateway processes on the port), on
-    SQLite in the data directory or on a scratch database of the PostgreSQL server of
-    ``database_url``."""
+    """The echo server and the gateway (``processes`` gateway processes on the port) loaded
+    in turns (``rounds``, see ``_interleaved``), on SQLite in the data directory or on a
+    scratch database of the PostgreSQL server of ``database_url``."""
     data_dir = (settings or get_settings()).data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     profile = os.environ.get(PROFILE_ENV) or None
@@ -389,6 +436,8 @@ def run(
             ErrorCode.INVALID_INPUT,
             f"{PROFILE_ENV} profiles one gateway process: leave out --processes to profile",
         )
+    if rounds < 1:
+        raise DomainError(ErrorCode.INVALID_INPUT, "rounds: at least 1")
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-gateway-",
                                                                    dir=data_dir)))  # fmt: skip
@@ -406,9 +455,8 @@ def run(
             "gateway", lambda port: _gateway_command(port, profile, processes),
             lambda port: [(_signed_on(port, t), t.card) for t in terminals], mac_expected=True,
         )  # fmt: skip
-        baseline = _measure(echo, env, tmp / "echo.log", seconds, warmup)
+        baseline, line = _interleaved([echo, gateway], env, tmp, seconds, warmup, rounds)
         yield baseline
-        line = _measure(gateway, env, tmp / "gateway.log", seconds, warmup)
         line["baseline_per_s"] = baseline["approved_per_s"]
         ratio = line["approved_per_s"] / baseline["approved_per_s"] if baseline["approved"] else 0
         line["ratio"] = round(ratio, 3)

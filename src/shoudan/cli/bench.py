@@ -56,7 +56,9 @@ def api(
 @app.command("gateway")
 def gateway(
     connections: int = typer.Option(50, min=1, help="Concurrent terminals, one connection each."),
-    seconds: float = typer.Option(20.0, help="Duration of each load phase."),
+    seconds: float = typer.Option(
+        20.0, help="Counted duration of each load phase (its rounds together)."
+    ),
     merchants: int = typer.Option(
         1, min=1, help="Spread the terminals over this many merchants, each with its own card."
     ),
@@ -66,12 +68,17 @@ def gateway(
     processes: int = typer.Option(
         1, min=1, max=64, help="`shoudan gateway --processes N`: gateways behind the port."
     ),
+    rounds: int = typer.Option(
+        gateway_bench.ROUNDS, min=1, max=100,
+        help="Load the echo server and the gateway in turns, this many rounds each.",
+    ),
 ) -> None:
     """Approved ISO 8583 sales/s (MACed, PIN), p50/p99 and peak RSS of `shoudan gateway`,
-    against an echo server on the same framing and codec; then the ledger is verified."""
+    against an echo server on the same framing and codec, loaded in turns; then the ledger is
+    verified."""
     lines = gateway_bench.run(
         connections, seconds, merchants=merchants, database_url=database_url,
-        processes=processes,
+        processes=processes, rounds=rounds,
     )  # fmt: skip
     for line in lines:
         typer.echo(json.dumps(line, ensure_ascii=False))
