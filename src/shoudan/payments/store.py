@@ -181,8 +181,10 @@ def count(driver: DriverSQL, payment: Payment, delta: int) -> tuple[int, int]:
 
 def insert_payments(driver: DriverSQL, payments: Sequence[Payment]) -> None:
     """Insert new payments (transient objects, every column set), a row each, in one go."""
+    # straight from each object's __dict__ (every column set, nothing loaded lazily): the
+    # instrumented attributes cost more than the row's statement
     driver.insert_many(
-        Payment, [{column: getattr(p, column) for column in PAYMENT_COLUMNS} for p in payments]
+        Payment, [{column: vars(p)[column] for column in PAYMENT_COLUMNS} for p in payments]
     )
 
 
