@@ -129,6 +129,7 @@ SETTLED_REVERSAL, VOID_REVERSAL, REVERSAL_MISMATCH, UNBALANCED_BATCH = (
 BALANCE_PREFIX: Final = "0002156"
 # a refund advice's original: payments with its RRN made by the terminal (one per day at most)
 ORIGINAL_CANDIDATES: Final = 10
+KEY_CACHE_SIZE: Final = 10_000  # signed-on terminals whose keys stay decrypted
 
 
 @runtime_checkable
@@ -177,6 +178,7 @@ class _Context:
     keys: WorkingKeys | None = None
     open_batch: str | None = None
     fingerprint: str = ""
+    point: PaymentPoint | None = None  # the terminal and merchant, as checked
     stored: GatewayRequest | None = None  # the journal's row of this identity …
     reversal: GatewayRequest | None = None  # … and of its reversal
 
@@ -243,6 +245,7 @@ class GatewayService:
         self.acquirer_id = acquirer_id
         self.refunds = refunds  # None: refund advices are answered 12
         self._locks = _KeyedLocks(database.baton)
+        self._clear_keys: dict[tuple[str, bytes, bytes], WorkingKeys] = {}  # ``_keys``
         self._handlers: dict[Kind, Callable[[_Context], _Result]] = {
             Kind.BALANCE: self._balance,
             Kind.SALE: lambda ctx: self._authorize(ctx, capture=True),
@@ -352,6 +355,7 @@ class GatewayService:
             checked = _answered(lambda: _checked_point(driver, identity.terminal_id))
             if checked.merchant_id != identity.merchant_id:
                 raise _Answer(INVALID_MERCHANT, "terminal and merchant do not match our records")
+            ctx.point = checked
             row = repository.load_keys(driver, identity.terminal_id)
             if row is not None:
                 ctx.stored, ctx.reversal = repository.find_with_reversal(driver, identity)
@@ -366,11 +370,20 @@ class GatewayService:
         ctx.fingerprint = self._fingerprint(ctx.message)
 
     def _keys(self, row: repository.SessionKeys) -> WorkingKeys:
-        terminal_id = row.terminal_id
-        return WorkingKeys(
-            bytes.fromhex(self.vault.decrypt(row.pik_enc, f"{PIK_CONTEXT}:{terminal_id}")),
-            bytes.fromhex(self.vault.decrypt(row.mak_enc, f"{MAK_CONTEXT}:{terminal_id}")),
-        )
+        """The session's keys in clear. Decrypted once per sign-on, not per request: the
+        cache is keyed by the stored ciphertexts, which every sign-on replaces, so a key
+        never outlives its session here; nor does it leave memory (as the vault's key)."""
+        sealed = (row.terminal_id, row.pik_enc, row.mak_enc)
+        keys = self._clear_keys.get(sealed)
+        if keys is None:
+            if len(self._clear_keys) >= KEY_CACHE_SIZE:
+                self._clear_keys.clear()  # old sessions' keys go; live ones come back
+            terminal_id = row.terminal_id
+            keys = self._clear_keys[sealed] = WorkingKeys(
+                bytes.fromhex(self.vault.decrypt(row.pik_enc, f"{PIK_CONTEXT}:{terminal_id}")),
+                bytes.fromhex(self.vault.decrypt(row.mak_enc, f"{MAK_CONTEXT}:{terminal_id}")),
+            )
+        return keys
 
     def _fingerprint(self, message: Message) -> str:
         """A keyed hash of every field but the MAC: tells a repeat from a different request
@@ -451,10 +464,11 @@ class GatewayService:
     # -- responses --------------------------------------------------------------------------------
     def _host_fields(self) -> dict[int, FieldValue]:
         local = self.clock.now().astimezone(SHANGHAI)
+        day = f"{local.month:02d}{local.day:02d}"  # (strftime costs more, on every answer)
         return {
-            12: local.strftime("%H%M%S"),
-            13: local.strftime("%m%d"),
-            15: local.strftime("%m%d"),  # the business date, settled T+1 from it
+            12: f"{local.hour:02d}{local.minute:02d}{local.second:02d}",
+            13: day,
+            15: day,  # the business date, settled T+1 from it
             32: self.acquirer_id,
         }
 
@@ -568,7 +582,7 @@ class GatewayService:
             body = result.body = self._body(ctx, result)
             return lambda session: self._record(session, ctx, result, body)
 
-        payment = self.payments.create(ctx.principal, request, also=journal)
+        payment = self.payments.create(ctx.principal, request, also=journal, point=ctx.point)
         # a payment recorded earlier (its journal row lost in a crash, or a raced key's winner)
         # has no answer of ours: it is journaled now
         return answers.get(payment.rrn) or _payment_result(payment, amount)

@@ -219,10 +219,17 @@ class PaymentService:
 
     # -- create ---------------------------------------------------------------------------
     def create(
-        self, principal: Principal, request: PaymentRequest, *, also: AlsoRecord | None = None
+        self,
+        principal: Principal,
+        request: PaymentRequest,
+        *,
+        also: AlsoRecord | None = None,
+        point: PaymentPoint | None = None,
     ) -> Payment:
         """Take a payment. ``also`` runs in the transaction that records it (not for a retry
-        answered with the payment recorded before)."""
+        answered with the payment recorded before). ``point``: the request's terminal and
+        merchant as its caller has just read them (the gateway's checks do), not read
+        again."""
         _check_shape(request)
         fingerprint = self._fingerprint(request)
         # driver statements on a pooled connection: no ORM session for the reads of every
@@ -230,7 +237,8 @@ class PaymentService:
         with self.database.driver_read() as driver:
             # A retry is answered first, before any rule that its own payment now affects
             # (limits count it; the terminal may have been suspended since).
-            point = store.load_point(driver, request.terminal_id)
+            if point is None or point.terminal_id != request.terminal_id:
+                point = store.load_point(driver, request.terminal_id)
             if not principal.can_see(point.merchant_id):
                 raise DomainError(ErrorCode.TERMINAL_NOT_FOUND, "terminal not found")
             retry = request.idempotency_key is not None and store.has_idempotency_key(
