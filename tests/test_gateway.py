@@ -156,6 +156,22 @@ def test_new_sign_on_retires_the_old_keys(gw: Gateway) -> None:
     assert terminal.client.sale(card(), 1_000).code == "00"
 
 
+def test_decrypted_keys_are_held_for_a_bounded_number_of_sessions(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shoudan.gateway import service
+
+    monkeypatch.setattr(service, "KEY_CACHE_SIZE", 1)  # every other terminal clears it
+    first, second = gw.signed_on(), gw.signed_on(gw.world.terminal_a2)
+    for _ in range(2):
+        assert first.client.sale(card(), 1_000).code == "00"
+        assert second.client.sale(card(), 1_000).code == "00"
+    assert len(gw.world.container.gateway._clear_keys) == 1
+    # a re-sign-on's keys are new ciphertexts: the old clear keys are never found again
+    assert first.client.sign_on(gw.master_key(first.client.state.terminal_id)).code == "00"
+    assert first.client.sale(card(), 1_000).code == "00"
+
+
 # -- every sandbox card --------------------------------------------------------------------------
 SANDBOX_SALES = [
     ("approve_debit", PIN, 10_000, "00", PaymentStatus.CAPTURED),
