@@ -202,6 +202,9 @@ def decode(body: bytes) -> Message:
     return Message(mti, fields)
 
 
+TRACK_CHARACTERS: Final = "0123456789D"
+
+
 def _checked(number: int, raw: str) -> FieldValue | None:
     """The field's value in its Python type, or None when its content breaks its format
     (pyiso8583 reads any nibble; the spec allows only digits, plus ``D`` in track 2)."""
@@ -210,9 +213,10 @@ def _checked(number: int, raw: str) -> FieldValue | None:
         return bytes.fromhex(raw)
     if spec.kind == "n":
         return raw if raw.isdigit() else None
+    # str methods rather than a loop over the characters: every field of every message
     if spec.kind == "z":
-        return raw if raw and all(c in "0123456789D" for c in raw) else None
-    return raw if all(" " <= c <= "~" for c in raw) else None
+        return raw if raw and not raw.strip(TRACK_CHARACTERS) else None
+    return raw if raw.isascii() and raw.isprintable() else None  # " " to "~"
 
 
 def _valid_fields(partial: Mapping[str, str], exclude: str) -> dict[int, FieldValue]:
