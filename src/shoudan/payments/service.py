@@ -196,6 +196,23 @@ class _Prepared:
     limits: Limits
 
 
+# what ``_draft`` takes after the payment id and the network's answer
+_Record = tuple[str | None, Principal, PaymentRequest, _Prepared, str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A payment drafted and not yet written: what its write, and a refused write's
+    handling, need."""
+
+    payment_id: str
+    reference: str  # what the network was sent
+    result: ChannelResult
+    record: _Record
+    also: AlsoRecord | None
+    draft: _Draft
+
+
 class PaymentService:
     def __init__(
         self,
@@ -230,6 +247,21 @@ class PaymentService:
         answered with the payment recorded before). ``point``: the request's terminal and
         merchant as its caller has just read them (the gateway's checks do), not read
         again."""
+        drafted = self._drafted(principal, request, also, point)
+        if isinstance(drafted, Payment):  # a retry, answered with the payment recorded before
+            return drafted
+        return self._write(drafted)
+
+    def _drafted(
+        self,
+        principal: Principal,
+        request: PaymentRequest,
+        also: AlsoRecord | None,
+        point: PaymentPoint | None,
+    ) -> Payment | _Pending:
+        """A payment's first step, before any write: its reads and rules, the network's
+        answer, and the draft of all that is written with it; or the payment recorded before
+        for a retry. An approval that cannot be drafted is reversed upstream."""
         _check_shape(request)
         fingerprint = self._fingerprint(request)
         # driver statements on a pooled connection: no ORM session for the reads of every
@@ -260,7 +292,22 @@ class PaymentService:
         result = self._authorize(reference, request)
         record = (upstream, principal, request, prepared, fingerprint)
         try:
-            return self._writer.write(self._draft(payment_id, result, *record, also))
+            draft = self._draft(payment_id, result, *record, also)
+        except BaseException:
+            if result.approved:  # nothing will be recorded: nothing may stay charged
+                self.channel.reverse(reference)
+            raise
+        return _Pending(payment_id, reference, result, record, also, draft)
+
+    def _write(self, pending: _Pending) -> Payment:
+        """A payment's second step: its write, committed (with the group's, on SQLite), and
+        what is done when the write is refused."""
+        payment_id, reference, result, record, also = (
+            pending.payment_id, pending.reference, pending.result, pending.record, pending.also,
+        )  # fmt: skip
+        _upstream, _principal, request, prepared, fingerprint = record
+        try:
+            return self._writer.write(pending.draft)
         except DomainError as error:
             if result.approved and error.code is ErrorCode.LIMIT_EXCEEDED:
                 # A concurrent payment used the limit while we were at the network: give the
