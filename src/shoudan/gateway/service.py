@@ -372,7 +372,8 @@ class GatewayService:
     def _keys(self, row: repository.SessionKeys) -> WorkingKeys:
         """The session's keys in clear. Decrypted once per sign-on, not per request: the
         cache is keyed by the stored ciphertexts, which every sign-on replaces, so a key
-        never outlives its session here; nor does it leave memory (as the vault's key)."""
+        never outlives its session here. Kept in process memory only, where the vault's own
+        key (which decrypts them) already is."""
         sealed = (row.terminal_id, row.pik_enc, row.mak_enc)
         keys = self._clear_keys.get(sealed)
         if keys is None:
