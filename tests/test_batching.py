@@ -9,8 +9,8 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import event, func, select
+from sqlalchemy.orm import Session, SessionTransaction
 
 from shoudan.core.batching import BatchWriter
 from shoudan.core.db import Database
@@ -59,9 +59,11 @@ def stored(database: Database) -> set[str]:
         return set(session.scalars(select(OutboxEvent.dedupe_key)))
 
 
-def in_one_group(database: Database, work: list[str], write: object) -> list[object]:
+def in_one_group(
+    database: Database, work: list[str], write: object, opener: str | None = None
+) -> list[object]:
     """Run ``write(item)`` for each item on its own thread, all queued behind one open
-    transaction, so that they join one group."""
+    transaction (which writes the event ``opener``, if given), so that they join one group."""
     group = database._group
     assert group is not None
     results: list[object] = [None] * len(work)
@@ -73,7 +75,9 @@ def in_one_group(database: Database, work: list[str], write: object) -> list[obj
             results[index] = error
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(work))]
-    with database.transaction():
+    with database.transaction() as session:
+        if opener is not None:
+            emit(session, "system.ping", {"item": opener}, dedupe_key=opener)
         for thread in threads:
             thread.start()
         deadline = time.monotonic() + 10
@@ -100,6 +104,29 @@ def test_items_of_one_group_are_written_at_once_and_committed_before_they_return
     assert all(isinstance(r, tuple) and r[1] for r in results)
     assert len({r[0] for r in results if isinstance(r, tuple)}) == 6  # each its own result
     assert stored(grouped) == set(work)
+
+
+def test_items_left_for_the_commit_open_no_transaction_of_their_own(grouped: Database) -> None:
+    """A caller of ``write`` leaves its item for the group without a nested transaction of
+    its own, however many items join: the bookkeeping of one cost about a tenth of a gateway
+    sale's CPU (docs/benchmarks.md)."""
+    pings = Pings(grouped)
+    nested: list[object] = []
+
+    def count(_session: Session, transaction: SessionTransaction) -> None:
+        if transaction.nested:
+            nested.append(transaction)
+
+    event.listen(grouped._sessions, "after_transaction_create", count)
+    try:
+        work = [f"item-{n}" for n in range(6)]
+        in_one_group(grouped, work, pings.writer.write, opener="first")
+    finally:
+        event.remove(grouped._sessions, "after_transaction_create", count)
+    assert len(pings.calls) == 1
+    # the opener's and the one write_many runs in (before: one more per caller)
+    assert len(nested) == 2, nested
+    assert stored(grouped) == {"first", *work}
 
 
 def test_a_refused_item_fails_alone_and_its_neighbours_are_written(grouped: Database) -> None:

@@ -387,12 +387,15 @@ class Database:
         its own end)?"""
         return self._group is not None and self._group.inside()
 
-    def before_commit(self, key: object, flush: Callable[[Session, list[Any]], None]) -> list[Any]:
-        """Inside a write transaction of a group (``groups_writes``): the group's list of
-        items for ``key``, which ``flush(session, items)`` writes just before the group
-        commits (core/batching.py)."""
-        assert self._group is not None and self._group.inside(), "inside a group's member"
-        return self._group.deferred(key, flush)
+    def before_commit(
+        self, key: object, flush: Callable[[Session, list[Any]], None], item: Any
+    ) -> None:
+        """With group commit (``groups_writes``), outside any transaction: leave ``item`` in
+        the group's list for ``key``, which ``flush(session, items)`` writes just before the
+        group commits (core/batching.py); returns once that commit is done (or failed: its
+        error is raised)."""
+        assert self._group is not None and not self._group.inside(), "outside a transaction"
+        self._group.leave(key, flush, item)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -572,9 +575,37 @@ class GroupCommit:
             # a use case nesting a transaction (a ledger call): part of the caller's savepoint
             yield self._local.session
             return
+        failure: BaseException | None = None
+        with self._joined() as batch:
+            savepoint = batch.session.begin_nested()
+            self._local.inside, self._local.session = True, batch.session
+            try:
+                yield batch.session
+                batch.session.flush()
+                savepoint.commit()
+            except BaseException as error:
+                # deactivated by a failed flush, or still open: undo this member only
+                savepoint.rollback()
+                failure = error
+            finally:
+                self._local.inside = False
+                self._local.session = None
+        if failure is not None:
+            raise failure
+
+    def leave(self, key: object, flush: Callable[[Session, list[Any]], None], item: Any) -> None:
+        """Leave ``item`` in the open group's list for ``key`` (``Database.before_commit``)
+        without a transaction of its own — no savepoint for a member that writes nothing
+        itself — and return once the group has committed."""
+        with self._joined():
+            self.deferred(key, flush).append(item)
+
+    @contextmanager
+    def _joined(self) -> Iterator[_Batch]:
+        """The open group (opened if none), holding the writer lock, for one member's work;
+        then the member counted, and the group's commit waited for."""
         with self._count_lock:
             self._queued += 1
-        failure: BaseException | None = None
         # wait for the writer lock with the baton down: its holder may need the baton back
         # (it sets the baton aside while another process writes, in ``_open``)
         self.baton.acquire(self._writer)
@@ -586,20 +617,9 @@ class GroupCommit:
                 self._queued -= 1
             try:
                 batch = self._open()
-                savepoint = batch.session.begin_nested()
-                self._local.inside, self._local.session = True, batch.session
-                try:
-                    yield batch.session
-                    batch.session.flush()
-                    savepoint.commit()
-                except BaseException as error:
-                    # deactivated by a failed flush, or still open: undo this member only
-                    savepoint.rollback()
-                    failure = error
+                yield batch
             finally:
                 self.baton.unpin()
-                self._local.inside = False
-                self._local.session = None
                 # always: a member that failed may be the last, and the others wait on it
                 self._after_member()
         finally:
@@ -613,8 +633,6 @@ class GroupCommit:
             # every LOOK_AGAIN_SECONDS.
             while not batch.done.wait(LOOK_AGAIN_SECONDS):
                 self.settle(0)
-        if failure is not None:
-            raise failure
         if batch.error is not None:
             raise batch.error
 
