@@ -4,8 +4,8 @@ frames out.
 - many connections, many request/response pairs per connection, in order;
 - a connection idle for ``idle_timeout`` seconds (no complete frame) is closed; so is one
   beyond ``max_connections`` (closed on arrival) and one whose frame cannot be read at all;
-- the service calls block (SQLAlchemy, the network), so they run on a thread pool and one slow
-  request never stalls the event loop or other connections;
+- the service calls block (SQLAlchemy, the network), so they run on worker threads
+  (``_Workers``) and one slow request never stalls the event loop or other connections;
 - ``stop()`` is graceful: stop accepting, close idle connections, let in-flight requests finish
   and their answers go out (up to ``grace`` seconds), then exit.
 """
@@ -15,12 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
 import signal
 import socket
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from shoudan.core.handoff import Receiver
@@ -36,6 +36,81 @@ Handler = Callable[[bytes], Outcome]
 @dataclass(slots=True)
 class _Connection:
     busy: bool = False  # a request is being handled: let it finish on shutdown
+
+
+class _Workers:
+    """Threads that run the handler for the event loop: ``run(payload)`` is awaited on the
+    loop, the handler runs on a worker, and the loop is woken once for every answer ready.
+
+    Not ``loop.run_in_executor``: its two futures chained across threads, and one wake-up of
+    the loop for each answer, were a tenth of a gateway process's Python under load; a group
+    commit makes a score of answers ready at once, and they cost the loop one wake-up here
+    (docs/benchmarks.md). Threads are started as requests need them, up to ``size``.
+    """
+
+    def __init__(self, handler: Handler, size: int) -> None:
+        self._handler = handler
+        self._size = size
+        self._jobs: queue.SimpleQueue[tuple[bytes, asyncio.Future[Outcome]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._threads: list[threading.Thread] = []
+        self._idle = 0  # workers waiting for a job
+        self._lock = threading.Lock()
+        self._ready: list[tuple[asyncio.Future[Outcome], Outcome | BaseException]] = []
+        self._wake_pending = False  # the loop was asked to hand out ``_ready``
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def run(self, payload: bytes) -> asyncio.Future[Outcome]:
+        """The handler's outcome for ``payload``, from a worker (call on the event loop)."""
+        loop = self._loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Outcome] = loop.create_future()
+        with self._lock:
+            start = self._idle <= 0 and len(self._threads) < self._size
+            if not start:
+                self._idle -= 1  # taken by this job (or queued behind busy workers)
+        if start:
+            thread = threading.Thread(target=self._work, name=f"iso8583_{len(self._threads)}",
+                                      daemon=True)  # fmt: skip
+            self._threads.append(thread)
+            thread.start()
+        self._jobs.put((payload, answer))
+        return answer
+
+    def stop(self) -> None:
+        """Let queued jobs finish, then end every worker (blocks: run it off the loop)."""
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join()
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            payload, answer = job
+            try:
+                result: Outcome | BaseException = self._handler(payload)
+            except BaseException as error:  # the handler never raises; if it did, say so
+                result = error
+            with self._lock:
+                self._idle += 1
+                self._ready.append((answer, result))
+                wake, self._wake_pending = not self._wake_pending, True
+            if wake:
+                assert self._loop is not None
+                self._loop.call_soon_threadsafe(self._hand_out)
+
+    def _hand_out(self) -> None:
+        """On the loop: every answer ready so far, to whoever awaits it."""
+        with self._lock:
+            ready, self._ready = self._ready, []
+            self._wake_pending = False
+        for answer, result in ready:
+            if answer.done():  # its connection was cancelled meanwhile
+                continue
+            if isinstance(result, BaseException):
+                answer.set_exception(result)
+            else:
+                answer.set_result(result)
 
 
 class GatewayServer:
@@ -63,7 +138,7 @@ class GatewayServer:
         # descriptor (core/handoff.py) instead of this server listening itself
         self.handoff_fd = handoff_fd
         self._receiver: Receiver | None = None
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="iso8583")
+        self._workers = _Workers(handler, workers)
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], _Connection] = {}
         self._stopping = False
@@ -110,7 +185,7 @@ class GatewayServer:
                 await asyncio.wait(late)
         if self._server is not None:
             await self._server.wait_closed()
-        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
+        await asyncio.get_running_loop().run_in_executor(None, self._workers.stop)
         log.info("iso8583 gateway stopped")
 
     async def _handed(self, sock: socket.socket) -> None:
@@ -163,7 +238,6 @@ class GatewayServer:
     ) -> str:
         """Request/response pairs until the peer leaves, idles, or sends what cannot be read.
         Returns why the connection ends."""
-        loop = asyncio.get_running_loop()
         while not self._stopping:
             try:
                 async with asyncio.timeout(self.idle_timeout):
@@ -178,7 +252,7 @@ class GatewayServer:
                 return "unreadable"
             connection.busy = True
             started = time.perf_counter()
-            outcome = await loop.run_in_executor(self._executor, self.handler, payload)
+            outcome = await self._workers.run(payload)
             if outcome.reply is None:
                 metrics.observe(outcome, time.perf_counter() - started)
                 return "unreadable"
