@@ -171,6 +171,31 @@ def test_emit_validates(
     assert info.value.code is ErrorCode.INVALID_INPUT
 
 
+def test_emit_many_writes_each_event_with_its_own_id_or_none_when_one_is_refused(
+    database: Database,
+) -> None:
+    clock = FixedClock(datetime(2026, 11, 24, 8, 0, tzinfo=UTC))
+    with database.transaction() as session:
+        ids = service.emit_many(session, [
+            ("payment.captured", {"payment_id": "P1"}, "P1:new"),
+            ("payment.declined", {"payment_id": "P2"}, None),
+        ], clock)  # fmt: skip
+    rows = [event(database, event_id) for event_id in ids]
+    assert len(set(ids)) == 2
+    assert [(r.topic, r.dedupe_key, r.status) for r in rows] == [
+        ("payment.captured", "P1:new", "pending"), ("payment.declined", ids[1], "pending"),
+    ]  # fmt: skip
+    assert rows[0].payload == '{"payment_id":"P1"}'
+    assert all(r.created_at == r.next_attempt_at == clock.now() for r in rows)
+    with database.transaction() as session, pytest.raises(DomainError) as info:
+        service.emit_many(session, [
+            ("payment.captured", {"payment_id": "P3"}, "P3:new"), ("Bad Topic", {}, None),
+        ], clock)  # fmt: skip
+    assert info.value.code is ErrorCode.INVALID_INPUT
+    with database.read() as session:
+        assert service.stats(session)["pending"] == 2  # the refused batch wrote nothing
+
+
 # -- delivery ---------------------------------------------------------------------------------
 
 

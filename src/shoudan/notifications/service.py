@@ -21,7 +21,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -121,6 +121,32 @@ def emit(
     ``refund:R1:succeeded``) when consumers should also collapse events emitted twice.
     ``not_before`` delays the first delivery (a retry scheduled for later).
     """
+    now = (clock or SystemClock()).now()
+    row = _event_row(topic, payload, dedupe_key, now, not_before)
+    # One driver INSERT, not an ORM add and flush: every payment and refund emits, and the
+    # unit of work cost more than the row (docs/benchmarks.md).
+    DriverSQL(session).insert(OutboxEvent, row)
+    return str(row["id"])
+
+
+def emit_many(
+    session: Session, events: Sequence[tuple[str, dict[str, Any], str | None]], clock: Clock
+) -> list[str]:
+    """``emit`` for each (topic, payload, dedupe_key), in one statement: a batch of new
+    payments emits one event each."""
+    now = clock.now()
+    rows = [_event_row(topic, payload, key, now, None) for topic, payload, key in events]
+    DriverSQL(session).insert_many(OutboxEvent, rows)
+    return [str(row["id"]) for row in rows]
+
+
+def _event_row(
+    topic: str,
+    payload: dict[str, Any],
+    dedupe_key: str | None,
+    now: datetime,
+    not_before: datetime | None,
+) -> dict[str, object]:
     validate_topic(topic)
     body = encode_payload(payload)
     event_id = new_id("evt_")
@@ -130,20 +156,13 @@ def emit(
         raise DomainError(
             ErrorCode.INVALID_INPUT, f"dedupe_key must be 1-{MAX_DEDUPE_KEY} characters"
         )
-    now = (clock or SystemClock()).now()
-    # One driver INSERT, not an ORM add and flush: every payment and refund emits, and the
-    # unit of work cost more than the row (docs/benchmarks.md).
-    DriverSQL(session).insert(
-        OutboxEvent,
-        {
-            "id": event_id, "topic": topic, "payload": body, "dedupe_key": dedupe_key,
-            "status": EventStatus.PENDING.value, "attempts": 0,
-            "next_attempt_at": max(now, not_before) if not_before is not None else now,
-            "locked_by": None, "locked_until": None, "last_error": None,
-            "created_at": now, "delivered_at": None,
-        },
-    )  # fmt: skip
-    return event_id
+    return {
+        "id": event_id, "topic": topic, "payload": body, "dedupe_key": dedupe_key,
+        "status": EventStatus.PENDING.value, "attempts": 0,
+        "next_attempt_at": max(now, not_before) if not_before is not None else now,
+        "locked_by": None, "locked_until": None, "last_error": None,
+        "created_at": now, "delivered_at": None,
+    }  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,13 +39,13 @@ from shoudan.channels.domain import (
 from shoudan.core.batching import BatchWriter
 from shoudan.core.clock import Clock
 from shoudan.core.crypto import Vault
-from shoudan.core.db import Database, DriverSQL, newest_first
+from shoudan.core.db import Database, DriverSQL, newest_first, transient
 from shoudan.core.errors import DomainError, ErrorCode
 from shoudan.core.ids import new_id
 from shoudan.ledger import chart
 from shoudan.ledger.domain import Hold, Linked, Posting, Transfer, VoidHold
 from shoudan.ledger.service import Ledger
-from shoudan.notifications.service import emit
+from shoudan.notifications.service import emit, emit_many
 from shoudan.payments import store
 from shoudan.payments.domain import (
     DEFAULT_COMPLETION_LIMIT_PERCENT,
@@ -444,47 +444,50 @@ class PaymentService:
             else PaymentStatus.DECLINED
         )
         card = request.card
-        payment = Payment(
-            id=payment_id,
-            merchant_id=prepared.merchant_id,
-            terminal_id=prepared.point.terminal_id,
-            method=request.method.value,
-            status=status.value,
-            currency=request.currency,
-            amount=request.amount,
-            captured_amount=0,
-            fee=0,
-            net=0,
-            refunded_amount=0,
-            fee_plan_code=prepared.plan_code,
-            fee_category=None,
-            rate_bp=None,
-            business_date=day.isoformat(),
-            rrn=rrn,
-            auth_code=result.auth_code if result.approved else None,
-            decline_code=None if result.approved else result.response_code,
-            decline_message=None if result.approved else result.message[:255],
-            network=result.network,
-            channel_reference=result.channel_reference,
-            upstream_reference=upstream,
-            card_bin=card.pan[:6] if card else None,
-            card_last4=card.pan[-4:] if card else None,
-            card_length=len(card.pan) if card else None,
-            card_token=prepared.card_token,
-            card_funding=prepared.funding,
-            entry_mode=card.entry_mode.value if card else None,
-            qr_code_last4=request.auth_code[-4:] if request.auth_code else None,
-            prepayment=request.prepayment,
-            description=request.description,
-            idempotency_key=request.idempotency_key,
-            request_hash=fingerprint,
-            redeemed_amount=0,
-            settled_at=None,
-            created_at=now,
-            updated_at=now,
-            captured_at=None,
-            voided_at=None,
-            reversed_at=None,
+        payment = transient(
+            Payment,
+            {
+                "id": payment_id,
+                "merchant_id": prepared.merchant_id,
+                "terminal_id": prepared.point.terminal_id,
+                "method": request.method.value,
+                "status": status.value,
+                "currency": request.currency,
+                "amount": request.amount,
+                "captured_amount": 0,
+                "fee": 0,
+                "net": 0,
+                "refunded_amount": 0,
+                "fee_plan_code": prepared.plan_code,
+                "fee_category": None,
+                "rate_bp": None,
+                "business_date": day.isoformat(),
+                "rrn": rrn,
+                "auth_code": result.auth_code if result.approved else None,
+                "decline_code": None if result.approved else result.response_code,
+                "decline_message": None if result.approved else result.message[:255],
+                "network": result.network,
+                "channel_reference": result.channel_reference,
+                "upstream_reference": upstream,
+                "card_bin": card.pan[:6] if card else None,
+                "card_last4": card.pan[-4:] if card else None,
+                "card_length": len(card.pan) if card else None,
+                "card_token": prepared.card_token,
+                "card_funding": prepared.funding,
+                "entry_mode": card.entry_mode.value if card else None,
+                "qr_code_last4": request.auth_code[-4:] if request.auth_code else None,
+                "prepayment": request.prepayment,
+                "description": request.description,
+                "idempotency_key": request.idempotency_key,
+                "request_hash": fingerprint,
+                "redeemed_amount": 0,
+                "settled_at": None,
+                "created_at": now,
+                "updated_at": now,
+                "captured_at": None,
+                "voided_at": None,
+                "reversed_at": None,
+            },
         )  # every column set: it is inserted as one row, and returned as it is stored
         entry: Transfer | Hold | None = None
         if status is PaymentStatus.CAPTURED:
@@ -523,10 +526,10 @@ class PaymentService:
         entries = [draft.entry for draft in drafts if draft.entry is not None]
         if entries:
             self.ledger.post_all(session, entries)
+        emit_many(session, [
+            (f"payment.{d.payment.status}", d.event, f"{d.payment.id}:new") for d in drafts
+        ], self.clock)  # fmt: skip
         for draft in drafts:
-            payment = draft.payment
-            emit(session, f"payment.{payment.status}", draft.event,
-                 dedupe_key=f"{payment.id}:new", clock=self.clock)  # fmt: skip
             if draft.also is not None:
                 draft.also(session)
         return payments
