@@ -47,6 +47,31 @@ def test_a_lone_transaction_is_committed_before_it_returns(grouped: Database) ->
         other.dispose()
 
 
+def test_after_its_commit_a_request_finishes_without_the_baton(grouped: Database) -> None:
+    """The rest of the request runs beside the next holder (Baton.put_down_for_good): the
+    baton is free once the write returns, and the request's ``held`` block ends cleanly."""
+    baton = grouped.baton
+    with baton.held():
+        assert baton.holding()
+        with grouped.transaction() as session:
+            emit(session, "system.ping", {"n": 1})
+            assert baton.holding()  # pinned inside the write
+        assert not baton.holding()
+        taken = threading.Event()
+
+        def other() -> None:
+            with baton.held():
+                taken.set()
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        assert taken.wait(5), "another request could not take the baton"
+        thread.join(5)
+    assert not baton.holding()
+    with baton.held():  # and the next request of this thread takes it as usual
+        assert baton.holding()
+
+
 def test_concurrent_transactions_share_commits_and_keep_their_own_results(
     grouped: Database,
 ) -> None:

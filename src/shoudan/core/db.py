@@ -636,13 +636,14 @@ class GroupCommit:
             self._writer.release()
         # Even a failed member waits for its group: its caller may look for the row it
         # collided with (an Idempotency-Key's winner) and must find it committed.
-        with self.baton.released():
-            # Whoever would have committed the group may have looked while another thread
-            # held the writer lock (``settle`` never waits for it), and a member that holds
-            # no baton gives no hand-over to look again at: so the members look themselves,
-            # every LOOK_AGAIN_SECONDS.
-            while not batch.done.wait(LOOK_AGAIN_SECONDS):
-                self.settle(0)
+        # The baton is not taken back after the commit (Baton.put_down_for_good). Whoever
+        # would have committed the group may have looked while another thread held the
+        # writer lock (``settle`` never waits for it), and a member that holds no baton gives
+        # no hand-over to look again at: so the members look themselves, every
+        # LOOK_AGAIN_SECONDS.
+        self.baton.put_down_for_good()
+        while not batch.done.wait(LOOK_AGAIN_SECONDS):
+            self.settle(0)
         if batch.error is not None:
             raise batch.error
 
