@@ -9,6 +9,7 @@ import asyncio
 import json
 import socket
 import threading
+import time
 from datetime import timedelta
 from importlib import resources
 from pathlib import Path
@@ -780,6 +781,32 @@ def test_idle_connections_are_closed(world) -> None:
     try:
         with connect(gateway.port) as sock:
             assert sock.recv(1) == b""  # closed by the host after 0.2 s of silence
+    finally:
+        gateway.background.stop()
+
+
+def test_only_waiting_for_a_frame_counts_as_idle(world) -> None:
+    """The idle clock runs while a connection waits for a whole frame, from its last answer:
+    requests closer together than the timeout keep it open however long it lives, and so does
+    an answer that takes longer than the timeout (the no-answer card's wait)."""
+    gateway = start_gateway(world, idle_timeout=0.4)
+    channel = world.container.channel
+    assert isinstance(channel, SandboxChannel)
+    channel.timeout_seconds = 0.8  # twice the idle timeout, with the request in hand
+    try:
+        terminal = gateway.signed_on()
+        for _ in range(6):  # 1.2 s and more of one connection, 0.2 s apart
+            time.sleep(0.2)
+            assert terminal.client.sale(card(), 1_000).code == "00"
+        assert terminal.client.sale(card(CARDS["no_answer"]), 10_000).code == "98"
+        connection = terminal.client._socket
+        assert terminal.client.sale(card(), 1_000).code == "00"
+        assert terminal.client._socket is connection  # the same connection all along
+        assert connection is not None
+        connection.settimeout(5)
+        started = time.monotonic()
+        assert connection.recv(1) == b""  # then silence: closed by the host
+        assert 0.3 < time.monotonic() - started < 3
     finally:
         gateway.background.stop()
 
