@@ -4,14 +4,17 @@ process share a commit, each keeps its own result, nobody returns before the com
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from sqlalchemy import event, func, select
+from sqlalchemy.orm import Session
 
 from shoudan.core import db
+from shoudan.core.batching import BatchWriter
 from shoudan.core.db import Database
 from shoudan.notifications.models import OutboxEvent
 from shoudan.notifications.service import emit
@@ -47,15 +50,23 @@ def test_a_lone_transaction_is_committed_before_it_returns(grouped: Database) ->
         other.dispose()
 
 
-def test_after_its_commit_a_request_finishes_without_the_baton(grouped: Database) -> None:
-    """The rest of the request runs beside the next holder (Baton.put_down_for_good): the
-    baton is free once the write returns, and the request's ``held`` block ends cleanly."""
+def test_after_its_last_write_a_request_finishes_without_the_baton(grouped: Database) -> None:
+    """A write transaction gives the baton back to its request after the commit (more may
+    follow); an item left for the group (``BatchWriter``, a new payment: the request's last
+    write) does not take it back (Baton.put_down_for_good): the rest, its answer, runs beside
+    the next holder, and the request's ``held`` block ends cleanly."""
     baton = grouped.baton
+
+    def write_many(session: Session, items: Sequence[str]) -> list[str]:
+        return [emit(session, "system.ping", {"item": item}) for item in items]
+
+    writer: BatchWriter[str, str] = BatchWriter(grouped, write_many)
     with baton.held():
-        assert baton.holding()
         with grouped.transaction() as session:
             emit(session, "system.ping", {"n": 1})
             assert baton.holding()  # pinned inside the write
+        assert baton.holding()  # taken back: the request goes on
+        writer.write("last")
         assert not baton.holding()
         taken = threading.Event()
 

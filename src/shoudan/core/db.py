@@ -586,7 +586,7 @@ class GroupCommit:
             yield self._local.session
             return
         failure: BaseException | None = None
-        with self._joined() as batch:
+        with self._joined(finished=False) as batch:
             savepoint = batch.session.begin_nested()
             self._local.inside, self._local.session = True, batch.session
             try:
@@ -606,14 +606,17 @@ class GroupCommit:
     def leave(self, key: object, flush: Callable[[Session, list[Any]], None], item: Any) -> None:
         """Leave ``item`` in the open group's list for ``key`` (``Database.before_commit``)
         without a transaction of its own — no savepoint for a member that writes nothing
-        itself — and return once the group has committed."""
-        with self._joined():
+        itself — and return once the group has committed. The caller's request ends with
+        this write (a new payment's): it finishes without the baton."""
+        with self._joined(finished=True):
             self.deferred(key, flush).append(item)
 
     @contextmanager
-    def _joined(self) -> Iterator[_Batch]:
+    def _joined(self, *, finished: bool) -> Iterator[_Batch]:
         """The open group (opened if none), holding the writer lock, for one member's work;
-        then the member counted, and the group's commit waited for."""
+        then the member counted, and the group's commit waited for. ``finished``: the
+        member's request has nothing but its answer left after this write, and does not take
+        the baton back after the commit (``Baton.put_down_for_good``)."""
         with self._count_lock:
             self._queued += 1
         # wait for the writer lock with the baton down: its holder may need the baton back
@@ -636,16 +639,22 @@ class GroupCommit:
             self._writer.release()
         # Even a failed member waits for its group: its caller may look for the row it
         # collided with (an Idempotency-Key's winner) and must find it committed.
-        # The baton is not taken back after the commit (Baton.put_down_for_good). Whoever
-        # would have committed the group may have looked while another thread held the
-        # writer lock (``settle`` never waits for it), and a member that holds no baton gives
-        # no hand-over to look again at: so the members look themselves, every
+        # Whoever would have committed the group may have looked while another thread held
+        # the writer lock (``settle`` never waits for it), and a member that holds no baton
+        # gives no hand-over to look again at: so the members look themselves, every
         # LOOK_AGAIN_SECONDS.
-        self.baton.put_down_for_good()
-        while not batch.done.wait(LOOK_AGAIN_SECONDS):
-            self.settle(0)
+        if finished:
+            self.baton.put_down_for_good()
+            self._wait_for(batch)
+        else:
+            with self.baton.released():
+                self._wait_for(batch)
         if batch.error is not None:
             raise batch.error
+
+    def _wait_for(self, batch: _Batch) -> None:
+        while not batch.done.wait(LOOK_AGAIN_SECONDS):
+            self.settle(0)
 
     def inside(self) -> bool:
         """Is this thread running a member's transaction now?"""

@@ -75,8 +75,8 @@ class _Workers:
         if start:
             thread = threading.Thread(target=self._work, name=f"iso8583_{len(self._threads)}",
                                       daemon=True)  # fmt: skip
-            self._threads.append(thread)
             thread.start()
+            self._threads.append(thread)  # once it runs (a thread that failed to start is none)
         self._jobs.put((payload, answer))
         return answer
 
@@ -111,7 +111,10 @@ class _Workers:
             if answer.done():  # its connection was cancelled meanwhile
                 continue
             if isinstance(result, BaseException):
-                answer.set_exception(result)
+                try:
+                    answer.set_exception(result)
+                except TypeError:  # StopIteration cannot be set: its neighbours still get theirs
+                    answer.set_exception(RuntimeError(f"handler raised {result!r}"))
             else:
                 answer.set_result(result)
 
@@ -254,6 +257,8 @@ class GatewayServer:
                     payload = await reader.readexactly(length) if length else b""
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return "idle" if connection.idled else "peer"
+                if connection.idled:  # its last bytes came as the timer closed it: unanswered
+                    return "idle"
                 if not payload:
                     return "unreadable"
                 connection.busy = True
@@ -289,7 +294,9 @@ class GatewayServer:
             )
             return
         connection.idled = True
-        writer.close()  # the pending read ends (IncompleteReadError)
+        # abort, not close: a close waits for unsent answers to drain, and a peer that stopped
+        # reading would keep the read pending and the connection counted
+        writer.transport.abort()  # the pending read ends (IncompleteReadError)
 
 
 async def serve_until_signalled(server: GatewayServer) -> None:
