@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from shoudan.auth.domain import Principal, Role
 from shoudan.core.db import Database, DriverSQL
+from shoudan.notifications.models import OutboxEvent
 from shoudan.payments.domain import EntryMode, Method
 from shoudan.payments.models import Payment, PaymentStatusChange, RrnCounter
 from shoudan.payments.service import CardInput, PaymentRequest
@@ -125,6 +126,16 @@ def test_payments_of_two_merchants_do_not_wait_for_each_other(world: World) -> N
             other.dispose()
 
 
+def _note_row(key: str, payment: Payment) -> dict[str, object]:
+    """An outbox row naming the payment: what ``also`` writes with it in this test."""
+    return {
+        "id": f"evt_note_{key}", "topic": "system.ping", "payload": f'{{"rrn":"{payment.rrn}"}}',
+        "dedupe_key": f"note:{key}", "status": "pending", "attempts": 0,
+        "next_attempt_at": NOW, "locked_by": None, "locked_until": None, "last_error": None,
+        "created_at": NOW, "delivered_at": None,
+    }  # fmt: skip
+
+
 def test_also_commits_with_the_payment_and_a_failure_undoes_both(world: World, monkeypatch) -> None:
     payments = world.container.payments
     reversed_upstream: list[str] = []
@@ -134,26 +145,21 @@ def test_also_commits_with_the_payment_and_a_failure_undoes_both(world: World, m
     )
     seen: list[str] = []
 
-    def note(payment: Payment):
+    def note(payment: Payment) -> tuple[type[OutboxEvent], dict[str, object]]:
         seen.append(f"before: {payment.status} {payment.rrn}")  # complete before the write
-
-        def write(session) -> None:
-            row = session.get(Payment, payment.id)  # the payment is already in this transaction
-            seen.append(f"in: {row.status} {row.rrn}")
-
-        return write
+        return OutboxEvent, _note_row("k-1", payment)
 
     first = payments.create(_principal(world), _request(world, key="k-1"), also=note)
-    assert seen == [f"before: captured {first.rrn}", f"in: captured {first.rrn}"]
+    assert seen == [f"before: captured {first.rrn}"]
+    with world.container.database.read() as session:
+        row = session.get(OutboxEvent, "evt_note_k-1")
+    assert row is not None and row.payload == f'{{"rrn":"{first.rrn}"}}'  # committed with it
     assert reversed_upstream == []
 
-    def boom(payment: Payment):
-        def write(session) -> None:
-            raise RuntimeError("the journal could not be written")
+    def boom(payment: Payment) -> tuple[type[OutboxEvent], dict[str, object]]:
+        return OutboxEvent, _note_row("k-1", payment)  # its id is taken: the insert fails
 
-        return write
-
-    with pytest.raises(RuntimeError):
+    with pytest.raises(IntegrityError):
         payments.create(_principal(world), _request(world, key="k-2"), also=boom)
     with world.container.database.read() as session:
         ids = set(session.scalars(select(Payment.id)))

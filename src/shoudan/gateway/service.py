@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Final, Protocol, TypeVar, runtime_checkable
+from typing import Any, Final, Protocol, TypeVar, runtime_checkable
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -109,7 +109,13 @@ from shoudan.gateway.response_codes import (
 )
 from shoudan.payments.domain import Method, PaymentStatus
 from shoudan.payments.models import Payment
-from shoudan.payments.service import CardInput, PaymentFilters, PaymentRequest, PaymentService
+from shoudan.payments.service import (
+    AlsoRow,
+    CardInput,
+    PaymentFilters,
+    PaymentRequest,
+    PaymentService,
+)
 from shoudan.payments.store import PaymentPoint, load_point
 from shoudan.refunds.domain import RefundReason, RefundStatus, RequesterKind
 from shoudan.refunds.service import RefundRequest, RefundService
@@ -442,15 +448,20 @@ class GatewayService:
         return self._replay(ctx, stored)
 
     def _record(self, session: Session, ctx: _Context, result: _Result, body: bytes) -> None:
+        DriverSQL(session).insert(GatewayRequest, self._journal_row(ctx, result, body))
+
+    def _journal_row(self, ctx: _Context, result: _Result, body: bytes) -> dict[str, Any]:
+        """The journal's row of this request (always the same columns, in the same order: a
+        batch of them is inserted in one statement)."""
         identity = ctx.identity
-        DriverSQL(session).insert(GatewayRequest, {
+        return {
             "terminal_id": identity.terminal_id, "merchant_id": identity.merchant_id,
             "mti": identity.mti, "batch": identity.batch, "stan": identity.stan,
             "kind": ctx.txn.kind.value, "request_hash": ctx.fingerprint,
             "payment_id": result.payment_id, "amount": result.amount,
             "response_code": result.code, "rrn": result.rrn, "response": body,
             "created_at": self.clock.now(),
-        })  # fmt: skip
+        }  # fmt: skip
 
     def _replay(self, ctx: _Context, stored: GatewayRequest) -> Outcome:
         # a reversal is always acknowledged, even resent with another reason (39)
@@ -577,11 +588,11 @@ class GatewayService:
         # rolled back a journal row before the payment was written again alone)
         answers: dict[str, _Result] = {}
 
-        def journal(payment: Payment) -> Callable[[Session], None]:
+        def journal(payment: Payment) -> AlsoRow:
             # the answer, encoded and MACed, before the write turn; its journal row, in it
             result = answers[payment.rrn] = _payment_result(payment, amount)
             body = result.body = self._body(ctx, result)
-            return lambda session: self._record(session, ctx, result, body)
+            return GatewayRequest, self._journal_row(ctx, result, body)
 
         payment = self.payments.create(ctx.principal, request, also=journal, point=ctx.point)
         # a payment recorded earlier (its journal row lost in a crash, or a raced key's winner)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -39,7 +40,7 @@ from shoudan.channels.domain import (
 from shoudan.core.batching import BatchWriter
 from shoudan.core.clock import Clock
 from shoudan.core.crypto import Vault
-from shoudan.core.db import Database, DriverSQL, newest_first, transient
+from shoudan.core.db import Base, Database, DriverSQL, newest_first, transient
 from shoudan.core.errors import DomainError, ErrorCode
 from shoudan.core.ids import new_id
 from shoudan.ledger import chart
@@ -121,11 +122,13 @@ class PaymentSearch:
     day_to: date | None = None
 
 
-# More to write with a new payment (the gateway's journal row): called with the payment as it
-# will be recorded, before the write turn, it prepares what it needs and returns the writer,
-# called inside the transaction that records the payment: what it writes commits or rolls
-# back with the payment.
-AlsoRecord = Callable[[Payment], Callable[[Session], None]]
+# A row to write with a new payment (the gateway's journal row): called with the payment as it
+# will be recorded, before the write turn, it prepares what it needs and returns the row — its
+# model and its values — which is inserted in the transaction that records the payment (with
+# the rows of the same model of the whole batch, in one statement): it commits or rolls back
+# with the payment.
+AlsoRow = tuple[type[Base], dict[str, Any]]
+AlsoRecord = Callable[[Payment], AlsoRow]
 
 # SQLite: RRN numbers a process draws from the business day's counter at a time (_RrnNumbers)
 RRN_BLOCK = 1000
@@ -180,7 +183,7 @@ class _Draft:
     note: str  # the network's message, for the status history
     entry: Transfer | Hold | None  # the ledger entry: a capture or a pre-auth's hold
     event: dict[str, object]
-    also: Callable[[Session], None] | None
+    also: AlsoRow | None
     limits: Limits  # checked again in the write turn, where concurrent payments count
 
 
@@ -529,9 +532,13 @@ class PaymentService:
         emit_many(session, [
             (f"payment.{d.payment.status}", d.event, f"{d.payment.id}:new") for d in drafts
         ], self.clock)  # fmt: skip
+        also: dict[type[Base], list[dict[str, Any]]] = {}
         for draft in drafts:
             if draft.also is not None:
-                draft.also(session)
+                model, row = draft.also
+                also.setdefault(model, []).append(row)
+        for model, rows in also.items():
+            driver.insert_many(model, rows)
         return payments
 
     def reverse_unrecorded(self, merchant_id: str, idempotency_key: str) -> None:
