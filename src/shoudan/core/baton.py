@@ -24,8 +24,8 @@ holds; so does a wait for its store (channels/store.py).
 
 After its last write — a new payment's, left for its group (``GroupCommit.leave``) — a request
 does not take the baton back (``put_down_for_good``): the rest of it, its answer, runs beside
-the holder. The baton only orders who runs; it
-guards no data (each structure has its own lock), so a thread without it is merely slower.
+the holder. The baton only orders who runs; it guards no data (each structure has its own
+lock), so a thread without it is merely slower.
 
 Disabled (the default on PostgreSQL, whose connections are truly concurrent), every method
 is a no-op.
