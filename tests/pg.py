@@ -13,7 +13,6 @@ import atexit
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import psycopg
 from psycopg import sql
+
+from tests.ports import free_port
 
 SERVER_OPTIONS = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
 MAX_CONNECTIONS = 200
@@ -47,13 +48,6 @@ def find_bindir() -> Path | None:
 
     candidates.sort(key=major)
     return candidates[-1] if candidates else None
-
-
-def free_port() -> int:
-    """A port the kernel says is free now (a race with another process is retried)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def sqlalchemy_url(user: str, host: str, port: int, password: str | None = None) -> str:

@@ -47,6 +47,7 @@ from tests.gateway_world import (
     start_gateway,
 )
 from tests.payments_world import build_world, check_day_totals
+from tests.ports import free_port
 
 CARDS: dict[str, str] = json.loads(
     resources.files("shoudan.channels").joinpath("fixtures/sandbox_cards.json").read_text()
@@ -856,12 +857,6 @@ def test_graceful_shutdown_answers_in_flight_requests(world) -> None:
     assert not stopper.is_alive()
     assert [reply.code for reply in replies] == ["00"]  # answered before the exit
     assert len(gateway.payments()) == 1
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_serve_runs_http_and_the_gateway_in_one_process(world) -> None:

@@ -43,6 +43,7 @@ from shoudan.payments.domain import PaymentStatus
 from shoudan.payments.models import Payment
 from shoudan.terminals.service import load_master_key
 from tests.payments_world import DEBIT, PIN, build_world
+from tests.ports import free_port
 
 pytestmark = [
     pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL"),
@@ -57,12 +58,6 @@ SALE = "0200"
 
 def shoudan_cli() -> str:
     return str(Path(sys.executable).parent / "shoudan")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager

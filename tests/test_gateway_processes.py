@@ -25,6 +25,7 @@ import pytest
 from shoudan.core.db import Database
 from shoudan.gateway.simulator import Card, TerminalClient, TerminalState
 from tests.payments_world import DEBIT, PIN, build_world
+from tests.ports import free_port, free_ports
 from tests.process_helpers import (
     assert_ledger_verifies,
     captured_payments,
@@ -36,7 +37,6 @@ from tests.process_helpers import (
 from tests.test_gateway_crash import (
     DEADLINE,
     SECRET_KEY,
-    free_port,
     shoudan_cli,
     three_terminals,
 )
@@ -54,20 +54,6 @@ def _environment(tmp_path: Path) -> dict[str, str]:
         "SHOUDAN_SANDBOX_STATE_PATH": str(tmp_path / "sandbox-network.sqlite3"),
         "SHOUDAN_ISO_WORKERS": "4",
     }
-
-
-def _two_free_ports() -> int:
-    """A port P with P+1 free too (the second gateway's metrics)."""
-    for _ in range(50):
-        port = free_port()
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise AssertionError("no two free ports in a row")
-
 
 
 def _wait_for(condition: object, what: str) -> None:
@@ -118,7 +104,7 @@ def test_processes_share_the_port_and_are_restarted_and_stopped(
     sqlite_url: str, tmp_path: Path
 ) -> None:
     terminals = three_terminals(sqlite_url, tmp_path)
-    port, metrics = free_port(), _two_free_ports()
+    port, metrics = free_port(), free_ports(2)  # P and P+1: the two gateways' metrics
     command = [
         shoudan_cli(), "gateway", "--host", "127.0.0.1", "--iso-port", str(port),
         "--database-url", sqlite_url, "--processes", "2", "--metrics-port", str(metrics),

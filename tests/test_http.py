@@ -23,7 +23,7 @@ from shoudan.api.errors import PROBLEM_JSON, STATUS_BY_CODE, status_for
 from shoudan.core.config import Settings
 from shoudan.core.db import Database
 from shoudan.core.errors import DomainError, ErrorCode
-from tests.pg import free_port
+from tests.ports import free_port
 
 HTTPX_NOTICE = r".*httpx.*starlette\.testclient.*"  # starlette's notice, not about our code
 with warnings.catch_warnings():

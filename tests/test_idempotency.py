@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,7 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import func, select
@@ -37,7 +35,7 @@ from shoudan.auth.service import ClaimOutcome, claim_idempotency_key, create_api
 from shoudan.core.clock import FixedClock
 from shoudan.core.config import Settings
 from shoudan.core.db import Database
-from tests.pg import free_port
+from tests.web_world import serve
 
 HTTPX_NOTICE = r".*httpx.*starlette\.testclient.*"  # starlette's notice, not about our code
 with warnings.catch_warnings():
@@ -301,20 +299,7 @@ def test_twenty_concurrent_requests_run_once(
 def test_twenty_threads_against_a_real_server(database: Database, counter: Counter) -> None:
     """The same race over real sockets: uvicorn, one thread per client."""
     counter.delay = 0.2
-    server = uvicorn.Server(
-        uvicorn.Config(
-            tiny_app(database, counter, FixedClock(NOW)),
-            host="127.0.0.1", port=free_port(), log_level="warning", lifespan="off",
-        )
-    )  # fmt: skip
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.02)
-        base = f"http://127.0.0.1:{server.config.port}"
+    with serve(tiny_app(database, counter, FixedClock(NOW))) as base:
         results: list[httpx.Response] = []
         barrier = threading.Barrier(20)
 
@@ -329,9 +314,6 @@ def test_twenty_threads_against_a_real_server(database: Database, counter: Count
             t.start()
         for t in threads:
             t.join(60)
-    finally:
-        server.should_exit = True
-        thread.join(10)
     assert len(results) == 20
     assert counter.calls == {"things": 1}
     assert {r.status_code for r in results} == {201}

@@ -4,44 +4,24 @@ concurrent payments and refunds keep the books."""
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import text
 
 from shoudan.core.config import Settings
 from shoudan.core.db import Database
 from tests.payments_world import DEBIT, PIN, build_world, check_day_totals
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.web_world import serve
 
 
 @pytest.fixture
 def served(db_url, tmp_path):
     database = Database(db_url, group_commit=Settings().sqlite_group_commit)
     world = build_world(database, tmp_path)
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(world.client.app, host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    yield world, f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve(world.client.app, lifespan="auto") as base:
+        yield world, base
     assert world.container.ledger.verify().ok
     check_day_totals(world)
     database.dispose()

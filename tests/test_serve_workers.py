@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from shoudan.cli.main import app
 from shoudan.core.db import Database
 from tests.payments_world import DEBIT, PIN, build_world
+from tests.ports import free_port
 from tests.process_helpers import (
     assert_ledger_verifies,
     captured_payments,
@@ -25,7 +26,7 @@ from tests.process_helpers import (
     reap,
     stop_gracefully,
 )
-from tests.test_gateway_crash import DEADLINE, SECRET_KEY, free_port, shoudan_cli
+from tests.test_gateway_crash import DEADLINE, SECRET_KEY, shoudan_cli
 
 pytestmark = [pytest.mark.skipif(sys.platform != "linux", reason="/proc")]
 

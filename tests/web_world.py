@@ -14,14 +14,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pyotp
 import pytest
@@ -34,10 +33,12 @@ from shoudan.auth.domain import Role
 from shoudan.core.db import Database
 from shoudan.web.service import NewStaffUser, WebAccounts
 from tests.payments_world import World
+from tests.ports import free_port
 
 os.environ["PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD"] = "1"
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).parents[1] / "test-artifacts"
+SERVER_START_S = 30  # a deadline for start-up on a loaded machine, not a timing assertion
 LAUNCH_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -133,21 +134,18 @@ def migrated_sqlite(folder: Path) -> Database:
     return Database(url)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
-def serve(app: FastAPI) -> Iterator[str]:
-    """Run ``app`` in uvicorn on a free loopback port; yields its base URL."""
-    port = _free_port()
+def serve(app: FastAPI, lifespan: Literal["on", "off", "auto"] = "off") -> Iterator[str]:
+    """Run ``app`` in uvicorn on a free loopback port, in a thread; yields its base URL."""
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="off"))  # fmt: skip
+                                           log_level="warning", lifespan=lifespan))  # fmt: skip
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
+    deadline = time.monotonic() + SERVER_START_S
     while not server.started:  # start-up, not timing: waits for the socket to listen
+        assert thread.is_alive(), f"uvicorn stopped before listening on port {port}"
+        assert time.monotonic() < deadline, f"uvicorn did not listen on port {port}"
         time.sleep(0.01)
     try:
         yield f"http://127.0.0.1:{port}"

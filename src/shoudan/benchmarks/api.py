@@ -47,10 +47,29 @@ REFUNDS_PER_PAYMENT = 50
 SECRET = "42" * 32
 
 
+START_ATTEMPTS = 3
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def start_on_a_free_port(
+    start: Callable[[int], subprocess.Popen[bytes]],
+) -> tuple[int, subprocess.Popen[bytes]]:
+    """``start(port)`` on a port the kernel says is free. Another process can take the port
+    before the server binds it (an outgoing connection's local port, say), and the server
+    then fails to start: it is started again on another port."""
+    for attempt in range(1, START_ATTEMPTS + 1):
+        port = _free_port()
+        try:
+            return port, start(port)
+        except RuntimeError:
+            if attempt == START_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
 
 
 def bench_vault() -> Vault:
@@ -107,13 +126,14 @@ def _start_server(url: str, data_dir: Path, port: int, workers: int) -> subproce
     with (data_dir / "server.log").open("ab") as log:  # this command's output is JSON lines
         server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603 - our own interpreter and module
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and server.poll() is None:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/livez", timeout=1).status_code == 200:
                 return server
         except httpx.HTTPError:
             time.sleep(0.1)
     server.kill()
+    server.wait()
     raise RuntimeError("the API server did not start")
 
 
@@ -232,8 +252,7 @@ def run(
 
 def _phases(url: str, tmp: Path, seconds: float, workers: int) -> Iterator[dict[str, Any]]:
     terminal_id, key = _prepare(url)
-    port = _free_port()
-    server = _start_server(url, tmp, port, workers)
+    port, server = start_on_a_free_port(lambda port: _start_server(url, tmp, port, workers))
     try:
         headers = {"Authorization": f"Bearer {key}"}
         asyncio.run(_load(port, 1.0, "GET", "/livez", None, {}, 200))  # warm up

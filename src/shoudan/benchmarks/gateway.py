@@ -51,6 +51,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -58,7 +59,7 @@ from sqlalchemy.engine import make_url
 from stdnum import luhn
 
 from shoudan import migrations
-from shoudan.benchmarks.api import SECRET, _free_port, bench_merchant, bench_vault
+from shoudan.benchmarks.api import SECRET, bench_merchant, bench_vault, start_on_a_free_port
 from shoudan.benchmarks.scratch import ledger_line, scratch_postgres
 from shoudan.bootstrap import bootstrap
 from shoudan.channels.sandbox import PAN_APPROVE_DEBIT, SANDBOX_PIN
@@ -178,6 +179,12 @@ def _gateway_command(port: int, profile: str | None, processes: int = 1) -> list
 
 def _echo_command(port: int, processes: int = 1) -> list[str]:
     return [sys.executable, "-m", "shoudan.benchmarks.gateway_echo", str(port), str(processes)]
+
+
+def _start_phase(
+    phase: _Phase, env: dict[str, str], log: Path, port: int
+) -> subprocess.Popen[bytes]:
+    return _start(phase.command(port), env, port, log)
 
 
 def _start(
@@ -396,9 +403,8 @@ def _interleaved(
     with ExitStack() as stack:
         running = []
         for number, phase in enumerate(phases):
-            port = _free_port()
             log = tmp / f"{phase.server.split()[0]}-{number}.log"
-            server = _start(phase.command(port), env, port, log)
+            port, server = start_on_a_free_port(partial(_start_phase, phase, env, log))
             stack.callback(_stop, server)
             running.append(_Running(phase, port, server, phase.lanes(port)))
         for _ in range(rounds):
