@@ -24,8 +24,8 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-# Browser tests will need /usr/bin/chromium (see DESIGN.md §8); none exist yet, so nothing
-# is installed for them here.
+# The browser tests drive Debian's /usr/bin/chromium with Playwright; tests/web_world.py
+# installs the package when it is missing (nothing is downloaded by Playwright itself).
 test: lint
 	$(BIN)/pytest -n $(WORKERS) $(PYTEST_ARGS)
 
