@@ -15,6 +15,8 @@ Fixtures:
   ``postgresql`` (the latter marked ``postgres``).
 - ``database`` / ``sqlite_database`` / ``pg_database``: a ``Database`` on those, disposed after.
 - ``blank_db_url`` (function): an empty database (no migrations), on both engines.
+- ``let_go_of_apps`` (autouse): empties FastAPI's callable caches after each test, which
+  otherwise keep every app a worker builds alive (``tests/leaks.py``).
 - ``browser`` (session) / ``page`` (function): Chromium driven by Playwright, from
   ``tests/web_world.py``.
 """
@@ -35,6 +37,7 @@ from shoudan import migrations
 from shoudan.core.config import get_settings
 from shoudan.core.db import Database
 from tests import pg
+from tests.leaks import forget_endpoints
 from tests.web_world import browser, page  # noqa: F401  (fixtures for the browser tests)
 
 # CI explores the same examples on every run (a red CI must mean a change broke something,
@@ -82,6 +85,13 @@ def fresh_settings() -> Iterator[None]:
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def let_go_of_apps() -> Iterator[None]:
+    """Without this every app a worker builds stays alive until the worker ends (tests/leaks.py)."""
+    yield
+    forget_endpoints()
 
 
 @pytest.fixture(scope="session")
