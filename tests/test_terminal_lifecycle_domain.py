@@ -103,6 +103,20 @@ def test_inventory_columns_in_any_order_and_case_cells_trimmed() -> None:
     )  # fmt: skip
 
 
+def test_inventory_lines_may_end_in_a_lone_carriage_return() -> None:
+    rows, errors = parse_inventory("serial_number,product\rSN-0001,smart\r")
+    assert errors == [] and [row.serial_number for row in rows] == ["SN-0001"]
+    # once a 500 (found by the API's schema fuzzing: a body of "\r0")
+    assert parse_inventory("\r0")[1][0].field == "serial_number"
+
+
+def test_an_unreadable_inventory_file_is_a_file_error() -> None:
+    huge = "x" * 200_000  # over csv's field size limit
+    rows, [error] = parse_inventory(f"serial_number,product\nSN-1,{huge}\n")
+    assert rows == [] and (error.row, error.field) == (2, "file")
+    assert error.message.startswith("not a readable CSV file")
+
+
 def test_labels_file() -> None:
     text = labels_csv([Label("SN-1", Product.EPOS, None, "ABCDEFGHJK"),
                        Label("SN-2", Product.SMART, "A8, pro", "23456789AB")])  # fmt: skip

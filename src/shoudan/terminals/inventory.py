@@ -74,7 +74,12 @@ class RowError:
 
 def parse_inventory(text: str) -> tuple[list[InventoryRow], list[RowError]]:
     """The file's devices and every error found in it (empty when the file is good)."""
-    records = list(csv.reader(io.StringIO(text.removeprefix("\ufeff"))))
+    # newline="": lines end at \r\n, \n or a lone \r (old Mac exports), as csv expects
+    reader = csv.reader(io.StringIO(text.removeprefix("\ufeff"), newline=""))
+    try:
+        records = list(reader)
+    except csv.Error as error:  # a field over csv's size limit…
+        return [], [RowError(reader.line_num, "file", f"not a readable CSV file: {error}")]
     if not records:
         return [], [RowError(1, "file", "the file is empty: a header row is required")]
     header = [name.strip().lower() for name in records[0]]
