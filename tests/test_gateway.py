@@ -10,6 +10,7 @@ import json
 import socket
 import threading
 import time
+from dataclasses import replace
 from datetime import timedelta
 from importlib import resources
 from pathlib import Path
@@ -28,8 +29,8 @@ from shoudan.cli.main import app as cli
 from shoudan.cli.serve import _serve_with_gateway
 from shoudan.core.config import Settings
 from shoudan.core.db import Database
-from shoudan.gateway import keys
-from shoudan.gateway.codec import MAC_FIELD, Message, decode, encode
+from shoudan.gateway import keys, repository
+from shoudan.gateway.codec import MAC_FIELD, BatchTotals, Message, decode, encode
 from shoudan.gateway.domain import Kind
 from shoudan.gateway.models import GatewayRequest, TerminalSession
 from shoudan.gateway.simulator import BY_KIND, Card, Reply
@@ -360,6 +361,31 @@ def test_reversal_after_settlement_is_recorded_and_acknowledged(gw: Gateway) -> 
     )  # fmt: skip
 
 
+def test_reversal_of_a_refunded_sale_is_recorded_for_staff_and_acknowledged(gw: Gateway) -> None:
+    terminal = gw.signed_on()
+    sale = terminal.client.sale(card(), 10_000)
+    assert refund_of(terminal, sale, 2_000).code == "00"
+    reversal = terminal.client.reverse(card(), sale.request.text(11))
+    assert reversal.code == "00"
+    payment = gw.payment(sale.response.text(37) or "")
+    assert payment.status == PaymentStatus.CAPTURED.value  # the refund stands; nothing twice
+    [case] = gw.cases()
+    assert (case.kind, case.payment_id) == ("refunded_reversal", payment.id)
+
+
+def test_reversal_of_a_completion_reverses_the_whole_payment(gw: Gateway) -> None:
+    terminal = gw.signed_on()
+    preauth = terminal.client.preauth(card(), 30_000)
+    done = terminal.client.complete(card(), 25_000, preauth.request.text(11))
+    assert done.code == "00"
+    assert terminal.client.reverse(card(), done.request.text(11)).code == "00"
+    payment = gw.payment(preauth.response.text(37) or "")
+    assert payment.status == PaymentStatus.REVERSED.value
+    assert gw.cases() == []
+    assert terminal.client.reverse(card(), done.request.text(11)).code == "00"  # resent: once
+    assert gw.payment(payment.rrn).status == PaymentStatus.REVERSED.value
+
+
 def test_reversal_of_a_preauth_and_of_a_void(gw: Gateway) -> None:
     terminal = gw.signed_on()
     preauth = terminal.client.preauth(card(), 30_000)
@@ -420,6 +446,20 @@ def test_void_after_batch_settlement_is_refused(gw: Gateway) -> None:
 
 
 # -- pre-authorisation ---------------------------------------------------------------------------
+def test_a_completion_the_network_refuses_gets_the_networks_code(gw: Gateway) -> None:
+    """Within our 115 % but beyond the open-to-buy card's ¥1,000.00: the network's 51, not
+    a generic 12; the pre-auth stays as it was and can still be completed within it."""
+    terminal, limited = gw.signed_on(), card(CARDS["open_to_buy"], None)
+    preauth = terminal.client.preauth(limited, 90_000)
+    assert preauth.code == "00"
+    over = terminal.client.complete(limited, 103_000, preauth.request.text(11))
+    assert over.code == "51"
+    rrn = preauth.response.text(37) or ""
+    assert gw.payment(rrn).status == PaymentStatus.AUTHORIZED.value
+    assert terminal.client.complete(limited, 95_000, preauth.request.text(11)).code == "00"
+    assert gw.payment(rrn).captured_amount == 95_000
+
+
 def test_preauth_completion_and_their_voids(gw: Gateway) -> None:
     terminal = gw.signed_on()
     preauth = terminal.client.preauth(card(), 50_000)
@@ -611,6 +651,31 @@ def test_batch_totals_count_refunds(gw: Gateway) -> None:
     assert case.kind == "unbalanced_batch" and case.batch == "000002"
 
 
+def test_a_batch_beyond_field_48_is_closed_unbalanced_with_its_full_totals_in_a_case(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1,000 sales do not fit 48's n3 count: the host answers its totals capped (never equal to
+    a terminal's), closes the batch, and the case has the real figures. The host's totals are
+    widened here (1,000 sales through sockets would take the suite seconds); the path from
+    them on is the real one."""
+    terminal = gw.signed_on()
+    assert terminal.client.sale(card(), 1_000).code == "00"
+    real = repository.batch_totals
+
+    def a_thousand_sales(session: object, terminal_id: str, batch: str) -> BatchTotals:
+        one = real(session, terminal_id, batch)  # type: ignore[arg-type]
+        return replace(one, sales_count=1_000, sales_amount=1_000 * one.sales_amount)
+
+    monkeypatch.setattr(repository, "batch_totals", a_thousand_sales)
+    settlement = terminal.client.settle()
+    assert settlement.code == "00"
+    assert settlement.response.text(48) == "000001000000999" + "000000000000000" + "2"
+    assert terminal.state.batch == "000002"  # closed
+    [case] = gw.cases()
+    assert case.kind == "unbalanced_batch"
+    assert "host: sales 1000 for 1000000 fen" in case.detail
+
+
 def test_batch_totals_leave_out_a_refund_rejected_in_review(gw: Gateway) -> None:
     terminal = gw.signed_on()
     big = terminal.client.sale(card(), 600_000)
@@ -746,10 +811,10 @@ def test_bad_input_is_answered_where_possible_and_closed_otherwise(gw: Gateway) 
     reply = answered(gw.port, bytes(non_bcd))
     assert reply.mti == "0210" and reply.text(39) == "30" and not reply.has(MAC_FIELD)
     assert reply.text(41) == gw.world.terminal_a  # read cleanly before the fault, echoed
-    unknown_mti = encode(Message("0300", {11: "000001", 41: gw.world.terminal_a}))
-    assert (answered(gw.port, unknown_mti).mti, answered(gw.port, unknown_mti).text(39)) == (
-        "0310", "30",
-    )  # fmt: skip
+    for mti, answer in (("0300", "0310"), ("0160", "0170"), ("0280", "0290")):
+        unknown_mti = encode(Message(mti, {11: "000001", 41: gw.world.terminal_a}))
+        reply = answered(gw.port, unknown_mti)
+        assert (reply.mti, reply.text(39)) == (answer, "30")
     base = terminal.client.card_message(Kind.SALE, card(), 10_000)
     odd_code = Message("0200", {**base.fields, 3: "990000"})
     assert answered(gw.port, terminal.mac(odd_code)).text(39) == "12"
@@ -759,6 +824,17 @@ def test_bad_input_is_answered_where_possible_and_closed_otherwise(gw: Gateway) 
     assert answered(gw.port, terminal.mac(dollars)).text(39) == "30"
     no_card = Message("0200", {n: v for n, v in base.fields.items() if n not in (2, 14, 52, 53)})
     assert answered(gw.port, terminal.mac(no_card)).text(39) == "30"
+    assert base.has(52)
+    other_security = Message("0200", {**base.fields, 53: "2610000000000000"})  # §4: 26000…
+    assert answered(gw.port, terminal.mac(other_security)).text(39) == "30"
+    reversal = reversal_of(base).fields
+    for wrong in (
+        {**reversal, 39: "99"},  # not a reason of §3
+        {n: v for n, v in reversal.items() if n != 4},  # the original's amount left out
+        {n: v for n, v in reversal.items() if n != 2},  # and its card
+    ):
+        assert answered(gw.port, terminal.mac(Message("0400", wrong))).text(39) == "30"
+    assert answered(gw.port, terminal.mac(Message("0400", reversal))).text(39) == "00"
     assert gw.payments() == []
     assert answered(gw.port, good).text(39) == "00"  # and a good request still goes through
     assert len(gw.payments()) == 1

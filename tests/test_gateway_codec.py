@@ -335,6 +335,212 @@ GOLDEN: list[tuple[str, Message, bytes]] = [
             MAC,
         ),
     ),
+    (
+        "0200 balance inquiry request",
+        Message("0200", {
+            2: PAN, 3: "310000", 11: "000013", 14: "2912", 22: "051", 25: "00", 41: TID,
+            42: MID, 49: "156", 52: h(PIN_BLOCK), 53: "2600000000000000", 60: "01000001000",
+            64: h(MAC),
+        }),
+        h(
+            "02 00",
+            "60 24 04 80 00 C0 98 11",  # 2 3 | 11 14 | 22 | 25 | - | 41 42 | 49 52 53 | 60 64
+            PAN_LLVAR,  # 2
+            "31 00 00",  # 3 balance inquiry (no 4: no amount)
+            "00 00 13",  # 11
+            "29 12",  # 14
+            "00 51",  # 22 n3, left-padded
+            "00",  # 25 normal
+            TID_HEX,
+            MID_HEX,
+            "31 35 36",  # 49
+            PIN_BLOCK,  # 52
+            "26 00 00 00 00 00 00 00",  # 53
+            "00 11 01 00 00 01 00 00",  # 60: 01|000001|000 + pad
+            MAC,
+        ),
+    ),
+    (
+        "0110 pre-authorisation response (38)",
+        Message("0110", {
+            3: "030000", 4: "000000050000", 11: "000010", 12: "100500", 13: "1123",
+            15: "1123", 32: "898", 37: "263270000002", 38: "AB1234", 39: "00", 41: TID,
+            42: MID, 60: "10000001000", 64: h(MAC),
+        }),
+        h(
+            "01 10",
+            "30 3A 00 01 0E C0 00 11",  # 3 4 | 11 12 13 15 | 32 | 37 38 39 | 41 42 | 60 64
+            "03 00 00",  # 3 echoed
+            "00 00 00 05 00 00",  # 4 echoed: ¥500.00
+            "00 00 10",  # 11 echoed
+            "10 05 00",  # 12 hhmmss
+            "11 23",  # 13
+            "11 23",  # 15
+            "03 89 80",  # 32 LLVAR n: 3 digits, right-padded
+            "32 36 33 32 37 30 30 30 30 30 30 32",  # 37 an12 "263270000002"
+            "41 42 31 32 33 34",  # 38 an6 "AB1234"
+            "30 30",  # 39 "00"
+            TID_HEX,
+            MID_HEX,
+            "00 11 10 00 00 01 00 00",  # 60: 10|000001|000 + pad
+            MAC,
+        ),
+    ),
+    (
+        "0100 pre-auth void request (61, 37)",
+        Message("0100", {
+            2: PAN, 3: "200000", 4: "000000050000", 11: "000014", 14: "2912", 22: "071",
+            25: "06", 37: "263270000002", 41: TID, 42: MID, 49: "156", 60: "11000001000",
+            61: "0000010000101123", 64: h(MAC),
+        }),
+        h(
+            "01 00",
+            "70 24 04 80 08 C0 80 19",  # 2 3 4 | 11 14 | 22 | 25 | 37 | 41 42 | 49 | 60 61 64
+            PAN_LLVAR,
+            "20 00 00",  # 3 void
+            "00 00 00 05 00 00",  # 4 the full pre-authorised amount
+            "00 00 14",  # 11
+            "29 12",  # 14
+            "00 71",  # 22
+            "06",  # 25 pre-authorisation
+            "32 36 33 32 37 30 30 30 30 30 30 32",  # 37 the pre-auth's RRN "263270000002"
+            TID_HEX,
+            MID_HEX,
+            "31 35 36",  # 49
+            "00 11 11 00 00 01 00 00",  # 60: 11|000001|000 + pad
+            "00 16 00 00 01 00 00 10 11 23",  # 61: 16 digits, batch 000001|STAN 000010|1123
+            MAC,
+        ),
+    ),
+    (
+        "0200 pre-auth completion request (61, 37)",
+        Message("0200", {
+            2: PAN, 3: "000000", 4: "000000045000", 11: "000015", 14: "2912", 22: "071",
+            25: "06", 37: "263270000002", 41: TID, 42: MID, 49: "156", 60: "20000001000",
+            61: "0000010000101123", 64: h(MAC),
+        }),
+        h(
+            "02 00",
+            "70 24 04 80 08 C0 80 19",  # 2 3 4 | 11 14 | 22 | 25 | 37 | 41 42 | 49 | 60 61 64
+            PAN_LLVAR,
+            "00 00 00",  # 3
+            "00 00 00 04 50 00",  # 4 ¥450.00, less than the ¥500.00 pre-authorised
+            "00 00 15",  # 11
+            "29 12",
+            "00 71",
+            "06",  # 25 pre-authorisation
+            "32 36 33 32 37 30 30 30 30 30 30 32",  # 37 the pre-auth's RRN
+            TID_HEX,
+            MID_HEX,
+            "31 35 36",
+            "00 11 20 00 00 01 00 00",  # 60: 20|000001|000 + pad
+            "00 16 00 00 01 00 00 10 11 23",  # 61: the pre-auth, batch 000001 STAN 000010 1123
+            MAC,
+        ),
+    ),
+    (
+        "0200 completion void request (61, 37)",
+        Message("0200", {
+            2: PAN, 3: "200000", 4: "000000045000", 11: "000016", 14: "2912", 22: "071",
+            25: "06", 37: "263270000003", 41: TID, 42: MID, 49: "156", 60: "21000001000",
+            61: "0000010000151123", 64: h(MAC),
+        }),
+        h(
+            "02 00",
+            "70 24 04 80 08 C0 80 19",  # 2 3 4 | 11 14 | 22 | 25 | 37 | 41 42 | 49 | 60 61 64
+            PAN_LLVAR,
+            "20 00 00",  # 3 void
+            "00 00 00 04 50 00",  # 4 the completion's full amount
+            "00 00 16",  # 11
+            "29 12",
+            "00 71",
+            "06",  # 25 pre-authorisation
+            "32 36 33 32 37 30 30 30 30 30 30 33",  # 37 the completion's RRN "263270000003"
+            TID_HEX,
+            MID_HEX,
+            "31 35 36",
+            "00 11 21 00 00 01 00 00",  # 60: 21|000001|000 + pad
+            "00 16 00 00 01 00 00 15 11 23",  # 61: the completion, STAN 000015
+            MAC,
+        ),
+    ),
+    (
+        "0230 refund response",
+        Message("0230", {
+            3: "200000", 4: "000000003000", 11: "000011", 12: "101500", 13: "1123",
+            15: "1123", 32: "898", 37: "263270000004", 38: "345678", 39: "00", 41: TID,
+            42: MID, 60: "25000001000", 64: h(MAC),
+        }),
+        h(
+            "02 30",
+            "30 3A 00 01 0E C0 00 11",  # 3 4 | 11 12 13 15 | 32 | 37 38 39 | 41 42 | 60 64
+            "20 00 00",  # 3
+            "00 00 00 00 30 00",  # 4 ¥30.00
+            "00 00 11",  # 11
+            "10 15 00",  # 12
+            "11 23",
+            "11 23",
+            "03 89 80",  # 32
+            "32 36 33 32 37 30 30 30 30 30 30 34",  # 37 "263270000004"
+            "33 34 35 36 37 38",  # 38 "345678"
+            "30 30",  # 39
+            TID_HEX,
+            MID_HEX,
+            "00 11 25 00 00 01 00 00",  # 60: 25|000001|000 + pad
+            MAC,
+        ),
+    ),
+    (
+        "0230 refund response, pending review (44)",
+        Message("0230", {
+            3: "200000", 4: "000000003000", 11: "000011", 12: "101500", 13: "1123",
+            15: "1123", 32: "898", 37: "263270000004", 38: "345678", 39: "00", 41: TID,
+            42: MID, 44: "PENDING REVIEW", 60: "25000001000", 64: h(MAC),
+        }),
+        h(
+            "02 30",
+            "30 3A 00 01 0E D0 00 11",  # 3 4 | 11 12 13 15 | 32 | 37 38 39 | 41 42 44 | 60 64
+            "20 00 00",
+            "00 00 00 00 30 00",
+            "00 00 11",
+            "10 15 00",
+            "11 23",
+            "11 23",
+            "03 89 80",
+            "32 36 33 32 37 30 30 30 30 30 30 34",
+            "33 34 35 36 37 38",
+            "30 30",
+            TID_HEX,
+            MID_HEX,
+            # 44 LLVAR ASCII: 1-byte BCD length 14, then "PENDING REVIEW" (space = 20)
+            "14 50 45 4E 44 49 4E 47 20 52 45 56 49 45 57",
+            "00 11 25 00 00 01 00 00",
+            MAC,
+        ),
+    ),
+    (
+        "0410 reversal response",
+        Message("0410", {
+            3: "000000", 4: "000000010000", 11: "000007", 12: "100200", 13: "1123",
+            15: "1123", 32: "898", 39: "00", 41: TID, 42: MID, 60: "22000001000", 64: h(MAC),
+        }),
+        h(
+            "04 10",
+            "30 3A 00 01 02 C0 00 11",  # 3 4 | 11 12 13 15 | 32 | 39 | 41 42 | 60 64
+            "00 00 00",  # 3 as the original sale
+            "00 00 00 01 00 00",  # 4
+            "00 00 07",  # 11 the original's STAN
+            "10 02 00",  # 12
+            "11 23",
+            "11 23",
+            "03 89 80",
+            "30 30",  # 39 acknowledged
+            TID_HEX,
+            MID_HEX,
+            "00 11 22 00 00 01 00 00",  # 60: 22|000001|000 + pad
+            MAC,
+        ),
+    ),
 ]
 
 
@@ -449,6 +655,12 @@ def test_field_60_61_48_and_track2() -> None:
     for bad in ("0000000150000020000000030000013", "00000001500000200"):
         with pytest.raises(FieldError):
             parse_48(bad)
+    huge = BatchTotals(10**12, 1_000, 5, 1)  # more than n12 / n3 hold
+    with pytest.raises(FieldError):
+        huge.encode()
+    assert huge.capped().encode() == "999999999999999" + "000000000005001"
+    assert str(huge) == "sales 1000 for 1000000000000 fen, refunds 1 for 5 fen"
+    assert totals.capped() == totals
     track = parse_track2(PAN + "D2912101")
     assert (track.pan, track.expiry) == (PAN, "2912")
     assert PAN not in repr(track)
@@ -557,3 +769,33 @@ def test_pin_block_format_0() -> None:
         keys.decrypt_pin(h("FEDCBA9876543210 0123456789ABCDEF"), block, PAN)  # wrong PIK
     with pytest.raises(keys.PinBlockError):
         keys.decrypt_pin(pik, tdes_ecb(pik, h("16 12 34 56 FF FF FF FE")), PAN)  # format 1
+
+
+# -- the pre-auth family's references (sections 2 and 3) -----------------------------------------
+def golden(name: str) -> Message:
+    return next(message for label, message, _ in GOLDEN if label == name)
+
+
+def test_preauth_family_references_the_original_by_61_and_37() -> None:
+    preauth = golden("0110 pre-authorisation response (38)")
+    void = golden("0100 pre-auth void request (61, 37)")
+    completion = golden("0200 pre-auth completion request (61, 37)")
+    completion_void = golden("0200 completion void request (61, 37)")
+    # void and completion name the pre-auth: batch 000001, its STAN 000010, date 1123, its RRN
+    for message in (void, completion):
+        assert parse_61(message.text(61) or "") == Field61("000001", "000010", "1123")
+        assert message.text(37) == preauth.text(37)
+    assert parse_61(completion_void.text(61) or "") == Field61("000001", "000015", "1123")
+    types = [parse_60(m.text(60) or "").message_type for m in (void, completion, completion_void)]
+    assert types == ["11", "20", "21"]
+    assert parse_60(golden("0200 balance inquiry request").text(60) or "") == Field60(
+        "01", "000001", "000"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "wire"), [(g[0], g[2]) for g in GOLDEN[12:]], ids=[g[0] for g in GOLDEN[12:]]
+)
+def test_mac_input_of_the_added_vectors(name: str, wire: bytes) -> None:
+    assert mac_input(wire) == wire[:-8], name  # from the MTI to the field before 64
+    assert wire[-8:] == h(MAC)

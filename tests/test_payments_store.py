@@ -5,6 +5,8 @@ each, and the ``also`` hook that commits with the payment (the gateway's journal
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 from sqlalchemy import select
@@ -168,6 +170,44 @@ def test_also_commits_with_the_payment_and_a_failure_undoes_both(world: World, m
     # a retry of a recorded payment is answered without running ``also`` again
     again = payments.create(_principal(world), _request(world, key="k-1"), also=boom)
     assert again.id == first.id
+    check_day_totals(world)
+
+
+def test_also_commits_with_a_completion_and_a_void_and_a_failure_undoes_them(
+    world: World,
+) -> None:
+    """The gateway journals a completion or a void with it: both commit, or neither does."""
+    payments, principal = world.container.payments, _principal(world)
+    preauth = payments.create(principal, replace(_request(world, key="pa"), capture=False))
+    seen: list[str] = []
+
+    def note(key: str) -> Callable[[Payment], tuple[type[OutboxEvent], dict[str, object]]]:
+        def row(payment: Payment) -> tuple[type[OutboxEvent], dict[str, object]]:
+            seen.append(f"{key}: {payment.status}")  # called with the change made
+            return OutboxEvent, _note_row(key, payment)
+
+        return row
+
+    payments.create(principal, _request(world, key="other"), also=note("taken"))
+    with pytest.raises(IntegrityError):  # its row's id is taken: refused with the capture
+        payments.capture(principal, preauth.id, 9_000, also=note("taken"))
+    assert payments.get(principal, preauth.id).status == "authorized"  # undone with its row
+
+    captured = payments.capture(principal, preauth.id, 9_000, also=note("capture"))
+    assert captured.status == "captured" and captured.captured_amount == 9_000
+    with pytest.raises(IntegrityError):
+        payments.void(principal, captured.id, also=note("taken"))
+    assert payments.get(principal, captured.id).status == "captured"
+    voided = payments.void(principal, captured.id, also=note("void"))
+    assert voided.status == "voided"
+    with world.container.database.read() as session:
+        notes = set(
+            session.scalars(select(OutboxEvent.id).where(OutboxEvent.id.like("evt_note_%")))
+        )
+    assert notes == {"evt_note_taken", "evt_note_capture", "evt_note_void"}
+    assert seen == [  # the other sale's row; then each change's, failed or not
+        "taken: captured", "taken: captured", "capture: captured", "taken: voided", "void: voided",
+    ]
     check_day_totals(world)
 
 

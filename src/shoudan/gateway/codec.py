@@ -317,10 +317,10 @@ class BatchTotals:
 
     def encode(self) -> str:
         for count in (self.sales_count, self.refunds_count):
-            if not 0 <= count <= 999:
+            if not 0 <= count <= MAX_BATCH_COUNT:
                 raise FieldError("a batch count is n3")
         for amount in (self.sales_amount, self.refunds_amount):
-            if not 0 <= amount < 10**12:
+            if not 0 <= amount <= MAX_BATCH_AMOUNT:
                 raise FieldError("a batch amount is n12")
         return (
             f"{self.sales_amount:012d}{self.sales_count:03d}"
@@ -328,6 +328,24 @@ class BatchTotals:
         )
 
 
+    def capped(self) -> BatchTotals:
+        """These totals with each figure at most what its digits hold: the host's answer for
+        a batch larger than field 48 can state (never equal to a terminal's, so never
+        balanced; its full figures go to the case it opens)."""
+        return BatchTotals(
+            min(self.sales_amount, MAX_BATCH_AMOUNT), min(self.sales_count, MAX_BATCH_COUNT),
+            min(self.refunds_amount, MAX_BATCH_AMOUNT), min(self.refunds_count, MAX_BATCH_COUNT),
+        )  # fmt: skip
+
+    def __str__(self) -> str:
+        return (
+            f"sales {self.sales_count} for {self.sales_amount} fen, "
+            f"refunds {self.refunds_count} for {self.refunds_amount} fen"
+        )
+
+
+MAX_BATCH_COUNT: Final = 999  # n3
+MAX_BATCH_AMOUNT: Final = 10**12 - 1  # n12, in fen
 BALANCED: Final = "1"
 NOT_BALANCED: Final = "2"
 TOTALS_DIGITS: Final = 30

@@ -81,13 +81,16 @@ REQUIRED: Final[Mapping[Kind, frozenset[int]]] = {
     Kind.SALE_VOID: _PAYMENT_FIELDS | {37, 61},
     Kind.COMPLETION_VOID: _PAYMENT_FIELDS | {37, 61},
     Kind.REFUND: _PAYMENT_FIELDS | {37, 61},
-    Kind.REVERSAL: frozenset({3, 25, 39}),
+    # it repeats the original's 2 (or 35), 3, 4, 11, 22, 25, 41, 42, 49, 60 and gives its reason
+    Kind.REVERSAL: _PAYMENT_FIELDS | {39},
     Kind.SETTLEMENT: frozenset({48}),
 }
 CARD_KINDS: Final = frozenset(
     {Kind.BALANCE, Kind.PREAUTH, Kind.SALE, Kind.COMPLETION, Kind.PREAUTH_VOID,
-     Kind.SALE_VOID, Kind.COMPLETION_VOID, Kind.REFUND}
+     Kind.SALE_VOID, Kind.COMPLETION_VOID, Kind.REFUND, Kind.REVERSAL}
 )  # fmt: skip
+# A reversal's reason (39): no response, terminal fault, response MAC failed, other (spec §3)
+REVERSAL_REASONS: Final = frozenset({"98", "96", "A0", "06"})
 # Requests whose payment carries the request's identity as its Idempotency-Key: found even
 # when the process died before the request's journal row.
 IDEMPOTENT_PAYMENT_KINDS: Final = frozenset({Kind.SALE, Kind.PREAUTH})
@@ -151,9 +154,10 @@ def reversed_kind(
 
 
 def response_mti(mti: str) -> str | None:
-    """``0200`` → ``0210``: the answer to a request, advice or notification; None for an MTI
-    that is itself an answer (nobody to answer)."""
-    if len(mti) != 4 or not mti.isdigit() or mti[2] not in "024":
+    """``0200`` → ``0210``: the answer to a request, advice, notification or instruction (an
+    even third digit, ISO 8583's message function), whether or not we take that MTI (one we
+    do not is answered ``30``); None for an MTI that is itself an answer (nobody to answer)."""
+    if len(mti) != 4 or not mti.isdigit() or mti[2] not in "02468":
         return None
     return f"{mti[:2]}{int(mti[2]) + 1}{mti[3]}"
 

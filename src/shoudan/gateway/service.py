@@ -2,8 +2,9 @@
 
 One entry point, ``GatewayService.handle(payload) -> Outcome``, takes a frame's payload (TPDU,
 header, body) and returns the reply's payload, or None to close the connection. It blocks
-(database, network): the TCP server runs it on worker threads, and a batcher could sit in
-front of it later. Checks, in this order, each answered without any effect:
+(database, network): the TCP server runs it on worker threads, and concurrent requests share
+database transactions below it (group commit, core/db.py). Checks, in this order, each
+answered without any effect:
 
 1. envelope and format (``30``; ``UnreadableMessage``: close), unknown MTI (``30``), unknown
    processing code (``12``), missing mandatory fields (``30``);
@@ -70,6 +71,7 @@ from shoudan.gateway.domain import (
     PENDING_REVIEW,
     REQUEST_MTIS,
     REQUIRED,
+    REVERSAL_REASONS,
     Identity,
     Kind,
     Transaction,
@@ -82,6 +84,7 @@ from shoudan.gateway.domain import (
 )
 from shoudan.gateway.framing import Frame, envelope_problem, reply_payload, split
 from shoudan.gateway.keys import (
+    SECURITY_CONTROL,
     PinBlockError,
     WorkingKeys,
     check_value,
@@ -110,6 +113,7 @@ from shoudan.gateway.response_codes import (
 from shoudan.payments.domain import Method, PaymentStatus
 from shoudan.payments.models import Payment
 from shoudan.payments.service import (
+    AlsoRecord,
     AlsoRow,
     CardInput,
     PaymentFilters,
@@ -125,11 +129,11 @@ log = logging.getLogger(__name__)
 
 CURRENCY: Final = "156"  # field 49, always CNY
 ECHOED: Final[tuple[int, ...]] = (3, 4, 11, 41, 42, 60)  # spec §3: the host echoes these
-PIN_SECURITY_PREFIX: Final = "26"  # field 53: format 0 PIN block under a double-length key
 NO_RESPONSE: Final = "98"
 PIK_CONTEXT, MAK_CONTEXT, REQUEST_CONTEXT = "gateway:pik", "gateway:mak", "gateway:request"
-SETTLED_REVERSAL, VOID_REVERSAL, REVERSAL_MISMATCH, UNBALANCED_BATCH = (
-    "settled_reversal", "void_reversal", "reversal_mismatch", "unbalanced_batch",
+SETTLED_REVERSAL, REFUNDED_REVERSAL, VOID_REVERSAL, REVERSAL_MISMATCH, UNBALANCED_BATCH = (
+    "settled_reversal", "refunded_reversal", "void_reversal", "reversal_mismatch",
+    "unbalanced_batch",
 )  # fmt: skip
 # field 54: account type, amount type (02 available), currency, sign, amount n12
 BALANCE_PREFIX: Final = "0002156"
@@ -422,8 +426,11 @@ class GatewayService:
         except _Answer as answer:
             result = _Result(answer.code, journal=answer.journal)
         except DomainError as error:
-            result = _Result(field_39(error.code), journal=error.code not in TRANSIENT_ERRORS)
-        except IntegrityError as error:  # a sale's journal row, taken meanwhile
+            # the network's own refusal (a completion over the card's open-to-buy: 51) as it
+            # gave it; our rules' refusals through the one table
+            code = error.details.get("network_response_code") or field_39(error.code)
+            result = _Result(code, journal=error.code not in TRANSIENT_ERRORS)
+        except IntegrityError as error:  # a journal row, taken meanwhile
             return self._answered_meanwhile(ctx, error)
         return self._respond(ctx, result)
 
@@ -584,20 +591,29 @@ class GatewayService:
             card=self._card(ctx), capture=capture, idempotency_key=identity.idempotency_key,
             description=f"ISO 8583 batch {identity.batch} STAN {identity.stan}",
         )  # fmt: skip
-        # by RRN: the answer to the payment that was recorded (a batch may have written and
-        # rolled back a journal row before the payment was written again alone)
-        answers: dict[str, _Result] = {}
-
-        def journal(payment: Payment) -> AlsoRow:
-            # the answer, encoded and MACed, before the write turn; its journal row, in it
-            result = answers[payment.rrn] = _payment_result(payment, amount)
-            body = result.body = self._body(ctx, result)
-            return GatewayRequest, self._journal_row(ctx, result, body)
-
+        journal, answers = self._journaled(ctx, lambda payment: _payment_result(payment, amount))
         payment = self.payments.create(ctx.principal, request, also=journal, point=ctx.point)
         # a payment recorded earlier (its journal row lost in a crash, or a raced key's winner)
         # has no answer of ours: it is journaled now
         return answers.get(payment.rrn) or _payment_result(payment, amount)
+
+    def _journaled(
+        self, ctx: _Context, answer: Callable[[Payment], _Result]
+    ) -> tuple[AlsoRecord, dict[str, _Result]]:
+        """The hook that journals a payment's change in the transaction that records it, so
+        that no sale, completion or void is recorded without the answer the terminal was
+        given (a repeat after a crash gets that answer, not a second attempt); and the answers
+        it made, by RRN (a batch of sales may have written and rolled back a journal row
+        before the payment was written again alone)."""
+        answers: dict[str, _Result] = {}
+
+        def journal(payment: Payment) -> AlsoRow:
+            # the answer, encoded and MACed; its journal row, written with the payment
+            result = answers[payment.rrn] = answer(payment)
+            body = result.body = self._body(ctx, result)
+            return GatewayRequest, self._journal_row(ctx, result, body)
+
+        return journal, answers
 
     def _balance(self, ctx: _Context) -> _Result:
         card = self._card(ctx)
@@ -631,8 +647,15 @@ class GatewayService:
         """预授权完成: capture the pre-auth that 61 names, for the amount in field 4."""
         original = self._original(ctx, "0100", Kind.PREAUTH)
         assert original.payment_id is not None
-        payment = self.payments.capture(ctx.principal, original.payment_id, _amount(ctx))
-        return _payment_result(payment, payment.captured_amount)
+
+        def completed(payment: Payment) -> _Result:
+            return _payment_result(payment, payment.captured_amount)
+
+        journal, answers = self._journaled(ctx, completed)
+        payment = self.payments.capture(
+            ctx.principal, original.payment_id, _amount(ctx), also=journal
+        )
+        return answers[payment.rrn]
 
     def _void(self, ctx: _Context, mti: str, kind: Kind) -> _Result:
         """撤销 of a sale, completion or pre-auth, in full. A sale or completion must be in the
@@ -651,8 +674,12 @@ class GatewayService:
         expected = PaymentStatus.AUTHORIZED if kind is Kind.PREAUTH else PaymentStatus.CAPTURED
         if payment.status != expected.value:
             raise _Answer(INVALID_TRANSACTION, f"the payment is {payment.status}", journal=True)
-        payment = self.payments.void(ctx.principal, payment.id)
-        return _payment_result(payment, original.amount, approved=True)
+        amount = _amount(ctx)  # the original's, checked above
+        journal, answers = self._journaled(
+            ctx, lambda voided: _payment_result(voided, amount, approved=True)
+        )
+        payment = self.payments.void(ctx.principal, payment.id, also=journal)
+        return answers[payment.rrn]
 
     def _refund(self, ctx: _Context) -> _Result:
         """退货, an advice (0220): ``RefundService.request`` — the HTTP API's use case — for
@@ -744,15 +771,23 @@ class GatewayService:
         return _Result(APPROVED, {37: payment.rrn}, payment.id)
 
     def _undo(self, ctx: _Context, payment_id: str) -> None:
+        """Reverse the payment; one the host cannot undo by itself becomes a case: settled,
+        or refunded since (undoing it whole would give the refunded money back twice)."""
         payment = self.payments.get(ctx.principal, payment_id)
-        if payment.settled_at is None:
-            try:
-                self.payments.reverse(ctx.principal, payment_id)
-                return
-            except DomainError as error:
-                if error.code is not ErrorCode.INVALID_TRANSITION:
-                    raise
-        self._case(ctx, SETTLED_REVERSAL, "reversal after settlement", payment_id)
+        if payment.settled_at is not None:
+            self._case(ctx, SETTLED_REVERSAL, "reversal after settlement", payment_id)
+            return
+        try:
+            self.payments.reverse(ctx.principal, payment_id)
+        except DomainError as error:
+            if error.code is not ErrorCode.INVALID_TRANSITION:
+                raise
+            settled = self.payments.get(ctx.principal, payment_id).settled_at is not None
+            kind, detail = (
+                (SETTLED_REVERSAL, "reversal after settlement") if settled
+                else (REFUNDED_REVERSAL, "reversal of a refunded payment")
+            )  # fmt: skip
+            self._case(ctx, kind, detail, payment_id)
 
     def _case(self, ctx: _Context, kind: str, detail: str, payment_id: str | None) -> None:
         log.warning("iso8583 case=%s terminal=%s stan=%s", kind, ctx.identity.terminal_id,
@@ -775,12 +810,13 @@ class GatewayService:
                 balanced = ours == theirs
                 row.batch, row.updated_at = next_batch(row.batch), self.clock.now()
                 if not balanced:
-                    detail = f"terminal {theirs.encode()} host {ours.encode()}"
+                    detail = f"terminal: {theirs}; host: {ours}"
                     repository.open_case(
                         session, UNBALANCED_BATCH, identity, detail, self.clock.now()
                     )
                 flag = BALANCED if balanced else NOT_BALANCED
-                result = _Result(APPROVED, {48: ours.encode() + flag})
+                # a batch beyond 48's digits is answered with them full (and never balanced)
+                result = _Result(APPROVED, {48: ours.capped().encode() + flag})
                 body = self._body(ctx, result)
                 self._record(session, ctx, result, body)
         except _Answer as answer:
@@ -845,8 +881,10 @@ def _check_fields(txn: Transaction, message: Message) -> None:
         raise _Answer(FORMAT_ERROR, "a card transaction carries field 2 or 35")
     if message.has(49) and message.text(49) != CURRENCY:
         raise _Answer(FORMAT_ERROR, "currency is always 156")
-    if message.has(52) and not (message.text(53) or "").startswith(PIN_SECURITY_PREFIX):
-        raise _Answer(FORMAT_ERROR, "a PIN block needs field 53 = 26…")
+    if message.has(52) and message.text(53) != SECURITY_CONTROL:
+        raise _Answer(FORMAT_ERROR, f"a PIN block needs field 53 = {SECURITY_CONTROL}")
+    if txn.kind is Kind.REVERSAL and message.text(39) not in REVERSAL_REASONS:
+        raise _Answer(FORMAT_ERROR, "a reversal's reason (39) is 98, 96, A0 or 06")
     try:
         if message.has(35):
             parse_track2(_text(message, 35))

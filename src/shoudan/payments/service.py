@@ -122,11 +122,12 @@ class PaymentSearch:
     day_to: date | None = None
 
 
-# A row to write with a new payment (the gateway's journal row): called with the payment as it
-# will be recorded, before the write turn, it prepares what it needs and returns the row — its
-# model and its values — which is inserted in the transaction that records the payment (with
-# the rows of the same model of the whole batch, in one statement): it commits or rolls back
-# with the payment.
+# A row to write with a payment's change (the gateway's journal row): called with the payment as
+# it will be recorded, it prepares what it needs and returns the row — its model and its values
+# — which is inserted in the transaction that records the change (for new payments, with the
+# rows of the same model of the whole batch, in one statement): it commits or rolls back with
+# the payment. For a new payment it is called before the write turn; for a completion or a
+# void, inside it.
 AlsoRow = tuple[type[Base], dict[str, Any]]
 AlsoRecord = Callable[[Payment], AlsoRow]
 
@@ -548,7 +549,11 @@ class PaymentService:
         self.channel.reverse(keyed_reference(merchant_id, idempotency_key))
 
     # -- capture (completion) -------------------------------------------------------------
-    def capture(self, principal: Principal, payment_id: str, amount: int) -> Payment:
+    def capture(
+        self, principal: Principal, payment_id: str, amount: int, *, also: AlsoRecord | None = None
+    ) -> Payment:
+        """Capture an authorised payment (预授权完成). ``also`` runs in the transaction that
+        records the capture."""
         with self.database.read() as session:
             payment = self._visible(session, principal, payment_id)
             check_capture(_facts(payment), amount, self.completion_limit_percent)
@@ -565,6 +570,7 @@ class PaymentService:
             raise DomainError(
                 ErrorCode.CAPTURE_NOT_ALLOWED,
                 f"the network refused the completion ({result.response_code}): {result.message}",
+                network_response_code=result.response_code,
             )
         with self.database.transaction() as session:
             driver = DriverSQL(session)
@@ -586,10 +592,15 @@ class PaymentService:
                 VoidHold(f"pay:{payment.id}:auth-release", f"pay:{payment.id}:auth"),
                 _capture_entry(payment),
             )))  # fmt: skip
+            _write_also(driver, also, payment)
             return payment
 
     # -- void -------------------------------------------------------------------------------
-    def void(self, principal: Principal, payment_id: str) -> Payment:
+    def void(
+        self, principal: Principal, payment_id: str, *, also: AlsoRecord | None = None
+    ) -> Payment:
+        """Void a payment in full (撤销). ``also`` runs in the transaction that records the
+        void."""
         with self.database.read() as session:
             payment = self._visible(session, principal, payment_id)
             check_void(_facts(payment), self.clock.now())
@@ -600,6 +611,7 @@ class PaymentService:
             raise DomainError(
                 ErrorCode.VOID_NOT_ALLOWED,
                 f"the network refused the void ({result.response_code}): {result.message}",
+                network_response_code=result.response_code,
             )
         with self.database.transaction() as session:
             payment = locked_payment(session, payment_id)
@@ -608,6 +620,7 @@ class PaymentService:
             # A refund requested since our check is not sent yet: the network now refuses it
             # (the payment is voided there), and its holds are released when it fails.
             self._undo(session, payment, PaymentStatus.VOIDED, principal, now)
+            _write_also(DriverSQL(session), also, payment)
             return payment
 
     # -- reverse ----------------------------------------------------------------------------
@@ -771,6 +784,12 @@ class PaymentService:
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+
+def _write_also(driver: DriverSQL, also: AlsoRecord | None, payment: Payment) -> None:
+    if also is not None:
+        model, row = also(payment)
+        driver.insert(model, row)
 
 
 def upstream_reference_of(payment: Payment) -> str:
