@@ -41,6 +41,7 @@ from shoudan.gateway.domain import (
     FIRST_BATCH,
     PENDING_REVIEW,
     REVERSAL_MTI,
+    SALE_KINDS,
     TRANSACTIONS,
     Kind,
     Transaction,
@@ -60,7 +61,6 @@ DEFAULT_TPDU: Final = bytes.fromhex("6000030000")
 DEFAULT_HEADER: Final = bytes.fromhex("603100000000")
 OPERATOR: Final = "001"
 REVERSAL_FIELDS: Final = (2, 3, 4, 11, 22, 25, 41, 42, 49, 60)
-SALE_KINDS: Final = (Kind.SALE.value, Kind.COMPLETION.value)
 BY_KIND: Final = {txn.kind: txn for txn in TRANSACTIONS}
 
 MEANINGS: Final = {
@@ -103,6 +103,7 @@ class JournalEntry:
     date: str  # MMDD of the host's answer (61.3 of a later void or completion)
     card: str  # masked
     status: str = "approved"  # approved | voided | reversed | completed
+    entry_mode: str = ""  # its field 22, which a reversal repeats ("": a state file before it)
 
 
 @dataclass
@@ -311,6 +312,7 @@ class TerminalClient:
         entry = JournalEntry(
             kind.value, self.state.batch, stan, amount, reply.response.text(37) or "",
             reply.response.text(38) or "", reply.response.text(13) or "", mask_pan(card.pan),
+            entry_mode=message.text(22) or "",
         )  # fmt: skip
         self.state.journal.append(entry)
 
@@ -389,6 +391,8 @@ class TerminalClient:
             txn = BY_KIND[Kind(entry.kind)]
             message = self.base_message(txn, entry.stan)
             message.fields |= card.fields(state.keys.pik) | {49: "156", 4: f"{entry.amount:012d}"}
+            if entry.entry_mode:  # as the original sent it, whether or not a PIN is given now
+                message.fields[22] = entry.entry_mode
             state.pending_reversal = {
                 "reason": reason,
                 "fields": {str(n): _dump(v) for n, v in message.fields.items()
