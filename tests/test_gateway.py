@@ -361,6 +361,22 @@ def test_reversal_after_settlement_is_recorded_and_acknowledged(gw: Gateway) -> 
     )  # fmt: skip
 
 
+def test_reversal_after_the_terminal_settled_its_batch_is_recorded_for_staff(gw: Gateway) -> None:
+    """The batch's totals counted the sale: undoing it now would unbalance a closed batch. A
+    pre-auth (not counted) of a closed batch is still undone."""
+    terminal = gw.signed_on()
+    sale = terminal.client.sale(card(), 10_000)
+    preauth = terminal.client.preauth(card(), 20_000)
+    assert terminal.client.settle().code == "00"
+    for original in (sale, preauth):
+        answer = exchange(gw.port, terminal.mac(reversal_of(original.request)))
+        assert answer is not None and decode(answer[11:]).text(39) == "00"
+    assert gw.payment(sale.response.text(37) or "").status == PaymentStatus.CAPTURED.value
+    assert gw.payment(preauth.response.text(37) or "").status == PaymentStatus.REVERSED.value
+    [case] = gw.cases()
+    assert (case.kind, case.stan) == ("settled_reversal", sale.request.text(11))
+
+
 def test_reversal_of_a_refunded_sale_is_recorded_for_staff_and_acknowledged(gw: Gateway) -> None:
     terminal = gw.signed_on()
     sale = terminal.client.sale(card(), 10_000)

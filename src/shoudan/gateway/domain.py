@@ -89,6 +89,8 @@ CARD_KINDS: Final = frozenset(
     {Kind.BALANCE, Kind.PREAUTH, Kind.SALE, Kind.COMPLETION, Kind.PREAUTH_VOID,
      Kind.SALE_VOID, Kind.COMPLETION_VOID, Kind.REFUND, Kind.REVERSAL}
 )  # fmt: skip
+# What a batch's totals (48) count as sales: approved sales and completions, still captured
+SALE_KINDS: Final = (Kind.SALE.value, Kind.COMPLETION.value)
 # A reversal's reason (39): no response, terminal fault, response MAC failed, other (spec §3)
 REVERSAL_REASONS: Final = frozenset({"98", "96", "A0", "06"})
 # Requests whose payment carries the request's identity as its Idempotency-Key: found even

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from shoudan.core.db import DriverSQL
 from shoudan.core.ids import new_id
 from shoudan.gateway.codec import BatchTotals
-from shoudan.gateway.domain import REVERSAL_MTI, Identity, Kind
+from shoudan.gateway.domain import REVERSAL_MTI, SALE_KINDS, Identity, Kind
 from shoudan.gateway.models import GatewayCase, GatewayRequest, TerminalSession
 from shoudan.gateway.response_codes import APPROVED
 from shoudan.payments.domain import PaymentStatus
@@ -26,7 +26,6 @@ from shoudan.payments.models import Payment
 from shoudan.refunds.domain import LIVE
 from shoudan.refunds.models import Refund
 
-SALE_KINDS = (Kind.SALE.value, Kind.COMPLETION.value)
 LIVE_REFUNDS = tuple(status.value for status in LIVE)
 
 

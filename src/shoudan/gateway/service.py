@@ -72,6 +72,7 @@ from shoudan.gateway.domain import (
     REQUEST_MTIS,
     REQUIRED,
     REVERSAL_REASONS,
+    SALE_KINDS,
     Identity,
     Kind,
     Transaction,
@@ -744,7 +745,7 @@ class GatewayService:
         if txn.kind in (Kind.SALE_VOID, Kind.COMPLETION_VOID, Kind.PREAUTH_VOID):
             self._case(ctx, VOID_REVERSAL, "a void cannot be undone", original.payment_id)
         else:
-            self._undo(ctx, original.payment_id)
+            self._undo(ctx, txn.kind, original.payment_id)
         return _Result(APPROVED, {37: original.rrn} if original.rrn else {}, original.payment_id)
 
     def _reverse_unjournaled(
@@ -767,12 +768,17 @@ class GatewayService:
         if ctx.message.has(4) and _amount(ctx) != payment.amount:
             self._case(ctx, REVERSAL_MISMATCH, "does not match its original", payment.id)
         else:
-            self._undo(ctx, payment.id)  # a declined payment is left as it is
+            self._undo(ctx, txn.kind, payment.id)  # a declined payment is left as it is
         return _Result(APPROVED, {37: payment.rrn}, payment.id)
 
-    def _undo(self, ctx: _Context, payment_id: str) -> None:
-        """Reverse the payment; one the host cannot undo by itself becomes a case: settled,
-        or refunded since (undoing it whole would give the refunded money back twice)."""
+    def _undo(self, ctx: _Context, kind: Kind, payment_id: str) -> None:
+        """Reverse the payment; one the host cannot undo by itself becomes a case: settled
+        (by us, or a sale or completion of a batch the terminal has closed — its totals
+        counted it), or refunded since (undoing it whole would give the refunded money back
+        twice)."""
+        if kind.value in SALE_KINDS and ctx.identity.batch != ctx.open_batch:
+            self._case(ctx, SETTLED_REVERSAL, "reversal after its batch was settled", payment_id)
+            return
         payment = self.payments.get(ctx.principal, payment_id)
         if payment.settled_at is not None:
             self._case(ctx, SETTLED_REVERSAL, "reversal after settlement", payment_id)
@@ -783,11 +789,11 @@ class GatewayService:
             if error.code is not ErrorCode.INVALID_TRANSITION:
                 raise
             settled = self.payments.get(ctx.principal, payment_id).settled_at is not None
-            kind, detail = (
+            case, detail = (
                 (SETTLED_REVERSAL, "reversal after settlement") if settled
                 else (REFUNDED_REVERSAL, "reversal of a refunded payment")
             )  # fmt: skip
-            self._case(ctx, kind, detail, payment_id)
+            self._case(ctx, case, detail, payment_id)
 
     def _case(self, ctx: _Context, kind: str, detail: str, payment_id: str | None) -> None:
         log.warning("iso8583 case=%s terminal=%s stan=%s", kind, ctx.identity.terminal_id,
