@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, event, func, select
 from typer.testing import CliRunner
 
 from shoudan.api.app import create_app
@@ -302,6 +302,52 @@ def test_concurrent_copies_of_one_request_make_one_payment(gw: Gateway) -> None:
     assert len(set(replies)) == 1 and replies[0] is not None
     assert decode(replies[0][11:]).text(39) == "00"
     assert len(gw.payments()) == 1 and journal_count(gw) == 1  # sign-ons are not journaled
+
+
+def test_concurrent_sales_share_commits_and_each_keeps_its_own_result(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """Eight terminals' worth of ¥50,000 sales at once, on a card allowed ¥200,000 a day, over
+    eight connections (SQLite, as `shoudan gateway` runs: group commit). The day's limit is
+    checked again at the write, under the write lock, so the sales that all passed the first
+    check are refused there one by one — inside groups whose other members commit: four
+    answered 00, four 61, and fewer commits than sales."""
+    database = Database(sqlite_url, group_commit=Settings().sqlite_group_commit)
+    world = build_world(database, tmp_path)
+    gateway = start_gateway(world)
+    commits: list[int] = []
+    event.listen(database.engine, "commit", lambda _connection: commits.append(1))
+    try:
+        terminal = gateway.signed_on()
+        requests = [
+            terminal.mac(terminal.client.card_message(Kind.SALE, card(), 5_000_000))
+            for _ in range(8)
+        ]
+        commits.clear()
+        start = threading.Barrier(len(requests))
+        replies: dict[int, bytes | None] = {}
+
+        def send(index: int) -> None:
+            start.wait()
+            replies[index] = exchange(gateway.port, requests[index])
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(len(requests))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        codes = sorted(decode(reply[11:]).text(39) or "" for reply in replies.values() if reply)
+        assert codes == ["00"] * 4 + ["61"] * 4
+        assert len(commits) < len(requests)  # groups, not one commit per sale
+        payments = gateway.payments()
+        assert sorted(p.status for p in payments) == ["captured"] * 4 + ["declined"] * 4
+        assert sum(p.captured_amount for p in payments) == 20_000_000
+        assert journal_count(gateway) == 8  # every answer journaled, refusals included
+    finally:
+        gateway.background.stop()
+        database.dispose()
+    assert world.container.ledger.verify().ok
+    check_day_totals(world)
 
 
 # -- reversal ------------------------------------------------------------------------------------
