@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from shoudan.api.app import create_app
 from shoudan.auth.domain import Principal, Role
-from shoudan.channels.domain import CardData, EntryMode
+from shoudan.channels.domain import CardData, ChannelResult, EntryMode
 from shoudan.channels.sandbox import SandboxChannel
 from shoudan.cli.main import app as cli
 from shoudan.cli.serve import _serve_with_gateway
@@ -31,7 +31,7 @@ from shoudan.core.config import Settings
 from shoudan.core.db import Database
 from shoudan.gateway import keys, repository
 from shoudan.gateway.codec import MAC_FIELD, BatchTotals, Message, decode, encode
-from shoudan.gateway.domain import Kind
+from shoudan.gateway.domain import Kind, next_stan
 from shoudan.gateway.models import GatewayRequest, TerminalSession
 from shoudan.gateway.simulator import BY_KIND, Card, Reply
 from shoudan.payments.domain import PaymentStatus
@@ -393,6 +393,21 @@ def test_reversal_finds_a_sale_whose_journal_row_was_lost(gw: Gateway) -> None:
     assert len(gw.payments()) == 1
 
 
+def test_a_sale_no_batch_counted_is_undone_even_after_its_batch_closed(gw: Gateway) -> None:
+    """Its journal row lost, the sale is in nobody's totals (the terminal never got its
+    answer): its reversal after the 0500 still undoes it."""
+    terminal = gw.signed_on()
+    sale = terminal.client.sale(card(), 10_000)
+    with gw.world.container.database.transaction() as session:
+        session.execute(delete(GatewayRequest).where(GatewayRequest.kind == Kind.SALE.value))
+    terminal.state.journal.clear()  # the terminal never got the answer either
+    assert terminal.client.settle().response.text(48) == "0" * 30 + "1"  # balanced, without it
+    answer = exchange(gw.port, terminal.mac(reversal_of(sale.request)))
+    assert answer is not None and decode(answer[11:]).text(39) == "00"
+    assert gw.payment(sale.response.text(37) or "").status == PaymentStatus.REVERSED.value
+    assert gw.cases() == []
+
+
 def test_reversal_after_settlement_is_recorded_and_acknowledged(gw: Gateway) -> None:
     terminal = gw.signed_on()
     sale = terminal.client.sale(card(), 10_000)
@@ -421,6 +436,20 @@ def test_reversal_after_the_terminal_settled_its_batch_is_recorded_for_staff(gw:
     assert gw.payment(preauth.response.text(37) or "").status == PaymentStatus.REVERSED.value
     [case] = gw.cases()
     assert (case.kind, case.stan) == ("settled_reversal", sale.request.text(11))
+
+
+def test_reversal_of_a_preauth_completed_in_a_closed_batch_is_recorded_for_staff(
+    gw: Gateway,
+) -> None:
+    terminal = gw.signed_on()
+    preauth = terminal.client.preauth(card(), 30_000)
+    assert terminal.client.complete(card(), 25_000, preauth.request.text(11)).code == "00"
+    assert terminal.client.settle().response.text(48) == "000000025000001" + "0" * 15 + "1"
+    answer = exchange(gw.port, terminal.mac(reversal_of(preauth.request)))
+    assert answer is not None and decode(answer[11:]).text(39) == "00"
+    payment = gw.payment(preauth.response.text(37) or "")
+    assert payment.status == PaymentStatus.CAPTURED.value  # counted by the closed batch
+    assert [case.kind for case in gw.cases()] == ["settled_reversal"]
 
 
 def test_reversal_of_a_refunded_sale_is_recorded_for_staff_and_acknowledged(gw: Gateway) -> None:
@@ -505,6 +534,37 @@ def test_void_after_batch_settlement_is_refused(gw: Gateway) -> None:
     assert gw.payment(sale.response.text(37) or "").status == PaymentStatus.CAPTURED.value
     # and a request still numbered in the closed batch is out of step
     assert void_of(terminal, sale, batch=old_batch) == "22"
+
+
+def test_a_void_whose_identity_another_request_took_meanwhile_still_follows_the_network(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another gateway process journals a different request under the void's identity while
+    the network voids: the void is recorded all the same (our books follow the network), the
+    terminal gets that identity's answer (94: another request), and staff get a case."""
+    terminal = gw.signed_on()
+    sale = terminal.client.sale(card(), 10_000)
+    container, void_stan = gw.world.container, next_stan(terminal.state.stan)
+    network_void = container.payments.channel.void
+
+    def meanwhile_another_request(reference: str) -> ChannelResult:
+        result = network_void(reference)
+        with container.database.transaction() as session:
+            session.add(GatewayRequest(
+                terminal_id=terminal.state.terminal_id, merchant_id=terminal.state.merchant_id,
+                mti="0200", batch=terminal.state.batch, stan=void_stan, kind="balance",
+                request_hash="0" * 64, response_code="00", response=b"",
+                created_at=gw.world.clock.now(),
+            ))  # fmt: skip
+        return result
+
+    monkeypatch.setattr(container.payments.channel, "void", meanwhile_another_request)
+    void = terminal.client.void(card(), sale.request.text(11))
+    assert void.request.text(11) == void_stan and void.code == "94"
+    payment = gw.payment(sale.response.text(37) or "")
+    assert payment.status == PaymentStatus.VOIDED.value
+    [case] = gw.cases()
+    assert (case.kind, case.payment_id, case.stan) == ("answered_elsewhere", payment.id, void_stan)
 
 
 # -- pre-authorisation ---------------------------------------------------------------------------

@@ -330,6 +330,9 @@ def test_cli_reverse_by_stan_undoes_the_sale(edge: Edge, tmp_path: Path) -> None
 
     nothing = run("reverse")  # no pending reversal and no STAN given
     assert nothing.exit_code == 1 and "nothing to reverse" in nothing.output
+    odd = run("reverse", "--pan", CREDIT, "--original-stan", stan, "--reason", "68")
+    assert odd.exit_code == 1 and "98, 96, A0 or 06" in odd.output  # never sent nor kept
+    assert gw.payment(rrn).status == PaymentStatus.CAPTURED.value
 
     reversed_ = run("reverse", "--pan", CREDIT, "--original-stan", stan)
     assert reversed_.exit_code == 0, reversed_.output

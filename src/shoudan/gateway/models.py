@@ -9,6 +9,7 @@ hash, and stored responses never carry card data (the host does not echo field 2
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Final
 
 from sqlalchemy import BigInteger, ForeignKey, Index, Integer, LargeBinary, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
@@ -32,6 +33,10 @@ class TerminalSession(Base):
     batch: Mapped[str] = mapped_column(String(6))  # the open batch (60.2)
     signed_on_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+# A request's identity (spec §3: MTI, 41, 42, 60.2, 11): one journal row each
+IDENTITY_COLUMNS: Final = ("terminal_id", "merchant_id", "batch", "stan", "mti")
 
 
 class GatewayRequest(Base):
@@ -62,7 +67,7 @@ class GatewayRequest(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
     __table_args__ = (
-        UniqueConstraint("terminal_id", "merchant_id", "batch", "stan", "mti"),
+        UniqueConstraint(*IDENTITY_COLUMNS),
         Index(None, "terminal_id", "batch", "kind"),
         Index(None, "payment_id"),
     )

@@ -109,6 +109,23 @@ def batch_totals(session: Session, terminal_id: str, batch: str) -> BatchTotals:
     return BatchTotals(sales_amount, sales_count, refunds_amount, refunds_count)
 
 
+def counted_in_a_closed_batch(
+    session: Session, terminal_id: str, payment_id: str, open_batch: str | None
+) -> bool:
+    """Did a batch of this terminal that is closed now count this payment — an approved sale
+    or completion of it journaled in a batch other than the open one?"""
+    found = session.execute(
+        select(GatewayRequest.id).where(
+            GatewayRequest.payment_id == payment_id,
+            GatewayRequest.terminal_id == terminal_id,
+            GatewayRequest.kind.in_(SALE_KINDS),
+            GatewayRequest.response_code == APPROVED,
+            GatewayRequest.batch != open_batch,
+        ).limit(1)
+    ).first()
+    return found is not None
+
+
 def _sales_totals(session: Session, terminal_id: str, batch: str) -> tuple[int, int]:
     amount, count = session.execute(
         select(func.coalesce(func.sum(Payment.captured_amount), 0), func.count(Payment.id))

@@ -72,7 +72,6 @@ from shoudan.gateway.domain import (
     REQUEST_MTIS,
     REQUIRED,
     REVERSAL_REASONS,
-    SALE_KINDS,
     Identity,
     Kind,
     Transaction,
@@ -95,7 +94,7 @@ from shoudan.gateway.keys import (
     mac_matches,
     retail_mac,
 )
-from shoudan.gateway.models import GatewayRequest, TerminalSession
+from shoudan.gateway.models import IDENTITY_COLUMNS, GatewayRequest, TerminalSession
 from shoudan.gateway.response_codes import (
     APPROVED,
     DUPLICATE,
@@ -116,6 +115,7 @@ from shoudan.payments.models import Payment
 from shoudan.payments.service import (
     AlsoRecord,
     AlsoRow,
+    AlsoWrite,
     CardInput,
     PaymentFilters,
     PaymentRequest,
@@ -136,6 +136,8 @@ SETTLED_REVERSAL, REFUNDED_REVERSAL, VOID_REVERSAL, REVERSAL_MISMATCH, UNBALANCE
     "settled_reversal", "refunded_reversal", "void_reversal", "reversal_mismatch",
     "unbalanced_batch",
 )  # fmt: skip
+# a completion or void applied whose identity another request took meanwhile (another process)
+ANSWERED_ELSEWHERE: Final = "answered_elsewhere"
 # field 54: account type, amount type (02 available), currency, sign, amount n12
 BALANCE_PREFIX: Final = "0002156"
 # a refund advice's original: payments with its RRN made by the terminal (one per day at most)
@@ -203,6 +205,7 @@ class _Result:
     rrn: str | None = None
     journal: bool = True
     body: bytes | None = None  # the reply, already journaled (in its payment's transaction)
+    taken: bool = False  # applied, but its journal row was not written: the identity was taken
 
 
 @dataclass(slots=True)
@@ -429,13 +432,17 @@ class GatewayService:
         except DomainError as error:
             # the network's own refusal (a completion over the card's open-to-buy: 51) as it
             # gave it; our rules' refusals through the one table
-            code = error.details.get("network_response_code") or field_39(error.code)
+            code = _network_code(error) or field_39(error.code)
             result = _Result(code, journal=error.code not in TRANSIENT_ERRORS)
         except IntegrityError as error:  # a journal row, taken meanwhile
             return self._answered_meanwhile(ctx, error)
         return self._respond(ctx, result)
 
     def _respond(self, ctx: _Context, result: _Result) -> Outcome:
+        if result.taken:  # applied, but another request took its identity: staff must know
+            detail = "applied, but its identity was answered to another request"
+            self._case(ctx, ANSWERED_ELSEWHERE, detail, result.payment_id)
+            return self._answered_meanwhile(ctx, LookupError("the journal row is not there"))
         if result.body is not None:  # journaled with its payment
             return self._outcome(ctx, result.body, result.code, result.rrn)
         body = self._body(ctx, result)
@@ -447,7 +454,7 @@ class GatewayService:
                 return self._answered_meanwhile(ctx, error)
         return self._outcome(ctx, body, result.code, result.rrn)
 
-    def _answered_meanwhile(self, ctx: _Context, error: IntegrityError) -> Outcome:
+    def _answered_meanwhile(self, ctx: _Context, error: Exception) -> Outcome:
         """The same identity was journaled meanwhile (by another process): answer as it did."""
         with self.database.read() as session:
             stored = repository.find_request(session, ctx.identity)
@@ -616,6 +623,22 @@ class GatewayService:
 
         return journal, answers
 
+    def _journaled_change(
+        self, ctx: _Context, answer: Callable[[Payment], _Result]
+    ) -> tuple[AlsoWrite, dict[str, _Result]]:
+        """``_journaled`` for a completion or a void: the network has made the change by the
+        time its row is written, so the change commits even when another request took its
+        identity meanwhile (another process: same 41, 42, 60.2, 11 and MTI); its row is then
+        not written, and the answer is that request's (``_Result.taken``)."""
+        row_of, answers = self._journaled(ctx, answer)
+
+        def journal(driver: DriverSQL, payment: Payment) -> None:
+            model, row = row_of(payment)
+            if not driver.insert(model, row, unless_taken=IDENTITY_COLUMNS, returning="id"):
+                answers[payment.rrn].taken = True
+
+        return journal, answers
+
     def _balance(self, ctx: _Context) -> _Result:
         card = self._card(ctx)
         if not isinstance(self.channel, BalanceInquiry):
@@ -652,7 +675,7 @@ class GatewayService:
         def completed(payment: Payment) -> _Result:
             return _payment_result(payment, payment.captured_amount)
 
-        journal, answers = self._journaled(ctx, completed)
+        journal, answers = self._journaled_change(ctx, completed)
         payment = self.payments.capture(
             ctx.principal, original.payment_id, _amount(ctx), also=journal
         )
@@ -676,7 +699,7 @@ class GatewayService:
         if payment.status != expected.value:
             raise _Answer(INVALID_TRANSACTION, f"the payment is {payment.status}", journal=True)
         amount = _amount(ctx)  # the original's, checked above
-        journal, answers = self._journaled(
+        journal, answers = self._journaled_change(
             ctx, lambda voided: _payment_result(voided, amount, approved=True)
         )
         payment = self.payments.void(ctx.principal, payment.id, also=journal)
@@ -745,7 +768,7 @@ class GatewayService:
         if txn.kind in (Kind.SALE_VOID, Kind.COMPLETION_VOID, Kind.PREAUTH_VOID):
             self._case(ctx, VOID_REVERSAL, "a void cannot be undone", original.payment_id)
         else:
-            self._undo(ctx, txn.kind, original.payment_id)
+            self._undo(ctx, original.payment_id)
         return _Result(APPROVED, {37: original.rrn} if original.rrn else {}, original.payment_id)
 
     def _reverse_unjournaled(
@@ -768,15 +791,19 @@ class GatewayService:
         if ctx.message.has(4) and _amount(ctx) != payment.amount:
             self._case(ctx, REVERSAL_MISMATCH, "does not match its original", payment.id)
         else:
-            self._undo(ctx, txn.kind, payment.id)  # a declined payment is left as it is
+            self._undo(ctx, payment.id)  # a declined payment is left as it is
         return _Result(APPROVED, {37: payment.rrn}, payment.id)
 
-    def _undo(self, ctx: _Context, kind: Kind, payment_id: str) -> None:
+    def _undo(self, ctx: _Context, payment_id: str) -> None:
         """Reverse the payment; one the host cannot undo by itself becomes a case: settled
-        (by us, or a sale or completion of a batch the terminal has closed — its totals
-        counted it), or refunded since (undoing it whole would give the refunded money back
-        twice)."""
-        if kind.value in SALE_KINDS and ctx.identity.batch != ctx.open_batch:
+        (by us, or counted by a batch the terminal has closed: its sale or completion was
+        journaled there), or refunded since (undoing it whole would give the refunded money
+        back twice)."""
+        with self.database.read() as session:
+            counted = repository.counted_in_a_closed_batch(
+                session, ctx.identity.terminal_id, payment_id, ctx.open_batch
+            )
+        if counted:
             self._case(ctx, SETTLED_REVERSAL, "reversal after its batch was settled", payment_id)
             return
         payment = self.payments.get(ctx.principal, payment_id)
@@ -902,6 +929,14 @@ def _check_fields(txn: Transaction, message: Message) -> None:
             raise FieldError("a refund names its original's date in 61.3")
     except FieldError as error:
         raise _Answer(FORMAT_ERROR, str(error)) from None
+
+
+def _network_code(error: DomainError) -> str | None:
+    """The network's own response code a refusal carries, if it is one field 39 can hold."""
+    code = error.details.get("network_response_code")
+    if isinstance(code, str) and len(code) == 2 and code.isascii() and code.isalnum():
+        return code
+    return None
 
 
 def _month_day(business_date: str) -> str:

@@ -41,6 +41,7 @@ from shoudan.gateway.domain import (
     FIRST_BATCH,
     PENDING_REVIEW,
     REVERSAL_MTI,
+    REVERSAL_REASONS,
     SALE_KINDS,
     TRANSACTIONS,
     Kind,
@@ -382,6 +383,9 @@ class TerminalClient:
     ) -> Reply:
         """Send the pending reversal; or, with ``original_stan`` and the card, reverse that
         transaction of this batch (as a terminal does when it could not use an answer)."""
+        reason = reason.upper()
+        if reason not in REVERSAL_REASONS:  # the host would answer 30, and it would be resent
+            raise SimulatorError(f"a reversal's reason is 98, 96, A0 or 06, not {reason!r}")
         state = self.state
         if original_stan is not None:
             if card is None:

@@ -130,6 +130,11 @@ class PaymentSearch:
 # void, inside it.
 AlsoRow = tuple[type[Base], dict[str, Any]]
 AlsoRecord = Callable[[Payment], AlsoRow]
+# What to write with a completion or a void, in the transaction that records it, after it (the
+# gateway's journal row). The network has made the change by then, so our books must follow it:
+# the hook must not fail for a reason of its own (the gateway's row is written unless its
+# identity is taken).
+AlsoWrite = Callable[[DriverSQL, Payment], None]
 
 # SQLite: RRN numbers a process draws from the business day's counter at a time (_RrnNumbers)
 RRN_BLOCK = 1000
@@ -550,7 +555,7 @@ class PaymentService:
 
     # -- capture (completion) -------------------------------------------------------------
     def capture(
-        self, principal: Principal, payment_id: str, amount: int, *, also: AlsoRecord | None = None
+        self, principal: Principal, payment_id: str, amount: int, *, also: AlsoWrite | None = None
     ) -> Payment:
         """Capture an authorised payment (预授权完成). ``also`` runs in the transaction that
         records the capture."""
@@ -592,12 +597,13 @@ class PaymentService:
                 VoidHold(f"pay:{payment.id}:auth-release", f"pay:{payment.id}:auth"),
                 _capture_entry(payment),
             )))  # fmt: skip
-            _write_also(driver, also, payment)
+            if also is not None:
+                also(driver, payment)
             return payment
 
     # -- void -------------------------------------------------------------------------------
     def void(
-        self, principal: Principal, payment_id: str, *, also: AlsoRecord | None = None
+        self, principal: Principal, payment_id: str, *, also: AlsoWrite | None = None
     ) -> Payment:
         """Void a payment in full (撤销). ``also`` runs in the transaction that records the
         void."""
@@ -620,7 +626,8 @@ class PaymentService:
             # A refund requested since our check is not sent yet: the network now refuses it
             # (the payment is voided there), and its holds are released when it fails.
             self._undo(session, payment, PaymentStatus.VOIDED, principal, now)
-            _write_also(DriverSQL(session), also, payment)
+            if also is not None:
+                also(DriverSQL(session), payment)
             return payment
 
     # -- reverse ----------------------------------------------------------------------------
@@ -784,12 +791,6 @@ class PaymentService:
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-def _write_also(driver: DriverSQL, also: AlsoRecord | None, payment: Payment) -> None:
-    if also is not None:
-        model, row = also(payment)
-        driver.insert(model, row)
 
 
 def upstream_reference_of(payment: Payment) -> str:
