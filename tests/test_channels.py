@@ -628,6 +628,31 @@ def test_void(channel: SandboxChannel) -> None:
     assert channel.void("V3").response_code == "12"  # refunded: no void any more
 
 
+def test_reverse_void(channel: SandboxChannel) -> None:
+    """撤销冲正: a voided transaction stands again as it was, once, with its open-to-buy."""
+    sale(channel, PAN_APPROVE_CREDIT, reference="RV1")
+    assert channel.void("RV1").approved
+    restored = channel.reverse_void("RV1")
+    assert restored.approved and restored.state is TxnState.CAPTURED
+    assert channel.reverse_void("RV1").approved  # idempotent
+    assert channel.void("RV1").approved  # and it can be voided again
+    sale(channel, PAN_APPROVE_CREDIT, reference="RV2", capture=False)
+    assert channel.void("RV2").approved
+    assert channel.reverse_void("RV2").state is TxnState.AUTHORIZED  # as before the void
+    assert channel.reverse_void("unknown").response_code == "25"
+    sale(channel, PAN_APPROVE_CREDIT, reference="RV3")
+    assert channel.reverse("RV3").approved
+    assert channel.reverse_void("RV3").response_code == "12"  # no void to undo
+    # the open-to-buy it gave back is spent meanwhile: 51, and it stays voided
+    assert sale(channel, PAN_OPEN_TO_BUY, 100_000, reference="RV4").approved
+    assert channel.void("RV4").approved
+    assert sale(channel, PAN_OPEN_TO_BUY, 30_000, reference="RV5").approved
+    refused = channel.reverse_void("RV4")
+    assert refused.response_code == "51" and refused.state is TxnState.VOIDED
+    assert channel.void("RV5").approved
+    assert channel.reverse_void("RV4").approved and channel.open_to_buy_remaining() == 0
+
+
 def test_reverse(channel: SandboxChannel) -> None:
     unknown = channel.reverse("never-seen")
     assert unknown.approved and unknown.network is None and unknown.state is TxnState.REVERSED

@@ -34,7 +34,9 @@ from shoudan.gateway.codec import MAC_FIELD, BatchTotals, Message, decode, encod
 from shoudan.gateway.domain import Kind, next_stan
 from shoudan.gateway.models import GatewayRequest, TerminalSession
 from shoudan.gateway.simulator import BY_KIND, Card, Reply
+from shoudan.ledger.models import LedgerEntry
 from shoudan.payments.domain import PaymentStatus
+from shoudan.payments.service import upstream_reference_of
 from shoudan.refunds.models import Refund
 from shoudan.terminals.service import set_terminal_status
 from tests.gateway_world import (
@@ -482,13 +484,66 @@ def test_reversal_of_a_preauth_and_of_a_void(gw: Gateway) -> None:
     preauth = terminal.client.preauth(card(), 30_000)
     assert terminal.client.reverse(card(), preauth.request.text(11)).code == "00"
     assert gw.payment(preauth.response.text(37) or "").status == PaymentStatus.REVERSED.value
+    assert gw.cases() == []
+
+
+def test_reversal_of_a_void_captures_the_payment_again(gw: Gateway) -> None:
+    """撤销冲正: the terminal never saw the void's answer, so the sale stands — upstream, in
+    the books and in the batch's totals; it can then be voided again, once more in full."""
+    terminal = gw.signed_on()
+    sale = terminal.client.sale(card(), 10_000)
+    rrn = sale.response.text(37) or ""
+    void = terminal.client.void(card(), sale.request.text(11))
+    assert void.code == "00" and gw.payment(rrn).status == PaymentStatus.VOIDED.value
+    assert terminal.client.reverse(card(), void.request.text(11)).code == "00"
+    payment = gw.payment(rrn)
+    assert payment.status == PaymentStatus.CAPTURED.value and payment.voided_at is None
+    network = gw.world.container.payments.channel.query(upstream_reference_of(payment))
+    assert network is not None and network.state == "captured"
+    assert terminal.client.reverse(card(), void.request.text(11)).code == "00"  # resent: once
+    assert gw.payment(rrn).status == PaymentStatus.CAPTURED.value
+    again = terminal.client.void(card(), sale.request.text(11))  # a new void, a new STAN
+    assert again.code == "00" and gw.payment(rrn).status == PaymentStatus.VOIDED.value
+    with gw.world.container.database.read() as session:
+        entries = set(session.scalars(select(LedgerEntry.id).where(
+            LedgerEntry.id.like(f"pay:{payment.id}:%")
+        )))  # fmt: skip
+    assert entries == {f"pay:{payment.id}:{verb}" for verb in (
+        "capture", "void", "void-reversal", "void-2",
+    )}  # fmt: skip
+    assert terminal.client.settle().response.text(48) == "0" * 30 + "1"  # voided: not counted
+    assert gw.cases() == []
+    check_day_totals(gw.world)
+
+
+def test_a_sale_whose_void_was_reversed_is_in_both_sides_totals(gw: Gateway) -> None:
+    terminal = gw.signed_on()
     sale = terminal.client.sale(card(), 10_000)
     void = terminal.client.void(card(), sale.request.text(11))
-    assert void.code == "00"
-    # a void cannot be undone by the host: acknowledged, left to staff
     assert terminal.client.reverse(card(), void.request.text(11)).code == "00"
+    assert [e.status for e in terminal.state.journal] == ["approved", "reversed"]
+    settled = terminal.client.settle()
+    assert settled.response.text(48) == "000000010000001" + "0" * 15 + "1"  # balanced
+    assert gw.cases() == []
+
+
+def test_reversal_of_a_preauth_void_or_of_a_settled_batchs_void_is_left_to_staff(
+    gw: Gateway,
+) -> None:
+    terminal = gw.signed_on()
+    preauth = terminal.client.preauth(card(), 30_000)
+    cancel = terminal.client.void(card(), preauth.request.text(11))
+    assert cancel.code == "00"
+    assert terminal.client.reverse(card(), cancel.request.text(11)).code == "00"
+    # its hold is gone for good: a later completion would name it
+    assert gw.payment(preauth.response.text(37) or "").status == PaymentStatus.VOIDED.value
+    sale = terminal.client.sale(card(), 10_000)
+    void = terminal.client.void(card(), sale.request.text(11))
+    assert terminal.client.settle().code == "00"  # the batch closes without the voided sale
+    answer = exchange(gw.port, terminal.mac(reversal_of(void.request)))
+    assert answer is not None and decode(answer[11:]).text(39) == "00"
     assert gw.payment(sale.response.text(37) or "").status == PaymentStatus.VOIDED.value
-    assert [case.kind for case in gw.cases()] == ["void_reversal"]
+    assert [case.kind for case in gw.cases()] == ["void_reversal", "void_reversal"]
 
 
 # -- voids ---------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from shoudan.payments.domain import (
     PaymentStatus,
     check_capture,
     check_void,
+    check_void_reversal,
     compose_rrn,
     masked_card_number,
     transition,
@@ -39,6 +40,19 @@ def test_transition_table_is_closed() -> None:
                 with pytest.raises(DomainError) as refused:
                     transition(current, target)
                 assert refused.value.code is ErrorCode.INVALID_TRANSITION
+
+
+def test_only_a_captured_payments_void_before_settlement_can_be_undone() -> None:
+    check_void_reversal(facts(PaymentStatus.VOIDED), captured_amount=10_000)
+    for refused, captured in (
+        (facts(PaymentStatus.VOIDED), 0),  # a pre-auth's void: its hold is gone
+        (facts(PaymentStatus.VOIDED, settled=True), 10_000),
+        (facts(PaymentStatus.REVERSED), 10_000),
+        (facts(PaymentStatus.CAPTURED), 10_000),
+    ):
+        with pytest.raises(DomainError) as error:
+            check_void_reversal(refused, captured)
+        assert error.value.code is ErrorCode.INVALID_TRANSITION
 
 
 def test_void_window_is_the_shanghai_business_day() -> None:

@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 
 from shoudan.auth.domain import Principal, Role
 from shoudan.core.db import Database, DriverSQL
+from shoudan.core.errors import DomainError, ErrorCode
 from shoudan.notifications.models import OutboxEvent
 from shoudan.payments.domain import EntryMode, Method
 from shoudan.payments.models import Payment, PaymentStatusChange, RrnCounter
@@ -207,6 +208,41 @@ def test_also_writes_with_a_completion_and_a_void_in_their_transaction(world: Wo
         )
     assert notes == {"evt_note_taken", "evt_note_capture", "evt_note_void"}
     assert seen == ["taken: captured", "capture: captured", "taken: voided", "void: voided"]
+    check_day_totals(world)
+
+
+def test_a_reversed_void_captures_again_and_a_second_void_has_its_own_entry_and_event(
+    world: World,
+) -> None:
+    payments, principal = world.container.payments, _principal(world)
+    sale = payments.create(principal, _request(world, key="s"))
+    payments.void(principal, sale.id)
+    restored = payments.reverse_void(principal, sale.id)
+    assert (restored.status, restored.voided_at) == ("captured", None)
+    assert payments.reverse_void(principal, sale.id).status == "captured"  # idempotent
+    check_day_totals(world)  # counted again
+    payments.void(principal, sale.id)
+    with world.container.database.read() as session:
+        events = list(session.scalars(
+            select(OutboxEvent.topic).where(OutboxEvent.dedupe_key.like(f"{sale.id}:%"))
+            .order_by(OutboxEvent.created_at, OutboxEvent.id)
+        ))  # fmt: skip
+        history = list(session.scalars(
+            select(PaymentStatusChange.to_status).where(PaymentStatusChange.payment_id == sale.id)
+            .order_by(PaymentStatusChange.id)
+        ))  # fmt: skip
+    assert events.count("payment.voided") == 2 and events.count("payment.captured") >= 1
+    assert history == ["captured", "voided", "captured", "voided"]
+
+    preauth = payments.create(principal, replace(_request(world, key="p"), capture=False))
+    payments.void(principal, preauth.id)
+    with pytest.raises(DomainError) as refused:  # its hold is gone for good
+        payments.reverse_void(principal, preauth.id)
+    assert refused.value.code is ErrorCode.INVALID_TRANSITION
+    assert payments.get(principal, preauth.id).status == "voided"
+    reversed_sale = payments.reverse(principal, payments.create(principal, _request(world)).id)
+    with pytest.raises(DomainError):  # no void to undo
+        payments.reverse_void(principal, reversed_sale.id)
     check_day_totals(world)
 
 

@@ -335,6 +335,12 @@ class Channel(Protocol):
 
     def void(self, reference: str) -> ChannelResult: ...
 
+    def reverse_void(self, reference: str) -> ChannelResult:
+        """Undo the void of ``reference`` (撤销冲正: the terminal never saw its answer): the
+        transaction stands as before it. Idempotent; refused (with the network's code) when
+        it cannot stand again, e.g. the card's open-to-buy is used meanwhile."""
+        ...
+
     def reverse(self, reference: str) -> ChannelResult:
         """Undo whatever ``reference`` did, if anything; always approved, also when unknown."""
         ...

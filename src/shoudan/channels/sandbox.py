@@ -487,6 +487,30 @@ class SandboxChannel:
             txn.state = TxnState.VOIDED
             return self._result(reference, ResponseCode.APPROVED, txn.network, txn.state)
 
+    def reverse_void(self, reference: str) -> ChannelResult:
+        """Undo a void (撤销冲正): the transaction is authorised or captured again, as before
+        the void, and takes its open-to-buy back (``51`` if it is used meanwhile).
+        Idempotent: a transaction that stands is approved again."""
+        self._delay()
+        with self._books() as books:
+            txn = books.txn(reference)
+            if txn is None:
+                return self._result(reference, ResponseCode.ORIGINAL_NOT_FOUND, None, None)
+            before = TxnState.CAPTURED if txn.captured else TxnState.AUTHORIZED
+            if txn.state is before:
+                return self._result(reference, ResponseCode.APPROVED, txn.network, txn.state)
+            if txn.state is not TxnState.VOIDED:
+                return self._result(
+                    reference, ResponseCode.INVALID_TRANSACTION, txn.network, txn.state,
+                    f"no void to undo: the transaction is {txn.state}",
+                )  # fmt: skip
+            if not self._hold(books, txn, txn.captured or txn.amount):
+                return self._result(
+                    reference, ResponseCode.INSUFFICIENT_FUNDS, txn.network, txn.state
+                )
+            txn.state = before
+            return self._result(reference, ResponseCode.APPROVED, txn.network, txn.state)
+
     def reverse(self, reference: str) -> ChannelResult:
         """Undo whatever ``reference`` did (冲正). Always approved — also for an unknown or
         declined reference — so the sender can stop resending. An unknown reference is

@@ -766,7 +766,7 @@ class GatewayService:
             self._case(ctx, REVERSAL_MISMATCH, "does not match its original", original.payment_id)
             return _Result(APPROVED, payment_id=original.payment_id)
         if txn.kind in (Kind.SALE_VOID, Kind.COMPLETION_VOID, Kind.PREAUTH_VOID):
-            self._case(ctx, VOID_REVERSAL, "a void cannot be undone", original.payment_id)
+            self._undo_void(ctx, original.payment_id)
         else:
             self._undo(ctx, original.payment_id)
         return _Result(APPROVED, {37: original.rrn} if original.rrn else {}, original.payment_id)
@@ -821,6 +821,21 @@ class GatewayService:
                 else (REFUNDED_REVERSAL, "reversal of a refunded payment")
             )  # fmt: skip
             self._case(ctx, case, detail, payment_id)
+
+    def _undo_void(self, ctx: _Context, payment_id: str) -> None:
+        """撤销冲正: the payment is captured again (``PaymentService.reverse_void``). What the
+        host cannot restore by itself becomes a case: a void of a batch the terminal has
+        closed (its totals left the payment out), a pre-auth's void (its hold is gone), a
+        settled payment, the network refusing (the card's open-to-buy used meanwhile)."""
+        if ctx.identity.batch != ctx.open_batch:
+            self._case(ctx, VOID_REVERSAL, "the void's batch is settled", payment_id)
+            return
+        try:
+            self.payments.reverse_void(ctx.principal, payment_id)
+        except DomainError as error:
+            if error.code is not ErrorCode.INVALID_TRANSITION:
+                raise
+            self._case(ctx, VOID_REVERSAL, error.message[:200], payment_id)
 
     def _case(self, ctx: _Context, kind: str, detail: str, payment_id: str | None) -> None:
         log.warning("iso8583 case=%s terminal=%s stan=%s", kind, ctx.identity.terminal_id,

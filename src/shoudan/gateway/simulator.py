@@ -35,6 +35,7 @@ from shoudan.gateway.codec import (
     encode,
     parse_48,
     parse_60,
+    parse_61,
 )
 from shoudan.gateway.domain import (
     ENTRY_MODE_CODES,
@@ -63,6 +64,9 @@ DEFAULT_HEADER: Final = bytes.fromhex("603100000000")
 OPERATOR: Final = "001"
 REVERSAL_FIELDS: Final = (2, 3, 4, 11, 22, 25, 41, 42, 49, 60)
 BY_KIND: Final = {txn.kind: txn for txn in TRANSACTIONS}
+VOIDS: Final = (Kind.SALE_VOID, Kind.COMPLETION_VOID, Kind.PREAUTH_VOID)
+# the voids whose reversal the host undoes (a pre-auth's void stays: its hold is gone)
+RESTORED_BY_REVERSAL: Final = (Kind.SALE_VOID.value, Kind.COMPLETION_VOID.value)
 
 MEANINGS: Final = {
     "00": "approved 交易成功", "03": "invalid merchant 商户无效", "05": "do not honour",
@@ -105,6 +109,7 @@ class JournalEntry:
     card: str  # masked
     status: str = "approved"  # approved | voided | reversed | completed
     entry_mode: str = ""  # its field 22, which a reversal repeats ("": a state file before it)
+    original_stan: str = ""  # a void's: what it voided (its reversal makes that stand again)
 
 
 @dataclass
@@ -314,6 +319,7 @@ class TerminalClient:
             kind.value, self.state.batch, stan, amount, reply.response.text(37) or "",
             reply.response.text(38) or "", reply.response.text(13) or "", mask_pan(card.pan),
             entry_mode=message.text(22) or "",
+            original_stan=parse_61(message.text(61) or "").stan if kind in VOIDS else "",
         )  # fmt: skip
         self.state.journal.append(entry)
 
@@ -422,7 +428,14 @@ class TerminalClient:
             for entry in self.state.journal:
                 if entry.stan == stan and entry.batch == self.state.batch:
                     entry.status = "reversed"
+                    if entry.kind in RESTORED_BY_REVERSAL:  # 撤销冲正: the sale stands again
+                        self._restore(entry.original_stan)
         return reply
+
+    def _restore(self, stan: str) -> None:
+        for entry in self.state.journal:
+            if stan and entry.stan == stan and entry.kind in SALE_KINDS:
+                entry.status = "approved"
 
     def settle(self) -> Reply:
         self.flush_reversal()

@@ -54,7 +54,8 @@ TRANSITIONS: dict[PaymentStatus, frozenset[PaymentStatus]] = {
     ),
     PaymentStatus.CAPTURED: frozenset({PaymentStatus.VOIDED, PaymentStatus.REVERSED}),
     PaymentStatus.DECLINED: frozenset(),
-    PaymentStatus.VOIDED: frozenset(),
+    # a void the terminal reversed (撤销冲正): captured again, as before it
+    PaymentStatus.VOIDED: frozenset({PaymentStatus.CAPTURED}),
     PaymentStatus.REVERSED: frozenset(),
 }
 
@@ -99,6 +100,21 @@ def check_void(payment: PaymentFacts, now: datetime) -> None:
             ErrorCode.VOID_NOT_ALLOWED,
             "a void is only possible on the day of the payment: refund it instead",
         )
+
+
+def check_void_reversal(payment: PaymentFacts, captured_amount: int) -> None:
+    """Undoing a void (撤销冲正): only a captured payment's void — a voided pre-auth's hold is
+    gone for good (its completion would name it) — and only before settlement."""
+    if payment.status is not PaymentStatus.VOIDED:
+        raise DomainError(
+            ErrorCode.INVALID_TRANSITION, f"no void to undo: the payment is {payment.status}"
+        )
+    if not captured_amount:
+        raise DomainError(
+            ErrorCode.INVALID_TRANSITION, "a voided pre-authorisation cannot be restored"
+        )
+    if payment.settled:
+        raise DomainError(ErrorCode.INVALID_TRANSITION, "the payment is settled")
 
 
 def check_capture(

@@ -57,6 +57,7 @@ from shoudan.payments.domain import (
     business_date,
     check_capture,
     check_void,
+    check_void_reversal,
     compose_rrn,
     keyed_reference,
     transition,
@@ -630,6 +631,45 @@ class PaymentService:
                 also(DriverSQL(session), payment)
             return payment
 
+    def reverse_void(self, principal: Principal, payment_id: str) -> Payment:
+        """Undo a void whose answer the terminal never saw (撤销冲正): the payment is captured
+        again, as it was — upstream first, then the books (the ledger's capture again, the
+        day's totals, the history, a ``payment.captured`` event). Only a sale's or
+        completion's void, before settlement. Idempotent: a payment captured is returned as
+        it is."""
+        with self.database.read() as session:
+            payment = self._visible(session, principal, payment_id)
+            if payment.status == PaymentStatus.CAPTURED.value:
+                return payment
+            check_void_reversal(_facts(payment), payment.captured_amount)
+        result = self.channel.reverse_void(upstream_reference_of(payment))
+        if not result.approved:
+            raise DomainError(
+                ErrorCode.INVALID_TRANSITION,
+                f"the network refused to undo the void ({result.response_code}): "
+                f"{result.message}",
+                network_response_code=result.response_code,
+            )
+        with self.database.transaction() as session:
+            driver = DriverSQL(session)
+            payment = locked_payment(session, payment_id)  # restored upstream: books follow
+            if payment.status == PaymentStatus.CAPTURED.value:
+                return payment
+            check_void_reversal(_facts(payment), payment.captured_amount)
+            voided = store.times_voided(driver, payment.id)
+            key = f"void-reversal{_generation(voided - 1)}"
+            self._move(
+                session, payment, PaymentStatus.CAPTURED, principal, "void reversed",
+                self.clock.now(), event_key=key,
+            )  # fmt: skip
+            payment.voided_at = None
+            # counted again, limits not checked again: the sale stood within them before the
+            # void, and the network has already restored it
+            _count(driver, payment, counted_amount(payment))
+            entry = _capture_entry(payment)
+            self.ledger.post(session, replace(entry, id=f"pay:{payment.id}:{key}"))
+            return payment
+
     # -- reverse ----------------------------------------------------------------------------
     def reverse(self, principal: Principal, payment_id: str) -> Payment:
         """Undo a payment whose outcome was never seen. Idempotent: reversing a payment that
@@ -679,9 +719,12 @@ class PaymentService:
         now: datetime,
     ) -> None:
         was = PaymentStatus(payment.status)
-        _count(DriverSQL(session), payment, -counted_amount(payment))
-        self._move(session, payment, target, principal, target.value, now)
+        driver = DriverSQL(session)
+        _count(driver, payment, -counted_amount(payment))
         verb = "void" if target is PaymentStatus.VOIDED else "reverse"
+        if target is PaymentStatus.VOIDED:  # a void reversed before: this is another one
+            verb += _generation(store.times_voided(driver, payment.id))
+        self._move(session, payment, target, principal, target.value, now, event_key=verb)
         if was is PaymentStatus.AUTHORIZED:
             self.ledger.post(
                 session, VoidHold(f"pay:{payment.id}:{verb}", f"pay:{payment.id}:auth")
@@ -703,7 +746,11 @@ class PaymentService:
         principal: Principal,
         note: str,
         now: datetime,
+        *,
+        event_key: str | None = None,
     ) -> None:
+        """``event_key``: what tells this change's event from an earlier one to the same
+        status (a second void after a reversed one); the status by default."""
         current = PaymentStatus(payment.status)
         payment.status = transition(current, target).value
         payment.updated_at = now
@@ -719,7 +766,7 @@ class PaymentService:
             )  # fmt: skip
         emit(
             session, f"payment.{target.value}", _event(payment),
-            dedupe_key=f"{payment.id}:{target.value}", clock=self.clock,
+            dedupe_key=f"{payment.id}:{event_key or target.value}", clock=self.clock,
         )  # fmt: skip
 
     # -- reads ------------------------------------------------------------------------------
@@ -892,6 +939,12 @@ def _hold_entry(payment: Payment) -> Hold:
         ),
         code="payment.preauth",
     )
+
+
+def _generation(earlier: int) -> str:
+    """The suffix of a repeated change's ledger id and event (``void``, ``void-2`` …): the
+    ledger takes an entry with a known id as a replay, so a second void needs its own."""
+    return f"-{earlier + 1}" if earlier else ""
 
 
 def _opposite(entry: Transfer, entry_id: str) -> Transfer:

@@ -191,3 +191,13 @@ def insert_payments(driver: DriverSQL, payments: Sequence[Payment]) -> None:
 def insert_history(driver: DriverSQL, rows: Sequence[Mapping[str, object]]) -> None:
     """Status history rows (``payment_status_history``), in one go."""
     driver.insert_many(PaymentStatusChange, rows)
+
+
+def times_voided(driver: DriverSQL, payment_id: str) -> int:
+    """How often the payment was voided (a reversed void lets it be voided again): the
+    generation of its next void's ledger entry and event."""
+    [(count,)] = driver.execute(
+        "SELECT count(*) FROM payment_status_history WHERE payment_id = ? AND to_status = ?",
+        (payment_id, "voided"),
+    )
+    return int(count)
