@@ -42,16 +42,17 @@ def test_transition_table_is_closed() -> None:
                 assert refused.value.code is ErrorCode.INVALID_TRANSITION
 
 
-def test_only_a_captured_payments_void_before_settlement_can_be_undone() -> None:
-    check_void_reversal(facts(PaymentStatus.VOIDED), captured_amount=10_000)
-    for refused, captured in (
-        (facts(PaymentStatus.VOIDED), 0),  # a pre-auth's void: its hold is gone
-        (facts(PaymentStatus.VOIDED, settled=True), 10_000),
-        (facts(PaymentStatus.REVERSED), 10_000),
-        (facts(PaymentStatus.CAPTURED), 10_000),
+def test_only_a_captured_payments_void_on_its_day_can_be_undone() -> None:
+    same_day = LATE_EVENING + timedelta(seconds=59)  # 23:59:59 in Shanghai
+    check_void_reversal(facts(PaymentStatus.VOIDED), 10_000, same_day)
+    for refused, captured, now in (
+        (facts(PaymentStatus.VOIDED), 0, same_day),  # a pre-auth's void: its hold is gone
+        (facts(PaymentStatus.VOIDED), 10_000, LATE_EVENING + timedelta(minutes=1)),  # next day
+        (facts(PaymentStatus.REVERSED), 10_000, same_day),
+        (facts(PaymentStatus.CAPTURED), 10_000, same_day),
     ):
         with pytest.raises(DomainError) as error:
-            check_void_reversal(refused, captured)
+            check_void_reversal(refused, captured, now)
         assert error.value.code is ErrorCode.INVALID_TRANSITION
 
 

@@ -7,18 +7,20 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from shoudan.auth.domain import Principal, Role
+from shoudan.channels.domain import ChannelResult
 from shoudan.core.db import Database, DriverSQL
 from shoudan.core.errors import DomainError, ErrorCode
 from shoudan.notifications.models import OutboxEvent
 from shoudan.payments.domain import EntryMode, Method
 from shoudan.payments.models import Payment, PaymentStatusChange, RrnCounter
-from shoudan.payments.service import CardInput, PaymentRequest
+from shoudan.payments.service import CardInput, PaymentRequest, upstream_reference_of
 from shoudan.payments.store import (
     PAYMENT_COLUMNS,
     RRN_SEQUENCE_SIZE,
@@ -243,6 +245,50 @@ def test_a_reversed_void_captures_again_and_a_second_void_has_its_own_entry_and_
     reversed_sale = payments.reverse(principal, payments.create(principal, _request(world)).id)
     with pytest.raises(DomainError):  # no void to undo
         payments.reverse_void(principal, reversed_sale.id)
+    check_day_totals(world)
+
+
+def test_a_void_is_not_undone_beyond_the_days_limits_nor_on_a_later_day(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the void freed may be spent since: the card's ¥200,000 a day holds, and the
+    network is put back as our books stay (voided there too)."""
+    payments, principal = world.container.payments, _principal(world)
+    sales = [payments.create(principal, _request(world, 5_000_000)) for _ in range(4)]
+    payments.void(principal, sales[0].id)
+    assert payments.create(principal, _request(world, 5_000_000)).status == "captured"
+    with pytest.raises(DomainError) as refused:
+        payments.reverse_void(principal, sales[0].id)
+    assert refused.value.code is ErrorCode.LIMIT_EXCEEDED
+    assert payments.get(principal, sales[0].id).status == "voided"
+    network = payments.channel.query(upstream_reference_of(sales[0]))
+    assert network is not None and network.state == "voided"
+    check_day_totals(world)
+
+    # spent while the network restores it: refused at the write, voided there again
+    payments.void(principal, sales[1].id)
+    restore = payments.channel.reverse_void
+
+    def meanwhile_a_sale(reference: str) -> ChannelResult:
+        result = restore(reference)
+        assert payments.create(principal, _request(world, 5_000_000)).status == "captured"
+        return result
+
+    monkeypatch.setattr(payments.channel, "reverse_void", meanwhile_a_sale)
+    with pytest.raises(DomainError) as raced:
+        payments.reverse_void(principal, sales[1].id)
+    assert raced.value.code is ErrorCode.LIMIT_EXCEEDED
+    assert payments.get(principal, sales[1].id).status == "voided"
+    network = payments.channel.query(upstream_reference_of(sales[1]))
+    assert network is not None and network.state == "voided"
+    monkeypatch.undo()
+    check_day_totals(world)
+
+    payments.void(principal, sales[2].id)
+    world.clock.advance(timedelta(days=1))
+    with pytest.raises(DomainError) as late:
+        payments.reverse_void(principal, sales[2].id)
+    assert late.value.code is ErrorCode.INVALID_TRANSITION
     check_day_totals(world)
 
 

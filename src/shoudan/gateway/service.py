@@ -765,11 +765,11 @@ class GatewayService:
         ):
             self._case(ctx, REVERSAL_MISMATCH, "does not match its original", original.payment_id)
             return _Result(APPROVED, payment_id=original.payment_id)
+        result = _Result(APPROVED, {37: original.rrn} if original.rrn else {}, original.payment_id)
         if txn.kind in (Kind.SALE_VOID, Kind.COMPLETION_VOID, Kind.PREAUTH_VOID):
-            self._undo_void(ctx, original.payment_id)
-        else:
-            self._undo(ctx, original.payment_id)
-        return _Result(APPROVED, {37: original.rrn} if original.rrn else {}, original.payment_id)
+            return self._undo_void(ctx, original.payment_id, result)
+        self._undo(ctx, original.payment_id)
+        return result
 
     def _reverse_unjournaled(
         self, ctx: _Context, txn: Transaction, original: Identity
@@ -822,20 +822,25 @@ class GatewayService:
             )  # fmt: skip
             self._case(ctx, case, detail, payment_id)
 
-    def _undo_void(self, ctx: _Context, payment_id: str) -> None:
-        """撤销冲正: the payment is captured again (``PaymentService.reverse_void``). What the
-        host cannot restore by itself becomes a case: a void of a batch the terminal has
-        closed (its totals left the payment out), a pre-auth's void (its hold is gone), a
-        settled payment, the network refusing (the card's open-to-buy used meanwhile)."""
+    def _undo_void(self, ctx: _Context, payment_id: str, answer: _Result) -> _Result:
+        """撤销冲正: the payment is captured again (``PaymentService.reverse_void``), the
+        reversal's journal row written with it (a resent reversal is replayed, never run
+        against a later void). What the host cannot restore by itself becomes a case: a void
+        of a batch the terminal has closed (its totals left the payment out), a pre-auth's
+        void (its hold is gone), a void of an earlier day, the day's limits spent meanwhile,
+        the network refusing (the card's open-to-buy used meanwhile)."""
         if ctx.identity.batch != ctx.open_batch:
             self._case(ctx, VOID_REVERSAL, "the void's batch is settled", payment_id)
-            return
+            return answer
+        journal, answers = self._journaled_change(ctx, lambda _restored: answer)
         try:
-            self.payments.reverse_void(ctx.principal, payment_id)
+            payment = self.payments.reverse_void(ctx.principal, payment_id, also=journal)
         except DomainError as error:
-            if error.code is not ErrorCode.INVALID_TRANSITION:
+            if error.code in TRANSIENT_ERRORS:
                 raise
             self._case(ctx, VOID_REVERSAL, error.message[:200], payment_id)
+            return answer
+        return answers.get(payment.rrn, answer)  # none: captured already, journaled after
 
     def _case(self, ctx: _Context, kind: str, detail: str, payment_id: str | None) -> None:
         log.warning("iso8583 case=%s terminal=%s stan=%s", kind, ctx.identity.terminal_id,

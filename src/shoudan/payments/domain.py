@@ -102,9 +102,10 @@ def check_void(payment: PaymentFacts, now: datetime) -> None:
         )
 
 
-def check_void_reversal(payment: PaymentFacts, captured_amount: int) -> None:
+def check_void_reversal(payment: PaymentFacts, captured_amount: int, now: datetime) -> None:
     """Undoing a void (撤销冲正): only a captured payment's void — a voided pre-auth's hold is
-    gone for good (its completion would name it) — and only before settlement."""
+    gone for good (its completion would name it) — and, as a void itself, only on the
+    payment's business day: after it, its day's settlement and statements have left it out."""
     if payment.status is not PaymentStatus.VOIDED:
         raise DomainError(
             ErrorCode.INVALID_TRANSITION, f"no void to undo: the payment is {payment.status}"
@@ -113,8 +114,10 @@ def check_void_reversal(payment: PaymentFacts, captured_amount: int) -> None:
         raise DomainError(
             ErrorCode.INVALID_TRANSITION, "a voided pre-authorisation cannot be restored"
         )
-    if payment.settled:
-        raise DomainError(ErrorCode.INVALID_TRANSITION, "the payment is settled")
+    if business_date(payment.created_at) != business_date(now):
+        raise DomainError(
+            ErrorCode.INVALID_TRANSITION, "a void can only be undone on the day of the payment"
+        )
 
 
 def check_capture(

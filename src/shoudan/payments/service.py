@@ -631,18 +631,30 @@ class PaymentService:
                 also(DriverSQL(session), payment)
             return payment
 
-    def reverse_void(self, principal: Principal, payment_id: str) -> Payment:
+    def reverse_void(
+        self, principal: Principal, payment_id: str, *, also: AlsoWrite | None = None
+    ) -> Payment:
         """Undo a void whose answer the terminal never saw (撤销冲正): the payment is captured
         again, as it was — upstream first, then the books (the ledger's capture again, the
         day's totals, the history, a ``payment.captured`` event). Only a sale's or
-        completion's void, before settlement. Idempotent: a payment captured is returned as
-        it is."""
+        completion's void, on the payment's business day, within the day's limits (what the
+        void freed may have been spent since). ``also`` runs in the transaction that records
+        it. Idempotent: a payment captured is returned as it is."""
         with self.database.read() as session:
             payment = self._visible(session, principal, payment_id)
             if payment.status == PaymentStatus.CAPTURED.value:
                 return payment
-            check_void_reversal(_facts(payment), payment.captured_amount)
-        result = self.channel.reverse_void(upstream_reference_of(payment))
+            check_void_reversal(_facts(payment), payment.captured_amount, self.clock.now())
+            driver = DriverSQL(session)
+            point = store.load_point(driver, payment.terminal_id)
+            limits = self._limits(self._plans.get(session, payment.fee_plan_code), point)
+            card_total, merchant_total = store.day_totals(
+                driver, payment.card_token, payment.merchant_id, payment.business_date
+            )
+            amount = payment.captured_amount  # before the network, as for a new payment
+            check_limits(limits, amount, card_total if payment.card_token else 0, merchant_total)
+        reference = upstream_reference_of(payment)
+        result = self.channel.reverse_void(reference)
         if not result.approved:
             raise DomainError(
                 ErrorCode.INVALID_TRANSITION,
@@ -650,12 +662,23 @@ class PaymentService:
                 f"{result.message}",
                 network_response_code=result.response_code,
             )
+        try:
+            return self._restore(principal, payment_id, limits, also)
+        except DomainError as error:
+            if error.code is ErrorCode.LIMIT_EXCEEDED:  # spent meanwhile: void it there again
+                self.channel.void(reference)
+            raise
+
+    def _restore(
+        self, principal: Principal, payment_id: str, limits: Limits, also: AlsoWrite | None
+    ) -> Payment:
+        """``reverse_void``'s write, the network having restored the payment."""
         with self.database.transaction() as session:
             driver = DriverSQL(session)
-            payment = locked_payment(session, payment_id)  # restored upstream: books follow
+            payment = locked_payment(session, payment_id)
             if payment.status == PaymentStatus.CAPTURED.value:
                 return payment
-            check_void_reversal(_facts(payment), payment.captured_amount)
+            check_void_reversal(_facts(payment), payment.captured_amount, self.clock.now())
             voided = store.times_voided(driver, payment.id)
             key = f"void-reversal{_generation(voided - 1)}"
             self._move(
@@ -663,11 +686,16 @@ class PaymentService:
                 self.clock.now(), event_key=key,
             )  # fmt: skip
             payment.voided_at = None
-            # counted again, limits not checked again: the sale stood within them before the
-            # void, and the network has already restored it
-            _count(driver, payment, counted_amount(payment))
+            amount = counted_amount(payment)
+            card_total, merchant_total = store.count(driver, payment, amount)
+            check_limits(  # again on the totals the upsert returns, under their row locks
+                limits, amount, card_total - amount if payment.card_token else 0,
+                merchant_total - amount,
+            )  # fmt: skip
             entry = _capture_entry(payment)
             self.ledger.post(session, replace(entry, id=f"pay:{payment.id}:{key}"))
+            if also is not None:
+                also(driver, payment)
             return payment
 
     # -- reverse ----------------------------------------------------------------------------
