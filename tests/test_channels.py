@@ -653,6 +653,23 @@ def test_reverse_void(channel: SandboxChannel) -> None:
     assert channel.reverse_void("RV4").approved and channel.open_to_buy_remaining() == 0
 
 
+def test_reverse_completion(channel: SandboxChannel) -> None:
+    """完成冲正: the pre-authorisation stands again with its authorised open-to-buy."""
+    sale(channel, PAN_APPROVE_CREDIT, 20_000, reference="RC1", capture=False)
+    assert channel.capture("RC1", 23_000).approved
+    undone = channel.reverse_completion("RC1")
+    assert undone.approved and undone.state is TxnState.AUTHORIZED
+    assert channel.reverse_completion("RC1").approved  # idempotent
+    assert channel.capture("RC1", 21_000).approved  # completed again
+    sale(channel, PAN_APPROVE_CREDIT, reference="RC2")
+    assert channel.reverse_completion("RC2").response_code == "12"  # a sale: no completion
+    assert channel.reverse_completion("unknown").response_code == "25"
+    assert sale(channel, PAN_OPEN_TO_BUY, 50_000, reference="RC3", capture=False).approved
+    assert channel.capture("RC3", 40_000).approved
+    assert sale(channel, PAN_OPEN_TO_BUY, 60_000, reference="RC4").approved
+    assert channel.reverse_completion("RC3").response_code == "51"  # 50,000 no longer free
+
+
 def test_reverse(channel: SandboxChannel) -> None:
     unknown = channel.reverse("never-seen")
     assert unknown.approved and unknown.network is None and unknown.state is TxnState.REVERSED

@@ -466,17 +466,39 @@ def test_reversal_of_a_refunded_sale_is_recorded_for_staff_and_acknowledged(gw: 
     assert (case.kind, case.payment_id) == ("refunded_reversal", payment.id)
 
 
-def test_reversal_of_a_completion_reverses_the_whole_payment(gw: Gateway) -> None:
+def ledger_ids(gw: Gateway, payment_id: str) -> set[str]:
+    with gw.world.container.database.read() as session:
+        return set(
+            session.scalars(select(LedgerEntry.id).where(LedgerEntry.id.like(f"pay:{payment_id}:%")))
+        )
+
+
+def test_reversal_of_a_completion_lets_the_preauth_stand_again(gw: Gateway) -> None:
+    """完成冲正: the terminal never saw the completion's answer, so the pre-auth stands, its
+    amount held again under a new hold; completed again, the capture has its own entries."""
     terminal = gw.signed_on()
     preauth = terminal.client.preauth(card(), 30_000)
     done = terminal.client.complete(card(), 25_000, preauth.request.text(11))
     assert done.code == "00"
     assert terminal.client.reverse(card(), done.request.text(11)).code == "00"
     payment = gw.payment(preauth.response.text(37) or "")
-    assert payment.status == PaymentStatus.REVERSED.value
+    assert (payment.status, payment.captured_amount, payment.fee) == ("authorized", 0, 0)
+    network = gw.world.container.payments.channel.query(upstream_reference_of(payment))
+    assert network is not None and network.state == "authorized"
     assert gw.cases() == []
     assert terminal.client.reverse(card(), done.request.text(11)).code == "00"  # resent: once
-    assert gw.payment(payment.rrn).status == PaymentStatus.REVERSED.value
+    assert gw.payment(payment.rrn).status == PaymentStatus.AUTHORIZED.value
+    assert [e.status for e in terminal.state.journal] == ["approved", "reversed"]
+    again = terminal.client.complete(card(), 28_000, preauth.request.text(11))
+    assert again.code == "00" and gw.payment(payment.rrn).captured_amount == 28_000
+    entries = ledger_ids(gw, payment.id)
+    assert entries == {f"pay:{payment.id}:{name}" for name in (
+        "auth", "auth-release", "capture", "completion-reversal",
+        "auth-2", "auth-2-release", "capture-2",
+    )}  # fmt: skip
+    settled = terminal.client.settle()  # both sides count the second completion only
+    assert settled.response.text(48) == "000000028000001" + "0" * 15 + "1"
+    check_day_totals(gw.world)
 
 
 def test_reversal_of_a_preauth_and_of_a_void(gw: Gateway) -> None:
@@ -504,10 +526,7 @@ def test_reversal_of_a_void_captures_the_payment_again(gw: Gateway) -> None:
     assert gw.payment(rrn).status == PaymentStatus.CAPTURED.value
     again = terminal.client.void(card(), sale.request.text(11))  # a new void, a new STAN
     assert again.code == "00" and gw.payment(rrn).status == PaymentStatus.VOIDED.value
-    with gw.world.container.database.read() as session:
-        entries = set(session.scalars(select(LedgerEntry.id).where(
-            LedgerEntry.id.like(f"pay:{payment.id}:%")
-        )))  # fmt: skip
+    entries = ledger_ids(gw, payment.id)
     assert entries == {f"pay:{payment.id}:{verb}" for verb in (
         "capture", "void", "void-reversal", "void-2",
     )}  # fmt: skip
@@ -527,7 +546,7 @@ def test_a_sale_whose_void_was_reversed_is_in_both_sides_totals(gw: Gateway) -> 
     assert gw.cases() == []
 
 
-def test_reversal_of_a_preauth_void_or_of_a_settled_batchs_void_is_left_to_staff(
+def test_reversal_of_a_preauth_void_restores_it_and_of_a_closed_batchs_void_is_a_case(
     gw: Gateway,
 ) -> None:
     terminal = gw.signed_on()
@@ -535,15 +554,17 @@ def test_reversal_of_a_preauth_void_or_of_a_settled_batchs_void_is_left_to_staff
     cancel = terminal.client.void(card(), preauth.request.text(11))
     assert cancel.code == "00"
     assert terminal.client.reverse(card(), cancel.request.text(11)).code == "00"
-    # its hold is gone for good: a later completion would name it
-    assert gw.payment(preauth.response.text(37) or "").status == PaymentStatus.VOIDED.value
+    # the pre-auth stands again, under a new hold, and can be completed
+    restored = gw.payment(preauth.response.text(37) or "")
+    assert restored.status == PaymentStatus.AUTHORIZED.value
+    assert terminal.client.complete(card(), 30_000, preauth.request.text(11)).code == "00"
     sale = terminal.client.sale(card(), 10_000)
     void = terminal.client.void(card(), sale.request.text(11))
     assert terminal.client.settle().code == "00"  # the batch closes without the voided sale
     answer = exchange(gw.port, terminal.mac(reversal_of(void.request)))
     assert answer is not None and decode(answer[11:]).text(39) == "00"
     assert gw.payment(sale.response.text(37) or "").status == PaymentStatus.VOIDED.value
-    assert [case.kind for case in gw.cases()] == ["void_reversal", "void_reversal"]
+    assert [case.kind for case in gw.cases()] == ["void_reversal"]
 
 
 # -- voids ---------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from shoudan.payments.domain import (
     PaymentFacts,
     PaymentStatus,
     check_capture,
+    check_completion_reversal,
     check_void,
     check_void_reversal,
     compose_rrn,
@@ -42,17 +43,25 @@ def test_transition_table_is_closed() -> None:
                 assert refused.value.code is ErrorCode.INVALID_TRANSITION
 
 
-def test_only_a_captured_payments_void_on_its_day_can_be_undone() -> None:
+def test_a_void_is_undone_on_its_payments_day_and_a_completion_on_its_own() -> None:
     same_day = LATE_EVENING + timedelta(seconds=59)  # 23:59:59 in Shanghai
-    check_void_reversal(facts(PaymentStatus.VOIDED), 10_000, same_day)
-    for refused, captured, now in (
-        (facts(PaymentStatus.VOIDED), 0, same_day),  # a pre-auth's void: its hold is gone
-        (facts(PaymentStatus.VOIDED), 10_000, LATE_EVENING + timedelta(minutes=1)),  # next day
-        (facts(PaymentStatus.REVERSED), 10_000, same_day),
-        (facts(PaymentStatus.CAPTURED), 10_000, same_day),
-    ):
+    next_day = LATE_EVENING + timedelta(minutes=1)
+    check_void_reversal(facts(PaymentStatus.VOIDED), same_day)
+    check_completion_reversal(facts(), True, LATE_EVENING, same_day)
+    refusals = [
+        lambda: check_void_reversal(facts(PaymentStatus.VOIDED), next_day),
+        lambda: check_void_reversal(facts(PaymentStatus.REVERSED), same_day),
+        lambda: check_void_reversal(facts(PaymentStatus.CAPTURED), same_day),
+        lambda: check_completion_reversal(facts(), False, LATE_EVENING, same_day),  # a sale
+        lambda: check_completion_reversal(facts(), True, LATE_EVENING, next_day),
+        lambda: check_completion_reversal(facts(settled=True), True, LATE_EVENING, same_day),
+        lambda: check_completion_reversal(
+            facts(PaymentStatus.AUTHORIZED), True, None, same_day
+        ),
+    ]
+    for refused in refusals:
         with pytest.raises(DomainError) as error:
-            check_void_reversal(refused, captured, now)
+            refused()
         assert error.value.code is ErrorCode.INVALID_TRANSITION
 
 

@@ -17,6 +17,7 @@ from shoudan.auth.domain import Principal, Role
 from shoudan.channels.domain import ChannelResult
 from shoudan.core.db import Database, DriverSQL
 from shoudan.core.errors import DomainError, ErrorCode
+from shoudan.ledger.models import LedgerEntry
 from shoudan.notifications.models import OutboxEvent
 from shoudan.payments.domain import EntryMode, Method
 from shoudan.payments.models import Payment, PaymentStatusChange, RrnCounter
@@ -238,10 +239,20 @@ def test_a_reversed_void_captures_again_and_a_second_void_has_its_own_entry_and_
 
     preauth = payments.create(principal, replace(_request(world, key="p"), capture=False))
     payments.void(principal, preauth.id)
-    with pytest.raises(DomainError) as refused:  # its hold is gone for good
-        payments.reverse_void(principal, preauth.id)
-    assert refused.value.code is ErrorCode.INVALID_TRANSITION
-    assert payments.get(principal, preauth.id).status == "voided"
+    assert payments.reverse_void(principal, preauth.id).status == "authorized"  # a new hold
+    completed = payments.capture(principal, preauth.id, 10_000)
+    assert payments.reverse_completion(principal, completed.id).status == "authorized"
+    assert payments.reverse_completion(principal, completed.id).status == "authorized"  # again
+    with world.container.database.read() as session:
+        entries = set(session.scalars(
+            select(LedgerEntry.id).where(LedgerEntry.id.like(f"pay:{preauth.id}:%"))
+        ))  # fmt: skip
+    assert entries == {f"pay:{preauth.id}:{name}" for name in (
+        "auth", "void", "auth-2", "auth-2-release", "capture-2", "completion-reversal-2",
+        "auth-3",
+    )}  # fmt: skip
+    with pytest.raises(DomainError):  # a sale has no completion to undo
+        payments.reverse_completion(principal, payments.create(principal, _request(world)).id)
     reversed_sale = payments.reverse(principal, payments.create(principal, _request(world)).id)
     with pytest.raises(DomainError):  # no void to undo
         payments.reverse_void(principal, reversed_sale.id)

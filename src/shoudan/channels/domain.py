@@ -341,6 +341,12 @@ class Channel(Protocol):
         it cannot stand again, e.g. the card's open-to-buy is used meanwhile."""
         ...
 
+    def reverse_completion(self, reference: str) -> ChannelResult:
+        """Undo the completion of pre-authorisation ``reference`` (完成冲正): it stands
+        authorised again, as before it. Idempotent; refused (with the network's code) when it
+        cannot."""
+        ...
+
     def reverse(self, reference: str) -> ChannelResult:
         """Undo whatever ``reference`` did, if anything; always approved, also when unknown."""
         ...

@@ -155,6 +155,7 @@ class _Txn:
     card_token: str | None = None
     held: int = 0  # open-to-buy this transaction currently uses
     refunds: dict[str, _Refund] = field(default_factory=dict)
+    preauth: bool = False  # authorised first (a completion's capture can be undone)
 
     @property
     def refunded(self) -> int:
@@ -186,6 +187,7 @@ class _Txn:
                 key: _Refund(r["amount"], RefundStatus(r["status"]), r["attempts"], r["reason"])
                 for key, r in data["refunds"].items()
             },
+            preauth=data.get("preauth", False),  # absent from books written before it
         )
 
 
@@ -430,6 +432,7 @@ class SandboxChannel:
                 )
             state = TxnState.CAPTURED if req.capture else TxnState.AUTHORIZED
             txn = _Txn(fingerprint, network, _PLACEHOLDER, state, req.amount, 0, profile, token)
+            txn.preauth = not req.capture
             if decision is None and not self._hold(books, txn, req.amount):
                 decision = ResponseCode.INSUFFICIENT_FUNDS
             if decision is not None:
@@ -509,6 +512,28 @@ class SandboxChannel:
                     reference, ResponseCode.INSUFFICIENT_FUNDS, txn.network, txn.state
                 )
             txn.state = before
+            return self._result(reference, ResponseCode.APPROVED, txn.network, txn.state)
+
+    def reverse_completion(self, reference: str) -> ChannelResult:
+        """Undo a completion (完成冲正): the pre-authorisation stands again, holding its
+        authorised amount of open-to-buy (``51`` if that is used meanwhile). Idempotent."""
+        self._delay()
+        with self._books() as books:
+            txn = books.txn(reference)
+            if txn is None:
+                return self._result(reference, ResponseCode.ORIGINAL_NOT_FOUND, None, None)
+            if txn.preauth and txn.state is TxnState.AUTHORIZED:
+                return self._result(reference, ResponseCode.APPROVED, txn.network, txn.state)
+            if not txn.preauth or txn.state is not TxnState.CAPTURED or txn.refunds:
+                return self._result(
+                    reference, ResponseCode.INVALID_TRANSACTION, txn.network, txn.state,
+                    "no completion to undo",
+                )  # fmt: skip
+            if not self._hold(books, txn, txn.amount):
+                return self._result(
+                    reference, ResponseCode.INSUFFICIENT_FUNDS, txn.network, txn.state
+                )
+            txn.state, txn.captured = TxnState.AUTHORIZED, 0
             return self._result(reference, ResponseCode.APPROVED, txn.network, txn.state)
 
     def reverse(self, reference: str) -> ChannelResult:

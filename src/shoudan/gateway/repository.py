@@ -127,15 +127,17 @@ def counted_in_a_closed_batch(
 
 
 def _sales_totals(session: Session, terminal_id: str, batch: str) -> tuple[int, int]:
+    # each payment once, at what it has captured: a pre-auth completed, its completion
+    # reversed and completed again has two approved completions in the journal
+    sold = select(GatewayRequest.payment_id).where(
+        GatewayRequest.terminal_id == terminal_id,
+        GatewayRequest.batch == batch,
+        GatewayRequest.kind.in_(SALE_KINDS),
+        GatewayRequest.response_code == APPROVED,
+    )
     amount, count = session.execute(
-        select(func.coalesce(func.sum(Payment.captured_amount), 0), func.count(Payment.id))
-        .join(GatewayRequest, GatewayRequest.payment_id == Payment.id)
-        .where(
-            GatewayRequest.terminal_id == terminal_id,
-            GatewayRequest.batch == batch,
-            GatewayRequest.kind.in_(SALE_KINDS),
-            GatewayRequest.response_code == APPROVED,
-            Payment.status == PaymentStatus.CAPTURED.value,
+        select(func.coalesce(func.sum(Payment.captured_amount), 0), func.count(Payment.id)).where(
+            Payment.id.in_(sold), Payment.status == PaymentStatus.CAPTURED.value
         )
     ).one()
     return int(amount), int(count)

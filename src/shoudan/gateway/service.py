@@ -138,6 +138,7 @@ SETTLED_REVERSAL, REFUNDED_REVERSAL, VOID_REVERSAL, REVERSAL_MISMATCH, UNBALANCE
 )  # fmt: skip
 # a completion or void applied whose identity another request took meanwhile (another process)
 ANSWERED_ELSEWHERE: Final = "answered_elsewhere"
+COMPLETION_REVERSAL: Final = "completion_reversal"  # a completion the host could not undo
 # field 54: account type, amount type (02 available), currency, sign, amount n12
 BALANCE_PREFIX: Final = "0002156"
 # a refund advice's original: payments with its RRN made by the terminal (one per day at most)
@@ -768,6 +769,8 @@ class GatewayService:
         result = _Result(APPROVED, {37: original.rrn} if original.rrn else {}, original.payment_id)
         if txn.kind in (Kind.SALE_VOID, Kind.COMPLETION_VOID, Kind.PREAUTH_VOID):
             return self._undo_void(ctx, original.payment_id, result)
+        if txn.kind is Kind.COMPLETION:
+            return self._undo_completion(ctx, original.payment_id, result)
         self._undo(ctx, original.payment_id)
         return result
 
@@ -825,10 +828,10 @@ class GatewayService:
     def _undo_void(self, ctx: _Context, payment_id: str, answer: _Result) -> _Result:
         """撤销冲正: the payment is captured again (``PaymentService.reverse_void``), the
         reversal's journal row written with it (a resent reversal is replayed, never run
-        against a later void). What the host cannot restore by itself becomes a case: a void
-        of a batch the terminal has closed (its totals left the payment out), a pre-auth's
-        void (its hold is gone), a void of an earlier day, the day's limits spent meanwhile,
-        the network refusing (the card's open-to-buy used meanwhile)."""
+        against a later void); a pre-auth's void gives it a new hold. What the host cannot
+        restore by itself becomes a case: a void of a batch the terminal has closed (its
+        totals left the payment out), a void of an earlier day, the day's limits spent
+        meanwhile, the network refusing (the card's open-to-buy used meanwhile)."""
         if ctx.identity.batch != ctx.open_batch:
             self._case(ctx, VOID_REVERSAL, "the void's batch is settled", payment_id)
             return answer
@@ -841,6 +844,28 @@ class GatewayService:
             self._case(ctx, VOID_REVERSAL, error.message[:200], payment_id)
             return answer
         return answers.get(payment.rrn, answer)  # none: captured already, journaled after
+
+    def _undo_completion(self, ctx: _Context, payment_id: str, answer: _Result) -> _Result:
+        """完成冲正: the pre-auth stands authorised again (``PaymentService.
+        reverse_completion``), the reversal journaled with it. What the host cannot undo by
+        itself becomes a case: a completion a closed batch counted, one refunded since, of an
+        earlier day, the network refusing."""
+        with self.database.read() as session:
+            counted = repository.counted_in_a_closed_batch(
+                session, ctx.identity.terminal_id, payment_id, ctx.open_batch
+            )
+        if counted:
+            self._case(ctx, SETTLED_REVERSAL, "reversal after its batch was settled", payment_id)
+            return answer
+        journal, answers = self._journaled_change(ctx, lambda _restored: answer)
+        try:
+            payment = self.payments.reverse_completion(ctx.principal, payment_id, also=journal)
+        except DomainError as error:
+            if error.code in TRANSIENT_ERRORS:
+                raise
+            self._case(ctx, COMPLETION_REVERSAL, error.message[:200], payment_id)
+            return answer
+        return answers.get(payment.rrn, answer)  # none: authorised already, journaled after
 
     def _case(self, ctx: _Context, kind: str, detail: str, payment_id: str | None) -> None:
         log.warning("iso8583 case=%s terminal=%s stan=%s", kind, ctx.identity.terminal_id,

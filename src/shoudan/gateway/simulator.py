@@ -64,9 +64,11 @@ DEFAULT_HEADER: Final = bytes.fromhex("603100000000")
 OPERATOR: Final = "001"
 REVERSAL_FIELDS: Final = (2, 3, 4, 11, 22, 25, 41, 42, 49, 60)
 BY_KIND: Final = {txn.kind: txn for txn in TRANSACTIONS}
-VOIDS: Final = (Kind.SALE_VOID, Kind.COMPLETION_VOID, Kind.PREAUTH_VOID)
-# the voids whose reversal the host undoes (a pre-auth's void stays: its hold is gone)
-RESTORED_BY_REVERSAL: Final = (Kind.SALE_VOID.value, Kind.COMPLETION_VOID.value)
+# what names its original in 61; a reversal of one lets that original stand again (the host
+# captures a voided sale again, authorises a voided or completed pre-auth again)
+NAMING_AN_ORIGINAL: Final = (
+    Kind.SALE_VOID, Kind.COMPLETION_VOID, Kind.PREAUTH_VOID, Kind.COMPLETION
+)
 
 MEANINGS: Final = {
     "00": "approved 交易成功", "03": "invalid merchant 商户无效", "05": "do not honour",
@@ -319,7 +321,9 @@ class TerminalClient:
             kind.value, self.state.batch, stan, amount, reply.response.text(37) or "",
             reply.response.text(38) or "", reply.response.text(13) or "", mask_pan(card.pan),
             entry_mode=message.text(22) or "",
-            original_stan=parse_61(message.text(61) or "").stan if kind in VOIDS else "",
+            original_stan=(
+                parse_61(message.text(61) or "").stan if kind in NAMING_AN_ORIGINAL else ""
+            ),
         )  # fmt: skip
         self.state.journal.append(entry)
 
@@ -428,13 +432,13 @@ class TerminalClient:
             for entry in self.state.journal:
                 if entry.stan == stan and entry.batch == self.state.batch:
                     entry.status = "reversed"
-                    if entry.kind in RESTORED_BY_REVERSAL:  # 撤销冲正: the sale stands again
+                    if entry.original_stan:  # 撤销冲正, 完成冲正: the original stands again
                         self._restore(entry.original_stan)
         return reply
 
     def _restore(self, stan: str) -> None:
         for entry in self.state.journal:
-            if stan and entry.stan == stan and entry.kind in SALE_KINDS:
+            if entry.stan == stan and entry.kind in (*SALE_KINDS, Kind.PREAUTH.value):
                 entry.status = "approved"
 
     def settle(self) -> Reply:

@@ -52,10 +52,13 @@ TRANSITIONS: dict[PaymentStatus, frozenset[PaymentStatus]] = {
     PaymentStatus.AUTHORIZED: frozenset(
         {PaymentStatus.CAPTURED, PaymentStatus.VOIDED, PaymentStatus.REVERSED}
     ),
-    PaymentStatus.CAPTURED: frozenset({PaymentStatus.VOIDED, PaymentStatus.REVERSED}),
+    # …and back to authorised when the terminal reverses a completion (完成冲正)
+    PaymentStatus.CAPTURED: frozenset(
+        {PaymentStatus.VOIDED, PaymentStatus.REVERSED, PaymentStatus.AUTHORIZED}
+    ),
     PaymentStatus.DECLINED: frozenset(),
-    # a void the terminal reversed (撤销冲正): captured again, as before it
-    PaymentStatus.VOIDED: frozenset({PaymentStatus.CAPTURED}),
+    # a void the terminal reversed (撤销冲正): captured or authorised again, as before it
+    PaymentStatus.VOIDED: frozenset({PaymentStatus.CAPTURED, PaymentStatus.AUTHORIZED}),
     PaymentStatus.REVERSED: frozenset(),
 }
 
@@ -102,21 +105,33 @@ def check_void(payment: PaymentFacts, now: datetime) -> None:
         )
 
 
-def check_void_reversal(payment: PaymentFacts, captured_amount: int, now: datetime) -> None:
-    """Undoing a void (撤销冲正): only a captured payment's void — a voided pre-auth's hold is
-    gone for good (its completion would name it) — and, as a void itself, only on the
-    payment's business day: after it, its day's settlement and statements have left it out."""
+def check_void_reversal(payment: PaymentFacts, now: datetime) -> None:
+    """Undoing a void (撤销冲正), as a void itself only on the payment's business day: after
+    it, its day's settlement and statements have left it out."""
     if payment.status is not PaymentStatus.VOIDED:
         raise DomainError(
             ErrorCode.INVALID_TRANSITION, f"no void to undo: the payment is {payment.status}"
         )
-    if not captured_amount:
-        raise DomainError(
-            ErrorCode.INVALID_TRANSITION, "a voided pre-authorisation cannot be restored"
-        )
     if business_date(payment.created_at) != business_date(now):
         raise DomainError(
             ErrorCode.INVALID_TRANSITION, "a void can only be undone on the day of the payment"
+        )
+
+
+def check_completion_reversal(
+    payment: PaymentFacts, preauthorised: bool, captured_at: datetime | None, now: datetime
+) -> None:
+    """Undoing a completion (完成冲正): a pre-authorisation's capture, before settlement, on
+    the completion's business day; the pre-authorisation then stands again."""
+    if payment.status is not PaymentStatus.CAPTURED or not preauthorised or captured_at is None:
+        raise DomainError(
+            ErrorCode.INVALID_TRANSITION, f"no completion to undo: the payment is {payment.status}"
+        )
+    if payment.settled:
+        raise DomainError(ErrorCode.INVALID_TRANSITION, "the payment is settled")
+    if business_date(captured_at) != business_date(now):
+        raise DomainError(
+            ErrorCode.INVALID_TRANSITION, "a completion can only be undone on its day"
         )
 
 

@@ -56,6 +56,7 @@ from shoudan.payments.domain import (
     PaymentStatus,
     business_date,
     check_capture,
+    check_completion_reversal,
     check_void,
     check_void_reversal,
     compose_rrn,
@@ -593,10 +594,11 @@ class PaymentService:
                 merchant_total - amount,
             )  # fmt: skip
             _apply_capture(payment, fee_quote, now)
+            hold = _hold_id(driver, payment)  # the pre-auth's, or a restored one's
             self._move(session, payment, PaymentStatus.CAPTURED, principal, "completion", now)
             self.ledger.post(session, Linked((
-                VoidHold(f"pay:{payment.id}:auth-release", f"pay:{payment.id}:auth"),
-                _capture_entry(payment),
+                VoidHold(f"{hold}-release", hold),
+                replace(_capture_entry(payment), id=hold.replace(":auth", ":capture")),
             )))  # fmt: skip
             if also is not None:
                 also(driver, payment)
@@ -635,33 +637,19 @@ class PaymentService:
         self, principal: Principal, payment_id: str, *, also: AlsoWrite | None = None
     ) -> Payment:
         """Undo a void whose answer the terminal never saw (撤销冲正): the payment is captured
-        again, as it was — upstream first, then the books (the ledger's capture again, the
-        day's totals, the history, a ``payment.captured`` event). Only a sale's or
-        completion's void, on the payment's business day, within the day's limits (what the
-        void freed may have been spent since). ``also`` runs in the transaction that records
-        it. Idempotent: a payment captured is returned as it is."""
+        (or, a pre-auth's, authorised) again, as it was — upstream first, then the books (the
+        capture entry again, or a new hold; the day's totals, the history, an event). On the
+        payment's business day, within the day's limits (what the void freed may have been
+        spent since). ``also`` runs in the transaction that records it. Idempotent: a payment
+        restored is returned as it is."""
         with self.database.read() as session:
             payment = self._visible(session, principal, payment_id)
-            if payment.status == PaymentStatus.CAPTURED.value:
-                return payment
-            check_void_reversal(_facts(payment), payment.captured_amount, self.clock.now())
-            driver = DriverSQL(session)
-            point = store.load_point(driver, payment.terminal_id)
-            limits = self._limits(self._plans.get(session, payment.fee_plan_code), point)
-            card_total, merchant_total = store.day_totals(
-                driver, payment.card_token, payment.merchant_id, payment.business_date
-            )
-            amount = payment.captured_amount  # before the network, as for a new payment
-            check_limits(limits, amount, card_total if payment.card_token else 0, merchant_total)
+            if payment.status in (PaymentStatus.CAPTURED.value, PaymentStatus.AUTHORIZED.value):
+                return payment  # restored already
+            check_void_reversal(_facts(payment), self.clock.now())
+            limits = self._check_limits_for(session, payment, _restored_amount(payment))
         reference = upstream_reference_of(payment)
-        result = self.channel.reverse_void(reference)
-        if not result.approved:
-            raise DomainError(
-                ErrorCode.INVALID_TRANSITION,
-                f"the network refused to undo the void ({result.response_code}): "
-                f"{result.message}",
-                network_response_code=result.response_code,
-            )
+        _refused_upstream(self.channel.reverse_void(reference), "the void")
         try:
             return self._restore(principal, payment_id, limits, also)
         except DomainError as error:
@@ -676,27 +664,106 @@ class PaymentService:
         with self.database.transaction() as session:
             driver = DriverSQL(session)
             payment = locked_payment(session, payment_id)
-            if payment.status == PaymentStatus.CAPTURED.value:
-                return payment
-            check_void_reversal(_facts(payment), payment.captured_amount, self.clock.now())
-            voided = store.times_voided(driver, payment.id)
+            if payment.status != PaymentStatus.VOIDED.value:
+                return payment  # restored meanwhile
+            check_void_reversal(_facts(payment), self.clock.now())
+            voided = store.times_in(driver, payment.id, PaymentStatus.VOIDED.value)
             key = f"void-reversal{_generation(voided - 1)}"
+            target = PaymentStatus.CAPTURED if payment.captured_amount else PaymentStatus.AUTHORIZED
+            if target is PaymentStatus.AUTHORIZED:  # a new hold: the void released the old one
+                entry: Transfer | Hold = _restored_hold(driver, payment)
+            else:
+                entry = replace(_capture_entry(payment), id=f"pay:{payment.id}:{key}")
             self._move(
-                session, payment, PaymentStatus.CAPTURED, principal, "void reversed",
-                self.clock.now(), event_key=key,
+                session, payment, target, principal, "void reversed", self.clock.now(),
+                event_key=key,
             )  # fmt: skip
             payment.voided_at = None
-            amount = counted_amount(payment)
-            card_total, merchant_total = store.count(driver, payment, amount)
-            check_limits(  # again on the totals the upsert returns, under their row locks
-                limits, amount, card_total - amount if payment.card_token else 0,
-                merchant_total - amount,
-            )  # fmt: skip
-            entry = _capture_entry(payment)
-            self.ledger.post(session, replace(entry, id=f"pay:{payment.id}:{key}"))
+            _count_within(driver, payment, counted_amount(payment), limits)
+            self.ledger.post(session, entry)
             if also is not None:
                 also(driver, payment)
             return payment
+
+    def reverse_completion(
+        self, principal: Principal, payment_id: str, *, also: AlsoWrite | None = None
+    ) -> Payment:
+        """Undo a completion whose answer the terminal never saw (完成冲正): the pre-auth stands
+        authorised again, as before it — upstream first, then the books (the capture's
+        opposite and a new hold, linked; the day's totals back to the authorised amount; the
+        history; a ``payment.authorized`` event). Before settlement, on the completion's
+        business day, never once refunded. ``also`` runs in the transaction that records it.
+        Idempotent: an authorised payment is returned as it is."""
+        with self.database.read() as session:
+            payment = self._visible(session, principal, payment_id)
+            if payment.status == PaymentStatus.AUTHORIZED.value:
+                return payment
+            self._check_completion_reversal(session, payment)
+            limits = self._check_limits_for(session, payment, payment.amount, counted=True)
+        reference, captured = upstream_reference_of(payment), payment.captured_amount
+        _refused_upstream(self.channel.reverse_completion(reference), "the completion")
+        try:
+            return self._reauthorize(principal, payment_id, limits, also)
+        except DomainError as error:
+            if error.code is ErrorCode.LIMIT_EXCEEDED:  # spent meanwhile: complete it there again
+                self.channel.capture(reference, captured)
+            raise
+
+    def _reauthorize(
+        self, principal: Principal, payment_id: str, limits: Limits, also: AlsoWrite | None
+    ) -> Payment:
+        """``reverse_completion``'s write, the network having undone the completion."""
+        with self.database.transaction() as session:
+            driver = DriverSQL(session)
+            payment = locked_payment(session, payment_id)
+            if payment.status == PaymentStatus.AUTHORIZED.value:
+                return payment
+            self._check_completion_reversal(session, payment)
+            undone = _opposite(
+                _capture_entry(payment),
+                _hold_id(driver, payment).replace(":auth", ":completion-reversal"),
+            )
+            hold = _restored_hold(driver, payment)
+            counted = counted_amount(payment)
+            self._move(
+                session, payment, PaymentStatus.AUTHORIZED, principal, "completion reversed",
+                self.clock.now(), event_key=hold.id.removeprefix(f"pay:{payment.id}:"),
+            )  # fmt: skip
+            payment.captured_amount, payment.fee, payment.net = 0, 0, 0
+            payment.rate_bp, payment.captured_at = None, None
+            _count_within(driver, payment, payment.amount - counted, limits)
+            self.ledger.post(session, Linked((undone, hold)))
+            if also is not None:
+                also(driver, payment)
+            return payment
+
+    def _check_completion_reversal(self, session: Session, payment: Payment) -> None:
+        preauthorised = bool(
+            store.times_in(DriverSQL(session), payment.id, PaymentStatus.AUTHORIZED.value)
+        )
+        check_completion_reversal(
+            _facts(payment), preauthorised, payment.captured_at, self.clock.now()
+        )
+        self._refuse_if_refunded(session, payment, ErrorCode.INVALID_TRANSITION)
+
+    def _check_limits_for(
+        self, session: Session, payment: Payment, amount: int, *, counted: bool = False
+    ) -> Limits:
+        """The payment's limits, checked for ``amount`` coming back into the day's totals
+        (``counted``: in place of what the payment counts now); returned for the write's
+        second check."""
+        driver = DriverSQL(session)
+        point = store.load_point(driver, payment.terminal_id)
+        limits = self._limits(self._plans.get(session, payment.fee_plan_code), point)
+        card_total, merchant_total = store.day_totals(
+            driver, payment.card_token, payment.merchant_id, payment.business_date
+        )
+        already = counted_amount(payment) if counted else 0
+        check_limits(
+            limits, amount, card_total - already if payment.card_token else 0,
+            merchant_total - already,
+        )  # fmt: skip
+        return limits
 
     # -- reverse ----------------------------------------------------------------------------
     def reverse(self, principal: Principal, payment_id: str) -> Payment:
@@ -751,12 +818,11 @@ class PaymentService:
         _count(driver, payment, -counted_amount(payment))
         verb = "void" if target is PaymentStatus.VOIDED else "reverse"
         if target is PaymentStatus.VOIDED:  # a void reversed before: this is another one
-            verb += _generation(store.times_voided(driver, payment.id))
+            verb += _generation(store.times_in(driver, payment.id, target.value))
         self._move(session, payment, target, principal, target.value, now, event_key=verb)
         if was is PaymentStatus.AUTHORIZED:
-            self.ledger.post(
-                session, VoidHold(f"pay:{payment.id}:{verb}", f"pay:{payment.id}:auth")
-            )
+            hold = _hold_id(driver, payment)
+            self.ledger.post(session, VoidHold(f"pay:{payment.id}:{verb}", hold))
         else:
             self.ledger.post(
                 session, _opposite(_capture_entry(payment), f"pay:{payment.id}:{verb}")
@@ -966,6 +1032,46 @@ def _hold_entry(payment: Payment) -> Hold:
             Posting(chart.merchant_unsettled(payment.merchant_id), -payment.amount),
         ),
         code="payment.preauth",
+    )
+
+
+def _refused_upstream(result: ChannelResult, what: str) -> None:
+    if not result.approved:
+        raise DomainError(
+            ErrorCode.INVALID_TRANSITION,
+            f"the network refused to undo {what} ({result.response_code}): {result.message}",
+            network_response_code=result.response_code,
+        )
+
+
+def _hold_id(driver: DriverSQL, payment: Payment) -> str:
+    """The ledger id of the payment's current hold: ``pay:<id>:auth``, or ``auth-2`` … once
+    a reversed completion or void restored the pre-auth with a new one."""
+    times = store.times_in(driver, payment.id, PaymentStatus.AUTHORIZED.value)
+    return f"pay:{payment.id}:auth{_generation(times - 1)}"
+
+
+def _restored_hold(driver: DriverSQL, payment: Payment) -> Hold:
+    """A new hold for a pre-auth that stands again (the one before is voided or captured);
+    read before the history row of its return to authorised is written."""
+    times = store.times_in(driver, payment.id, PaymentStatus.AUTHORIZED.value)
+    return replace(_hold_entry(payment), id=f"pay:{payment.id}:auth{_generation(times)}")
+
+
+def _restored_amount(payment: Payment) -> int:
+    """What a voided payment counts again once its void is undone."""
+    return payment.captured_amount or payment.amount
+
+
+def _count_within(driver: DriverSQL, payment: Payment, delta: int, limits: Limits) -> None:
+    """Add ``delta`` to the day's totals and, when it adds, check the limits again on the
+    totals the upsert returns, under their row locks (what was freed may be spent since)."""
+    if delta <= 0:
+        _count(driver, payment, delta)
+        return
+    card_total, merchant_total = store.count(driver, payment, delta)
+    check_limits(
+        limits, delta, card_total - delta if payment.card_token else 0, merchant_total - delta
     )
 
 

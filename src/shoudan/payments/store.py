@@ -193,11 +193,11 @@ def insert_history(driver: DriverSQL, rows: Sequence[Mapping[str, object]]) -> N
     driver.insert_many(PaymentStatusChange, rows)
 
 
-def times_voided(driver: DriverSQL, payment_id: str) -> int:
-    """How often the payment was voided (a reversed void lets it be voided again): the
-    generation of its next void's ledger entry and event."""
+def times_in(driver: DriverSQL, payment_id: str, status: str) -> int:
+    """How often the payment has entered ``status`` (a reversed void or completion lets it
+    enter one again): the generation of its next such change's ledger entry and event."""
     [(count,)] = driver.execute(
         "SELECT count(*) FROM payment_status_history WHERE payment_id = ? AND to_status = ?",
-        (payment_id, "voided"),
+        (payment_id, status),
     )
     return int(count)
