@@ -501,6 +501,40 @@ def test_reversal_of_a_completion_lets_the_preauth_stand_again(gw: Gateway) -> N
     check_day_totals(gw.world)
 
 
+def test_a_completion_reversed_before_a_settlement_can_be_redone_and_reversed_after_it(
+    gw: Gateway,
+) -> None:
+    """Batch 1: completed, reversed (the pre-auth stands), settled without it. Batch 2:
+    completed again and that completion reversed: undone, not mistaken for batch 1's."""
+    terminal = gw.signed_on()
+    preauth = terminal.client.preauth(card(), 30_000)
+    first = terminal.client.complete(card(), 25_000, preauth.request.text(11))
+    assert terminal.client.reverse(card(), first.request.text(11)).code == "00"
+    assert terminal.client.settle().response.text(48) == "0" * 30 + "1"
+    # the terminal's journal started afresh with batch 2: the completion names batch 1's
+    second = terminal.client.card_message(
+        Kind.COMPLETION, card(), 20_000, {61: f"000001{preauth.request.text(11)}"}
+    )
+    answer = exchange(gw.port, terminal.mac(second))
+    assert answer is not None and decode(answer[11:]).text(39) == "00"
+    assert gw.payment(preauth.response.text(37) or "").captured_amount == 20_000
+    reversal = exchange(gw.port, terminal.mac(reversal_of(second)))
+    assert reversal is not None and decode(reversal[11:]).text(39) == "00"
+    assert gw.payment(preauth.response.text(37) or "").status == PaymentStatus.AUTHORIZED.value
+    assert gw.cases() == []
+
+
+def test_a_refunded_completion_is_not_undone_by_its_reversal(gw: Gateway) -> None:
+    terminal = gw.signed_on()
+    preauth = terminal.client.preauth(card(), 30_000)
+    done = terminal.client.complete(card(), 25_000, preauth.request.text(11))
+    assert refund_of(terminal, done, 5_000).code == "00"
+    assert terminal.client.reverse(card(), done.request.text(11)).code == "00"
+    assert gw.payment(preauth.response.text(37) or "").status == PaymentStatus.CAPTURED.value
+    [case] = gw.cases()
+    assert case.kind == "completion_reversal" and "refund" in case.detail
+
+
 def test_reversal_of_a_preauth_and_of_a_void(gw: Gateway) -> None:
     terminal = gw.signed_on()
     preauth = terminal.client.preauth(card(), 30_000)

@@ -303,6 +303,47 @@ def test_a_void_is_not_undone_beyond_the_days_limits_nor_on_a_later_day(
     check_day_totals(world)
 
 
+def test_a_completion_reversal_refused_at_the_write_is_completed_upstream_again(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The day ends while the network undoes the completion: our books keep it captured, and
+    the network is made to agree; completed again, the second capture has its own event."""
+    payments, principal = world.container.payments, _principal(world)
+    preauth = payments.create(principal, replace(_request(world, key="p"), capture=False))
+    payments.capture(principal, preauth.id, 9_000)
+    undo = payments.channel.reverse_completion
+
+    def at_midnight(reference: str) -> ChannelResult:
+        result = undo(reference)
+        world.clock.advance(timedelta(days=1))
+        return result
+
+    monkeypatch.setattr(payments.channel, "reverse_completion", at_midnight)
+    with pytest.raises(DomainError) as refused:
+        payments.reverse_completion(principal, preauth.id)
+    assert refused.value.code is ErrorCode.INVALID_TRANSITION
+    monkeypatch.undo()
+    assert payments.get(principal, preauth.id).status == "captured"
+    network = payments.channel.query(upstream_reference_of(preauth))
+    assert network is not None and network.state == "captured"
+    check_day_totals(world)
+
+
+def test_a_pre_auth_completed_twice_sends_two_captured_events(world: World) -> None:
+    payments, principal = world.container.payments, _principal(world)
+    preauth = payments.create(principal, replace(_request(world, key="p"), capture=False))
+    payments.capture(principal, preauth.id, 9_000)
+    payments.reverse_completion(principal, preauth.id)
+    payments.capture(principal, preauth.id, 8_000)
+    with world.container.database.read() as session:
+        keys = list(session.scalars(
+            select(OutboxEvent.dedupe_key).where(OutboxEvent.topic == "payment.captured")
+            .where(OutboxEvent.dedupe_key.like(f"{preauth.id}:%"))
+        ))  # fmt: skip
+    assert sorted(keys) == [f"{preauth.id}:capture-2", f"{preauth.id}:captured"]
+    check_day_totals(world)
+
+
 def test_rrn_numbers_are_drawn_ahead_in_blocks_and_never_repeat(world: World) -> None:
     """A payment's RRN is known before its write turn: each process draws RRN_BLOCK numbers
     at a time, committed before it uses them. Two processes (two services here) interleave

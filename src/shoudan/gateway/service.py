@@ -850,11 +850,7 @@ class GatewayService:
         reverse_completion``), the reversal journaled with it. What the host cannot undo by
         itself becomes a case: a completion a closed batch counted, one refunded since, of an
         earlier day, the network refusing."""
-        with self.database.read() as session:
-            counted = repository.counted_in_a_closed_batch(
-                session, ctx.identity.terminal_id, payment_id, ctx.open_batch
-            )
-        if counted:
+        if ctx.identity.batch != ctx.open_batch:  # the completion's batch counted it
             self._case(ctx, SETTLED_REVERSAL, "reversal after its batch was settled", payment_id)
             return answer
         journal, answers = self._journaled_change(ctx, lambda _restored: answer)

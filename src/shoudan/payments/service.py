@@ -595,10 +595,15 @@ class PaymentService:
             )  # fmt: skip
             _apply_capture(payment, fee_quote, now)
             hold = _hold_id(driver, payment)  # the pre-auth's, or a restored one's
-            self._move(session, payment, PaymentStatus.CAPTURED, principal, "completion", now)
+            capture_id = hold.replace(":auth", ":capture")
+            again = capture_id.removeprefix(f"pay:{payment.id}:")  # capture-2 …: its own event
+            self._move(
+                session, payment, PaymentStatus.CAPTURED, principal, "completion", now,
+                event_key=None if again == "capture" else again,
+            )  # fmt: skip
             self.ledger.post(session, Linked((
                 VoidHold(f"{hold}-release", hold),
-                replace(_capture_entry(payment), id=hold.replace(":auth", ":capture")),
+                replace(_capture_entry(payment), id=capture_id),
             )))  # fmt: skip
             if also is not None:
                 also(driver, payment)
@@ -652,9 +657,8 @@ class PaymentService:
         _refused_upstream(self.channel.reverse_void(reference), "the void")
         try:
             return self._restore(principal, payment_id, limits, also)
-        except DomainError as error:
-            if error.code is ErrorCode.LIMIT_EXCEEDED:  # spent meanwhile: void it there again
-                self.channel.void(reference)
+        except DomainError:  # refused at the write (limits spent, the day over): void it there
+            _put_back(self.channel.void(reference), reference, "voided")
             raise
 
     def _restore(
@@ -704,9 +708,8 @@ class PaymentService:
         _refused_upstream(self.channel.reverse_completion(reference), "the completion")
         try:
             return self._reauthorize(principal, payment_id, limits, also)
-        except DomainError as error:
-            if error.code is ErrorCode.LIMIT_EXCEEDED:  # spent meanwhile: complete it there again
-                self.channel.capture(reference, captured)
+        except DomainError:  # refused at the write (a refund meanwhile…): complete it there
+            _put_back(self.channel.capture(reference, captured), reference, "captured")
             raise
 
     def _reauthorize(
@@ -744,7 +747,17 @@ class PaymentService:
         check_completion_reversal(
             _facts(payment), preauthorised, payment.captured_at, self.clock.now()
         )
-        self._refuse_if_refunded(session, payment, ErrorCode.INVALID_TRANSITION)
+        # never a refund, even one refused since: its capacity account is sized to this
+        # completion's amount, which a new completion may not match
+        try:
+            self.ledger.get_account(session, chart.refund_capacity(payment.id))
+        except DomainError as error:
+            if error.code is ErrorCode.ACCOUNT_NOT_FOUND:
+                return
+            raise
+        raise DomainError(
+            ErrorCode.INVALID_TRANSITION, "the payment has had refunds: refund it instead"
+        )
 
     def _check_limits_for(
         self, session: Session, payment: Payment, amount: int, *, counted: bool = False
@@ -1033,6 +1046,16 @@ def _hold_entry(payment: Payment) -> Hold:
         ),
         code="payment.preauth",
     )
+
+
+def _put_back(result: ChannelResult, reference: str, state: str) -> None:
+    """The network made as our books stayed, after a write refused what it had done; when it
+    refuses, the two disagree until staff look (reconciliation shows it too)."""
+    if not result.approved:
+        log.error(
+            "payments: the network did not put %s back to %s (%s): our books and the network"
+            " disagree", reference, state, result.response_code,
+        )  # fmt: skip
 
 
 def _refused_upstream(result: ChannelResult, what: str) -> None:
