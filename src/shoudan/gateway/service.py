@@ -826,42 +826,49 @@ class GatewayService:
             self._case(ctx, case, detail, payment_id)
 
     def _undo_void(self, ctx: _Context, payment_id: str, answer: _Result) -> _Result:
-        """撤销冲正: the payment is captured again (``PaymentService.reverse_void``), the
-        reversal's journal row written with it (a resent reversal is replayed, never run
-        against a later void); a pre-auth's void gives it a new hold. What the host cannot
-        restore by itself becomes a case: a void of a batch the terminal has closed (its
-        totals left the payment out), a void of an earlier day, the day's limits spent
-        meanwhile, the network refusing (the card's open-to-buy used meanwhile)."""
-        if ctx.identity.batch != ctx.open_batch:
-            self._case(ctx, VOID_REVERSAL, "the void's batch is settled", payment_id)
-            return answer
-        journal, answers = self._journaled_change(ctx, lambda _restored: answer)
-        try:
-            payment = self.payments.reverse_void(ctx.principal, payment_id, also=journal)
-        except DomainError as error:
-            if error.code in TRANSIENT_ERRORS:
-                raise
-            self._case(ctx, VOID_REVERSAL, error.message[:200], payment_id)
-            return answer
-        return answers.get(payment.rrn, answer)  # none: captured already, journaled after
+        """撤销冲正: the payment is captured again (``PaymentService.reverse_void``); a
+        pre-auth's void gives it a new hold. A void of a closed batch (its totals left the
+        payment out) is a case."""
+        return self._stand_again(
+            ctx, payment_id, answer, self.payments.reverse_void, VOID_REVERSAL,
+            (VOID_REVERSAL, "the void's batch is settled"),
+        )  # fmt: skip
 
     def _undo_completion(self, ctx: _Context, payment_id: str, answer: _Result) -> _Result:
         """完成冲正: the pre-auth stands authorised again (``PaymentService.
-        reverse_completion``), the reversal journaled with it. What the host cannot undo by
-        itself becomes a case: a completion a closed batch counted, one refunded since, of an
-        earlier day, the network refusing."""
-        if ctx.identity.batch != ctx.open_batch:  # the completion's batch counted it
-            self._case(ctx, SETTLED_REVERSAL, "reversal after its batch was settled", payment_id)
+        reverse_completion``). A completion of a closed batch (its totals counted it) is a
+        case."""
+        return self._stand_again(
+            ctx, payment_id, answer, self.payments.reverse_completion, COMPLETION_REVERSAL,
+            (SETTLED_REVERSAL, "reversal after its batch was settled"),
+        )  # fmt: skip
+
+    def _stand_again(
+        self,
+        ctx: _Context,
+        payment_id: str,
+        answer: _Result,
+        undo: Callable[..., Payment],
+        refused: str,
+        closed_batch: tuple[str, str],
+    ) -> _Result:
+        """The original stands again as before what the reversal names, the reversal's
+        journal row written with it (a resent reversal is replayed, never run against a later
+        change). What the host cannot undo by itself — in a closed batch, of an earlier day,
+        refunded, the day's limits spent, the network refusing — becomes a case; the
+        reversal is acknowledged either way."""
+        if ctx.identity.batch != ctx.open_batch:
+            self._case(ctx, *closed_batch, payment_id)
             return answer
         journal, answers = self._journaled_change(ctx, lambda _restored: answer)
         try:
-            payment = self.payments.reverse_completion(ctx.principal, payment_id, also=journal)
+            payment = undo(ctx.principal, payment_id, also=journal)
         except DomainError as error:
             if error.code in TRANSIENT_ERRORS:
                 raise
-            self._case(ctx, COMPLETION_REVERSAL, error.message[:200], payment_id)
+            self._case(ctx, refused, error.message[:200], payment_id)
             return answer
-        return answers.get(payment.rrn, answer)  # none: authorised already, journaled after
+        return answers.get(payment.rrn, answer)  # none: restored already, journaled after
 
     def _case(self, ctx: _Context, kind: str, detail: str, payment_id: str | None) -> None:
         log.warning("iso8583 case=%s terminal=%s stan=%s", kind, ctx.identity.terminal_id,
